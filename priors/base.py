@@ -1,0 +1,192 @@
+"""The prior contract: what every autoregressive prior over tokenizer codes implements.
+
+A prior models a grid of codes `(H, W)` over a vocabulary of `vocab_size` codebook entries, in raster order,
+optionally conditioned on a class label. Label index `num_classes` is the "null" label used for
+classifier-free guidance: the prior sees it for a fraction `label_dropout` of training examples.
+
+A prior implements three methods; `Prior.sample` and `Prior.sample_naive` are built on them:
+
+- `forward(codes, labels)` -> `PriorOutput(logits (B, H, W, V), loss)`: teacher-forced logits where position
+  (i, j) depends only on positions before it in raster order, and the mean NLL in nats per token.
+- `begin_sampling(labels)` -> a state object: the cache the prior keeps while it samples.
+- `next_logits(state, prev)` -> `(logits (B, V), state)`: the logits of the next raster position, given the
+  token just sampled at the previous one (`prev` is None for the first position). Work per call should not grow
+  with the number of positions already sampled beyond what the architecture requires (a GRU carries its hidden
+  state, a transformer its key/value cache, a PixelCNN its cached activations).
+
+Save/load goes through `huggingface_hub.PyTorchModelHubMixin`: `config.json` (the dataclass config, with its
+`prior_type`) + `model.safetensors`. `priors.load_prior(path)` dispatches on `prior_type` through the registry.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+
+@dataclass
+class PriorConfig:
+    """Fields every prior config has; a prior's own config subclasses this and adds its architecture fields."""
+
+    prior_type: str = ""  # registry name; each subclass sets its own default
+    vocab_size: int = 512  # = the tokenizer's codebook size
+    grid_height: int = 7  # code grid shape (H, W) produced by the tokenizer
+    grid_width: int = 7
+    num_classes: int = 0  # 0 = unconditional; labels are 0..num_classes-1, num_classes is the null label
+    label_dropout: float = 0.1  # fraction of training labels replaced by the null label (for CFG)
+    tokenizer_fingerprint: str = ""  # sha256 prefix of the tokenizer weights these codes came from
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid_height * self.grid_width
+
+
+@dataclass
+class PriorOutput:
+    logits: torch.Tensor  # (B, H, W, V)
+    loss: torch.Tensor  # mean NLL in nats per token
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering of (B, V) logits; removed entries become -inf."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from (B, V) filtered logits. Uses torch.multinomial so that every sampler draws the
+    same random numbers in the same order, which makes fast and naive samplers comparable token for token."""
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "autoregressive-prior"]):
+    """Base class of every prior. Subclasses take one argument, their dataclass config (annotated with its type,
+    so that the Hub mixin rebuilds it on load), and implement forward, begin_sampling and next_logits."""
+
+    config: PriorConfig
+
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = config
+
+    # --- what a prior implements -------------------------------------------------------------------------
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PriorOutput:
+        raise NotImplementedError
+
+    def begin_sampling(self, labels: torch.Tensor | None, batch_size: int) -> Any:
+        raise NotImplementedError
+
+    def next_logits(self, state: Any, prev: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    # --- shared helpers ------------------------------------------------------------------------------------
+    def training_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Labels with `label_dropout` of them replaced by the null label while training (for CFG)."""
+        if labels is None or self.config.num_classes == 0:
+            return None
+        if self.training and self.config.label_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
+            labels = labels.masked_fill(drop, self.config.num_classes)
+        return labels
+
+    def nll(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Mean NLL in nats per token of (B, H, W, V) logits against (B, H, W) codes."""
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+
+    def _sampling_labels(self, n: int, labels: torch.Tensor | None, cfg_scale: float) -> tuple[torch.Tensor | None, bool]:
+        """Labels for the sampling batch; with guidance the batch is doubled: [conditional; null]."""
+        if self.config.num_classes == 0:
+            return None, False
+        device = self.device
+        if labels is None:
+            return torch.full((n,), self.config.num_classes, device=device, dtype=torch.long), False
+        labels = labels.to(device=device, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.shape[0] != n:
+            raise ValueError(f"got {labels.shape[0]} labels for {n} samples")
+        if not bool(((labels >= 0) & (labels < self.config.num_classes)).all()):
+            raise ValueError(f"labels must lie in 0..{self.config.num_classes - 1}")
+        guided = cfg_scale != 1.0
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, self.config.num_classes)])
+        return labels, guided
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample `n` code grids (n, H, W) with the prior's cache. `labels`: (n,) or one label for all; None for an
+        unconditional sample. `cfg_scale` > 1 sharpens towards the label (classifier-free guidance)."""
+        was_training = self.training
+        self.eval()
+        cond, guided = self._sampling_labels(n, labels, cfg_scale)
+        state = self.begin_sampling(cond, cond.shape[0] if cond is not None else n)
+        out = torch.empty(n, self.config.seq_len, dtype=torch.long, device=self.device)
+        prev = None
+        for t in range(self.config.seq_len):
+            logits, state = self.next_logits(state, prev)
+            tok = self._pick(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
+            out[:, t] = tok
+            prev = torch.cat([tok, tok]) if guided else tok
+        self.train(was_training)
+        return out.view(n, self.config.grid_height, self.config.grid_width)
+
+    @torch.no_grad()
+    def sample_naive(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Reference sampler: the full teacher-forced forward pass once per position, no cache. Same random draws
+        as `sample`, so both return the same grids for the same generator state."""
+        was_training = self.training
+        self.eval()
+        cond, guided = self._sampling_labels(n, labels, cfg_scale)
+        b = cond.shape[0] if cond is not None else n
+        grid = torch.zeros(b, self.config.grid_height, self.config.grid_width, dtype=torch.long, device=self.device)
+        flat = grid.view(b, -1)
+        for t in range(self.config.seq_len):
+            logits = self.forward(grid, cond).logits.reshape(b, -1, self.config.vocab_size)[:, t]
+            tok = self._pick(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
+            flat[:, t] = torch.cat([tok, tok]) if guided else tok
+        self.train(was_training)
+        return grid[:n].clone()
+
+    def _pick(self, logits, guided, cfg_scale, temperature, top_k, top_p, generator) -> torch.Tensor:
+        logits = logits.float()
+        if guided:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + cfg_scale * (cond - uncond)
+        return draw(filter_logits(logits, temperature, top_k, top_p), generator)

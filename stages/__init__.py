@@ -1,0 +1,1 @@
+"""Pipeline stages: data, the VQ-VAE tokenizer (stage one), prior training (stage two), generation."""

@@ -1,0 +1,91 @@
+"""A name -> class registry that third-party packages extend through an entry-point group.
+
+Built-in entries are named by import path and imported lazily; entry points are read only when a name is not
+found among the registered ones, or when everything is listed. Every entry is checked to subclass `base`.
+"""
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+from stages.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass
+class RegistryEntry:
+    name: str
+    target: str  # "module:Class"
+    source: str  # "built-in", "registered" or "entry point (package x.y)"
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, group: str, base: type, builtins: dict[str, str]):
+        self.kind, self.group, self.base = kind, group, base
+        self._entries = {name: RegistryEntry(name, target, "built-in") for name, target in builtins.items()}
+        self._classes: dict[str, type] = {}
+        self._entry_points_read = False
+
+    def register(self, name: str):
+        """Class decorator: `@register_prior("gru")`. A name that is already taken is an error."""
+
+        def decorate(cls: type) -> type:
+            entry = self._entries.get(name)
+            target = f"{cls.__module__}:{cls.__qualname__}"
+            if entry is not None and entry.target != target:
+                raise ValueError(f"{self.kind} name {name!r} is already registered by {entry.target}")
+            self._check(name, cls)
+            self._entries.setdefault(name, RegistryEntry(name, target, "registered"))
+            self._classes[name] = cls
+            return cls
+
+        return decorate
+
+    def _check(self, name: str, cls: object) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise UserError(
+                f"{self.kind} {name!r} ({cls!r}) does not subclass {self.base.__module__}.{self.base.__name__}; "
+                f"fix the {self.kind} or its entry point in group {self.group!r}"
+            )
+
+    def _read_entry_points(self) -> None:
+        if self._entry_points_read:
+            return
+        self._entry_points_read = True
+        for ep in entry_points(group=self.group):
+            if ep.name in self._entries:
+                continue  # built-ins and explicit registrations win; the name stays unique
+            dist = getattr(ep, "dist", None)
+            source = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
+            self._entries[ep.name] = RegistryEntry(ep.name, ep.value, source)
+
+    def get(self, name: str) -> type:
+        """The class registered under `name`, imported on first use."""
+        if name in self._classes:
+            return self._classes[name]
+        if name not in self._entries:
+            self._read_entry_points()
+        entry = self._entries.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.names()))
+            raise UserError(f"unknown {self.kind} {name!r}; available: {known}")
+        module_name, _, attr = entry.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # a broken third-party package must not crash with a traceback
+            raise UserError(f"{self.kind} {name!r} from {entry.source} failed to load ({entry.target}): {exc}") from exc
+        self._check(name, obj)
+        self._classes[name] = obj
+        return obj
+
+    def names(self) -> list[str]:
+        self._read_entry_points()
+        return sorted(self._entries)
+
+    def entries(self) -> list[RegistryEntry]:
+        self._read_entry_points()
+        return [self._entries[n] for n in sorted(self._entries)]
