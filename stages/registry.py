@@ -77,7 +77,9 @@ class Registry(Generic[T]):
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except Exception as exc:  # a broken third-party package must not crash with a traceback
-            raise UserError(f"{self.kind} {name!r} from {entry.source} failed to load ({entry.target}): {exc}") from exc
+            raise UserError(
+                f"{self.kind} {name!r} from {entry.source} failed to load ({entry.target}): {exc}"
+            ) from exc
         self._check(name, obj)
         self._classes[name] = obj
         return obj

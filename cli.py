@@ -1,0 +1,201 @@
+"""vqgen command line: thin typed commands that parse options and delegate to stages/.
+
+    python cli.py tokenize --run runs/demo            # stage one on the embedded MNIST digits
+    python cli.py train-prior --prior gru --codes runs/demo/codes
+    python cli.py generate --prior runs/demo/prior-gru --label 7
+    python cli.py priors | plugins                    # what is installed, and from where
+
+A user's mistake prints one line and exits with code 2; an interrupted run keeps its checkpoint.
+"""
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+if __package__ in (None, ""):  # `python cli.py` from any working directory
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stages.errors import UserError  # noqa: E402
+
+app = typer.Typer(
+    help="vqgen: a VQ-VAE tokenizer and swappable autoregressive priors, in one pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Precision(str, Enum):
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class CodebookUpdate(str, Enum):
+    ema = "ema"
+    grad = "grad"
+
+
+class CodebookInit(str, Enum):
+    kmeans = "kmeans"
+    sample = "sample"
+    random = "random"
+
+
+Run = Annotated[
+    Path, typer.Option("--run", help="Run folder: checkpoints, samples, metrics and outputs go here.")
+]
+Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps.")]
+Seed = Annotated[int, typer.Option(help="Random seed (data order, initialisation, sampling).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --run.")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --run from its newest checkpoint.")
+]
+PluginNames = Annotated[
+    list[str], typer.Option("--plugin", help="Enable a training plugin (repeatable), e.g. gan.")
+]
+PluginOpts = Annotated[
+    list[str], typer.Option("--plugin-opt", help="Plugin option NAME.OPTION=VALUE (repeatable).")
+]
+
+
+@app.command()
+def tokenize(
+    run: Run = Path("runs/demo"),
+    dataset: Annotated[
+        str, typer.Option(help="'mnist5k' (embedded), a folder of images, or a Hub dataset id.")
+    ] = "mnist5k",
+    split: Annotated[str, typer.Option(help="Hub datasets: training split.")] = "train",
+    heldout_split: Annotated[
+        Optional[str], typer.Option(help="Hub datasets: held-out split (default: hold out 10%).")
+    ] = None,
+    image_column: Annotated[str, typer.Option(help="Hub datasets: image column.")] = "image",
+    label_column: Annotated[str, typer.Option(help="Hub datasets: label column ('' for none).")] = "label",
+    revision: Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")] = None,
+    image_size: Annotated[int, typer.Option(help="Images are fitted and padded to this square size.")] = 28,
+    channels: Annotated[int, typer.Option(help="1 = grey, 3 = RGB.")] = 1,
+    tokenizer: Annotated[
+        Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
+    ] = None,
+    steps: Steps = 1500,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per process per micro-batch.")] = 64,
+    lr: Annotated[
+        float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")
+    ] = 2e-3,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
+    mixed_precision: Annotated[Precision, typer.Option(help="Mixed precision (accelerate).")] = Precision.no,
+    seed: Seed = 0,
+    codebook_size: Annotated[int, typer.Option(help="Number of codes.")] = 512,
+    code_dim: Annotated[
+        int, typer.Option(min=1, help="Codebook vector size (low-dimensional projection).")
+    ] = 16,
+    downsample: Annotated[int, typer.Option(help="Spatial downsampling factor (a power of two).")] = 4,
+    base_channels: Annotated[
+        int, typer.Option(min=1, help="Encoder width after the first downsampling.")
+    ] = 32,
+    res_blocks: Annotated[
+        int, typer.Option(min=0, help="Residual blocks on the code grid (encoder and decoder).")
+    ] = 2,
+    codebook_update: Annotated[
+        CodebookUpdate, typer.Option(help="EMA or gradient codebook updates.")
+    ] = CodebookUpdate.ema,
+    codebook_init: Annotated[
+        CodebookInit, typer.Option(help="Codebook initialisation.")
+    ] = CodebookInit.kmeans,
+    cosine: Annotated[bool, typer.Option(help="l2-normalised (cosine) codes.")] = False,
+    beta: Annotated[float, typer.Option(min=0.0, help="Commitment loss weight.")] = 0.25,
+    plugin: PluginNames = [],  # noqa: B006
+    plugin_opt: PluginOpts = [],  # noqa: B006
+    sample_every: Annotated[int, typer.Option(min=0, help="Save a reconstruction grid every N steps.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Save a checkpoint every N steps.")] = 500,
+    log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+) -> None:
+    """Stage one: train the VQ-VAE tokenizer, evaluate it, and encode the dataset into code grids."""
+    from stages.data import DataConfig
+    from stages.quantizer import QuantizerConfig
+    from stages.tokenize import TokenizeConfig, run_tokenize
+    from stages.tokenizer import TokenizerConfig
+    from stages.trainer import TrainConfig
+
+    cfg = TokenizeConfig(
+        run_dir=str(run),
+        data=DataConfig(dataset, split, heldout_split, image_column, label_column or None, image_size, channels, revision=revision),
+        model=TokenizerConfig(
+            image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+            num_res_blocks=res_blocks,
+            quantizer=QuantizerConfig(
+                codebook_size=codebook_size, code_dim=code_dim, beta=beta, update=codebook_update.value,
+                cosine=cosine, init=codebook_init.value,
+            ),
+        ),
+        train=TrainConfig(
+            steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum, mixed_precision=mixed_precision.value,
+            seed=seed, sample_every=sample_every, checkpoint_every=checkpoint_every, log_with=log_with,
+        ),
+        tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+    )  # fmt: skip
+    results = run_tokenize(cfg)
+    if results:
+        typer.echo(
+            f"tokenizer: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, "
+            f"codebook usage {results['codebook_usage']:.1%}, perplexity {results['perplexity']:.1f} "
+            f"(held-out, {results['eval_images']} images); wrote {run}/tokenizer, {run}/codes, {run}/metrics.json"
+        )
+
+
+def _list(registry) -> None:
+    for entry in registry.entries():
+        typer.echo(f"{entry.name:<14} {entry.source:<36} {entry.target}")
+
+
+@app.command()
+def priors() -> None:
+    """List every available prior and where it comes from."""
+    from priors import PRIORS
+
+    _list(PRIORS)
+
+
+@app.command()
+def plugins() -> None:
+    """List every available training plugin and where it comes from."""
+    from plugins import PLUGINS
+
+    _list(PLUGINS)
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    from stages.trainer import TrainingStopped
+
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except TrainingStopped as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last checkpoint is kept; continue with --resume", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):  # bad option names or values
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""A healthy vector quantizer: the bottleneck of the VQ-VAE tokenizer.
+
+VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) with the fixes that keep a codebook alive:
+- EMA codebook updates (arXiv:1711.00937 appendix; Razavi et al. 2019, arXiv:1906.00446) or plain gradient updates;
+- codebook initialised from data by k-means on the first batch (as in Jukebox, arXiv:2005.00341);
+- dead codes restarted from recent encoder outputs (Dhariwal et al. 2020, Jukebox);
+- optional l2-normalised (cosine) codes and a low-dimensional codebook projection (Yu et al. 2021, ViT-VQGAN,
+  arXiv:2110.04627).
+
+Shapes: the quantizer takes encoder features z (B, C, H, W) and returns z_q of the same shape and codes (B, H, W).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class QuantizerConfig:
+    codebook_size: int = 512
+    code_dim: int = (
+        16  # size of a codebook vector; < the encoder's channels means a low-dimensional projection
+    )
+    beta: float = 0.25  # commitment weight, applied to the encoder term ||z_e - sg(z_q)||^2
+    update: str = (
+        "ema"  # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
+    )
+    ema_decay: float = 0.95
+    cosine: bool = False  # l2-normalise vectors and codes, so distance = cosine distance
+    init: str = "kmeans"  # "kmeans" | "sample" (random encoder outputs) | "random" (uniform noise)
+    kmeans_iters: int = 10
+    restart_threshold: float = 0.03  # a code whose EMA usage count falls below this is dead ...
+    restart_every: int = (
+        10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
+    )
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (B, C, H, W) straight-through quantized features
+    codes: torch.Tensor  # (B, H, W) code indices
+    loss: torch.Tensor  # commitment (+ codebook, for update="grad") loss
+    perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
+    dead_codes: int = field(default=0)  # codes currently considered dead (EMA usage below threshold)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lloyd's k-means on (N, D) vectors; empty clusters keep their (randomly chosen) previous centre."""
+    idx = torch.randint(0, x.shape[0], (k,), generator=generator, device="cpu").to(x.device)
+    centres = x[idx].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).unsqueeze(1).to(x.dtype)
+        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+    return centres
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, in_channels: int, config: QuantizerConfig):
+        super().__init__()
+        if config.codebook_size < 2:
+            raise ValueError("codebook_size must be at least 2")
+        if config.update not in ("ema", "grad"):
+            raise ValueError(f"update must be 'ema' or 'grad', got {config.update!r}")
+        self.config = config
+        k, d = config.codebook_size, config.code_dim
+        project = d != in_channels
+        self.proj_in = nn.Conv2d(in_channels, d, 1) if project else nn.Identity()
+        self.proj_out = nn.Conv2d(d, in_channels, 1) if project else nn.Identity()
+        codebook = torch.randn(k, d) / d**0.5
+        if config.update == "grad":
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_sum", codebook.clone())
+        self.register_buffer("ema_count", torch.ones(k))  # running assignment counts; drives restarts too
+        self.register_buffer("initialised", torch.tensor(config.init == "random"))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    # --- assignment ------------------------------------------------------------------------------------
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.config.cosine else x
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each (N, D) vector."""
+        book = self._normalise(self.codebook)
+        dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)  # (N, K)
+        return dist2.argmin(1)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        b, _, h, w = z.shape
+        z_e = self.proj_in(z)  # (B, D, H, W)
+        flat = self._normalise(z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))  # (B*H*W, D)
+        if self.training and not bool(self.initialised):
+            self._init_from_data(flat.detach())
+        idx = self.nearest(flat.detach())
+        quant = self._normalise(self.codebook)[idx]  # (B*H*W, D)
+
+        loss = self.config.beta * F.mse_loss(flat, quant.detach())
+        if self.config.update == "grad":
+            loss = loss + F.mse_loss(quant, flat.detach())
+        counts = torch.bincount(idx, minlength=self.config.codebook_size).to(flat.dtype)
+        if self.training:
+            self._update(flat.detach().float(), idx, counts.float())
+        probs = counts / counts.sum()
+        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+
+        quant_st = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
+        z_q = self.proj_out(quant_st.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())  # (B, C, H, W)
+        return QuantizerOutput(z_q, idx.view(b, h, w), loss, perplexity, self.dead_codes())
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decoder input for (B, H, W) code indices: (B, C, H, W)."""
+        quant = self._normalise(self.codebook)[codes]  # (B, H, W, D)
+        return self.proj_out(quant.permute(0, 3, 1, 2).contiguous())
+
+    def dead_codes(self) -> int:
+        return int((self.ema_count < self.config.restart_threshold).sum())
+
+    # --- codebook maintenance (training only, no gradients) ---------------------------------------------
+    @torch.no_grad()
+    def _init_from_data(self, flat: torch.Tensor) -> None:
+        k = self.config.codebook_size
+        gen = torch.Generator().manual_seed(0)
+        if self.config.init == "kmeans":
+            centres = kmeans(flat.float(), k, self.config.kmeans_iters, gen)
+        else:
+            centres = flat[torch.randint(0, flat.shape[0], (k,), generator=gen).to(flat.device)].float()
+        centres = _broadcast(centres.contiguous())
+        self.codebook.data.copy_(centres)
+        if self.config.update == "ema":
+            self.ema_sum.copy_(centres)
+        self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        cfg = self.config
+        counts = _all_reduce(counts.clone())
+        self.ema_count.mul_(cfg.ema_decay).add_(counts, alpha=1 - cfg.ema_decay)
+        if cfg.update == "ema":
+            sums = _all_reduce(torch.zeros_like(self.ema_sum).index_add_(0, idx, flat))
+            self.ema_sum.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)
+            n = self.ema_count.sum()
+            smoothed = (self.ema_count + 1e-5) / (n + cfg.codebook_size * 1e-5) * n  # Laplace smoothing
+            self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+        self.steps += 1
+        if cfg.restart_every and int(self.steps) % cfg.restart_every == 0:
+            self._restart_dead(flat)
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        dead = (self.ema_count < self.config.restart_threshold).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
+        fresh = _broadcast(flat[pick].contiguous())  # rank 0's choice wins, so every process agrees
+        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+        if self.config.update == "ema":
+            self.ema_sum[dead] = fresh
+        self.ema_count[dead] = 1.0

@@ -1,0 +1,241 @@
+"""Stage one: train (or load) the VQ-VAE tokenizer, evaluate it on held-out images, encode the dataset to codes.
+
+Run folder:
+    RUN/tokenizer/        config.json + model.safetensors + README.md (the Hub layout)
+    RUN/codes/            a datasets.DatasetDict (train, validation) of code grids + labels, and vqgen.json
+    RUN/samples/          input-vs-reconstruction grids (PNG), one every --sample-every steps
+    RUN/checkpoints/      training checkpoints for --resume
+    RUN/metrics.json      PSNR, SSIM, MSE, codebook usage, perplexity, dead codes, images/s, wall time
+    RUN/run_config.json   everything needed to repeat the run
+"""
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from plugins import build_plugins
+from stages import metrics as M
+from stages.data import DataConfig, ImageSplits, load_image_splits, to_float
+from stages.errors import UserError
+from stages.runs import prepare_run_dir
+from stages.tokenizer import VQVAE, TokenizerConfig
+from stages.trainer import TrainConfig, Trainer
+
+CODES_META = "vqgen.json"
+
+
+@dataclass
+class TokenizeConfig:
+    run_dir: str = "runs/demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
+    plugins: list[str] = field(default_factory=list)
+    plugin_options: list[str] = field(default_factory=list)
+    eval_batch_size: int = 500
+    overwrite: bool = False
+    resume: bool = False
+
+
+def pixel_tensor(ds) -> torch.Tensor:
+    """The whole uint8 pixel column (N, C, S, S) of a prepared split."""
+    return torch.from_numpy(np.asarray(ds.with_format("numpy")[:]["pixels"], dtype=np.uint8))
+
+
+class TokenizerTask:
+    """What the trainer needs from stage one (stages/trainer.py: TrainTask)."""
+
+    stage = "tokenizer"
+    progress_keys = ("psnr", "usage", "perplexity")
+
+    def __init__(self, model: VQVAE, splits: ImageSplits):
+        self.model = model
+        self.pixels = pixel_tensor(splits.train)  # (N, C, S, S) uint8; small enough for memory at this scale
+        self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
+
+    def num_examples(self) -> int:
+        return self.pixels.shape[0]
+
+    def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return to_float(self.pixels[indices]).to(device)
+
+    def compute_loss(self, model, batch):
+        out = model(batch)
+        loss = out.recon_loss + out.vq_loss
+        with torch.no_grad():
+            used = out.codes.unique().numel() / model_config(model).quantizer.codebook_size
+            metrics = {
+                "recon_loss": float(out.recon_loss),
+                "vq_loss": float(out.vq_loss),
+                "psnr": float(M.psnr_per_image(out.recon, batch).mean()),
+                "usage": used,
+                "perplexity": float(out.perplexity),
+                "dead_codes": float(out.dead_codes),
+            }
+        return loss, out, metrics
+
+    def save_samples(self, model: VQVAE, step: int, run_dir: Path) -> None:
+        save_reconstruction_grid(model, self.preview, Path(run_dir) / "samples" / f"recon_{step:07d}.png")
+
+
+def model_config(model) -> TokenizerConfig:
+    return getattr(model, "module", model).config
+
+
+@torch.no_grad()
+def save_reconstruction_grid(model: VQVAE, images: torch.Tensor, path: Path) -> None:
+    """Top row(s): inputs; bottom row(s): reconstructions."""
+    model.eval()
+    device = next(model.parameters()).device
+    recon = model.decode(model.encode(images.to(device))).cpu()
+    n = images.shape[0]
+    M.save_png(M.image_grid(torch.cat([images, recon]), nrow=min(n, 8) if n > 8 else n), path)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: VQVAE, pixels: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """PSNR, SSIM, MSE, codebook usage, perplexity, dead codes and encode+decode images/s over (N, C, S, S) uint8."""
+    model.eval()
+    device = next(model.parameters()).device
+    k = model.config.quantizer.codebook_size
+    counts = torch.zeros(k, dtype=torch.long)
+    psnr, ssim, mse, sharp, sharp_ref = [], [], [], [], []
+    start = time.perf_counter()
+    for i in range(0, pixels.shape[0], batch_size):
+        x = to_float(pixels[i : i + batch_size]).to(device)
+        codes = model.encode(x)
+        recon = model.decode(codes)
+        counts += torch.bincount(codes.flatten().cpu(), minlength=k)
+        psnr.append(M.psnr_per_image(recon, x).cpu())
+        ssim.append(M.ssim_per_image(recon, x).cpu())
+        mse.append(M.mse_per_image(recon, x).cpu())
+        sharp.append(M.gradient_magnitude(recon).cpu())
+        sharp_ref.append(M.gradient_magnitude(x).cpu())
+    seconds = time.perf_counter() - start
+    return {
+        "psnr": float(torch.cat(psnr).mean()),
+        "ssim": float(torch.cat(ssim).mean()),
+        "mse": float(torch.cat(mse).mean()),
+        "sharpness_ratio": float(torch.cat(sharp).mean() / torch.cat(sharp_ref).mean()),
+        **M.codebook_stats(counts),
+        "eval_images": int(pixels.shape[0]),
+        "eval_images_per_s": pixels.shape[0] / seconds,
+    }
+
+
+@torch.no_grad()
+def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (N, h, w) and labels (N,) for a prepared split; each process encodes its own contiguous shard."""
+    from accelerate.utils import gather_object
+
+    model.eval()
+    n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    pixels = pixel_tensor(ds.select(range(lo, hi)))
+    codes = [
+        model.encode(to_float(pixels[i : i + batch_size]).to(accelerator.device)).cpu()
+        for i in range(0, hi - lo, batch_size)
+    ]
+    local = (
+        torch.cat(codes)
+        if codes
+        else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.long)
+    )
+    parts = gather_object([local]) if world > 1 else [local]
+    labels = torch.as_tensor(np.asarray(ds.with_format("numpy")[:]["label"]))
+    return torch.cat(parts), labels
+
+
+def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int, accelerator) -> dict:
+    """Encode both splits and save them with `datasets` (save_to_disk) beside a vqgen.json description."""
+    from datasets import Array2D, Dataset, DatasetDict, Features, Value
+
+    g = model.config.grid_size
+    features = Features({"codes": Array2D((g, g), "int32"), "label": Value("int64")})
+    parts = {}
+    for name, ds in (("train", splits.train), ("validation", splits.heldout)):
+        codes, labels = encode_split(model, ds, batch_size, accelerator)
+        parts[name] = Dataset.from_dict(
+            {"codes": codes.int().numpy(), "label": labels.numpy()}, features=features
+        )
+    meta = {
+        "tokenizer": "../tokenizer",
+        "tokenizer_fingerprint": model.fingerprint(),
+        "vocab_size": model.config.quantizer.codebook_size,
+        "grid_height": g,
+        "grid_width": g,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+    }
+    if accelerator.is_main_process:
+        out = Path(run_dir) / "codes"
+        DatasetDict(parts).save_to_disk(str(out))
+        M.write_json(meta, out / CODES_META)
+    return meta
+
+
+def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> tuple[VQVAE, Trainer]:
+    model = VQVAE(cfg.model)
+    plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
+    trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)
+    if cfg.resume:
+        step = trainer.resume()
+        trainer.accelerator.print(f"resuming from step {step}")
+    trainer.fit()
+    return trainer.accelerator.unwrap_model(trainer.model), trainer
+
+
+def run_tokenize(cfg: TokenizeConfig) -> dict:
+    """The whole of stage one; returns the metrics written to RUN/metrics.json."""
+    from accelerate import Accelerator
+
+    try:
+        cfg.model.image_size, cfg.model.channels = cfg.data.image_size, cfg.data.channels
+        cfg.model.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
+    started = time.perf_counter()
+    splits = load_image_splits(cfg.data)
+    if cfg.tokenizer:
+        from stages.hub import load_tokenizer
+
+        model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
+        model.to(accelerator.device)
+    else:
+        model, trainer = train_tokenizer(cfg, splits, run_dir)
+        accelerator, history = trainer.accelerator, trainer.history
+    train_seconds = time.perf_counter() - started
+    results = {}
+    if accelerator.is_main_process:
+        model.save_pretrained(str(run_dir / "tokenizer"))
+        save_reconstruction_grid(
+            model,
+            to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
+            run_dir / "samples" / "recon_final.png",
+        )
+        results = evaluate_tokenizer(model, pixel_tensor(splits.heldout), cfg.eval_batch_size)
+    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
+    if accelerator.is_main_process:
+        results.update(
+            train_images_per_s=cfg.train.steps
+            * cfg.train.batch_size
+            * cfg.train.grad_accum
+            * accelerator.num_processes
+            / max(train_seconds, 1e-9)
+            if not cfg.tokenizer
+            else None,
+            wall_seconds=time.perf_counter() - started,
+            skipped_images=splits.skipped,
+            grid=[meta["grid_height"], meta["grid_width"]],
+            fingerprint=meta["tokenizer_fingerprint"],
+            eval_split="held-out",
+        )
+        M.write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
+        M.write_json(asdict(cfg), run_dir / "run_config.json")
+    accelerator.wait_for_everyone()
+    return results

@@ -1,0 +1,168 @@
+"""The stage-one tokenizer: a convolutional VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937).
+
+Encoder: stride-2 convolutions x levels -> residual blocks on the code grid -> latent conv.
+Decoder: the mirror image, with stride-2 transposed convolutions. The quantizer sits between them (stages/quantizer.py).
+An image (B, C, S, S) becomes a code grid (B, S/f, S/f) with f = `downsample`.
+
+Saved and loaded in the Hub layout (config.json + model.safetensors + README.md) through PyTorchModelHubMixin.
+"""
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+from stages.quantizer import QuantizerConfig, VectorQuantizer
+
+
+@dataclass
+class TokenizerConfig:
+    model_type: str = "vqvae"
+    image_size: int = 28  # input images are (channels, image_size, image_size)
+    channels: int = 1  # 1 = grey, 3 = RGB
+    downsample: int = 4  # spatial reduction factor, a power of two; the code grid is image_size / downsample
+    base_channels: int = 32  # width after the first downsampling; doubled at every further level
+    max_channels: int = 128
+    num_res_blocks: int = 2  # residual blocks on the code grid, in the encoder and in the decoder
+    latent_channels: int = 64  # encoder output width before the quantizer's projection
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantizer, dict):  # config.json holds it as a nested dict
+            self.quantizer = QuantizerConfig(**self.quantizer)
+
+    @property
+    def levels(self) -> int:
+        return int(math.log2(self.downsample))
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message for an impossible configuration."""
+        if self.downsample < 1 or self.downsample & (self.downsample - 1):
+            raise ValueError(f"downsample must be a power of two, got {self.downsample}")
+        if self.image_size % self.downsample:
+            raise ValueError(
+                f"image size {self.image_size} is not divisible by the downsampling factor {self.downsample}; "
+                f"pick an image size that is a multiple of {self.downsample}"
+            )
+        if self.quantizer.codebook_size < 2:
+            raise ValueError(f"codebook size must be at least 2, got {self.quantizer.codebook_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor  # (B, C, S, S) reconstruction in [-1, 1] (unclamped)
+    codes: torch.Tensor  # (B, S/f, S/f)
+    recon_loss: torch.Tensor  # mean squared error
+    vq_loss: torch.Tensor  # quantizer commitment (+ codebook) loss
+    perplexity: torch.Tensor
+    dead_codes: int
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, ch // 4) or 1, ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch_in: int, ch_out: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1),
+            _norm(ch_out), nn.SiLU(), nn.Conv2d(ch_out, ch_out, 3, padding=1),
+        )  # fmt: skip
+        self.skip = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+def _widths(cfg: TokenizerConfig) -> list[int]:
+    """Channel width at each downsampled level, highest resolution first (`levels` entries)."""
+    return [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(cfg.levels)]
+
+
+class Encoder(nn.Module):
+    """Strided 4x4 convolutions down to the code grid, then residual blocks there, where they are cheapest."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        widths = _widths(cfg)
+        layers: list[nn.Module] = []
+        ch = cfg.channels
+        for i, w in enumerate(widths):
+            layers.append(nn.Conv2d(ch, w, 4, stride=2, padding=1))  # halves H and W
+            layers += [] if i == len(widths) - 1 else [nn.SiLU()]
+            ch = w
+        layers += [ResBlock(ch, ch) for _ in range(cfg.num_res_blocks)]
+        layers += [_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, latent, S/f, S/f)
+
+
+class Decoder(nn.Module):
+    """The encoder's mirror: residual blocks on the code grid, then 4x4 transposed convolutions up."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        widths = _widths(cfg)[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)]
+        layers += [ResBlock(widths[0], widths[0]) for _ in range(cfg.num_res_blocks)]
+        layers += [_norm(widths[0]), nn.SiLU()]
+        for w_in, w_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(w_in, w_out, 4, stride=2, padding=1), nn.SiLU()]  # doubles H and W
+        self.net = nn.Sequential(*layers)
+        self.conv_out = nn.ConvTranspose2d(widths[-1], cfg.channels, 4, stride=2, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.net(z))  # (B, C, S, S)
+
+
+class VQVAE(
+    nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "vq-vae", "image-tokenizer"]
+):
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = VectorQuantizer(config.latent_channels, config.quantizer)
+        self.decoder = Decoder(config)
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        q = self.quantizer(self.encoder(images))
+        recon = self.decoder(q.z_q)
+        return TokenizerOutput(recon, q.codes, F.mse_loss(recon, images), q.loss, q.perplexity, q.dead_codes)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight: where VQGAN's adaptive GAN weight compares gradient norms."""
+        return self.decoder.conv_out.weight
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) images in [-1, 1] -> (B, S/f, S/f) codes."""
+        return self.quantizer(self.encoder(images)).codes
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, S/f, S/f) codes -> (B, C, S, S) images in [-1, 1]."""
+        return self.decoder(self.quantizer.lookup(codes)).clamp(-1, 1)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and config: priors record it to refuse a mismatched tokenizer."""
+        h = hashlib.sha256(repr(sorted(asdict(self.config).items())).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,333 @@
+"""One training loop for every stage, through `accelerate`.
+
+The same code runs on the CPU, on one GPU, and on several GPUs or machines (`accelerate launch cli.py ...`).
+A stage supplies a `TrainTask` (its model, how to fetch a batch, its loss, its sample grid); plugins add loss
+terms and their own optimisation steps (plugins/base.py). The loop is split into building (`Trainer.__init__`),
+one step (`train_step`), and checkpointing (`save` / `resume`).
+
+Exact resume: the data order is a pure function of (seed, step) (`EpochSampler`), and checkpoints hold the model,
+the optimizer, the step, the learning-rate scale, the RNG states and every plugin's state.
+"""
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from plugins.base import PluginContext, TrainingPlugin
+from stages import checkpoint as ckpt
+from stages.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 64  # per process and per micro-batch
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.02  # cosine decay ends at lr * min_lr_ratio
+    grad_accum: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
+    seed: int = 0
+    log_every: int = 25
+    sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
+    snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on (diverged); the message says why and where its last good checkpoint is."""
+
+
+class TrainTask(Protocol):
+    stage: str
+    model: torch.nn.Module
+    progress_keys: tuple[str, ...]
+
+    def num_examples(self) -> int: ...
+
+    def get_batch(self, indices: torch.Tensor, device: torch.device) -> Any: ...
+
+    def compute_loss(
+        self, model: torch.nn.Module, batch: Any
+    ) -> tuple[torch.Tensor, Any, dict[str, float]]: ...
+
+    def save_samples(self, model: torch.nn.Module, step: int, run_dir: Path) -> None: ...
+
+
+class EpochSampler:
+    """Shuffled batches as a pure function of the global micro-batch index: epoch e is ordered by
+    randperm(n) seeded with seed + e, and process r of w takes slice r of every w consecutive batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch == 0:
+            raise UserError(
+                f"the dataset has {n} examples, fewer than one batch of {batch_size} x {world} processes; "
+                "use a smaller --batch-size"
+            )
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, micro_batch: int) -> torch.Tensor:
+        epoch, j = divmod(micro_batch, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        start = (j * self.world + self.rank) * self.bs
+        return self._perm[start : start + self.bs]
+
+
+class Trainer:
+    def __init__(
+        self, task: TrainTask, config: TrainConfig, run_dir: Path, plugins: list[TrainingPlugin] = ()
+    ):
+        self.task, self.cfg, self.run_dir, self.plugins = task, config, Path(run_dir), list(plugins)
+        try:
+            self.accelerator = Accelerator(
+                mixed_precision=config.mixed_precision,
+                log_with=config.log_with,
+                project_dir=str(self.run_dir),
+            )
+        except (ValueError, ImportError) as exc:
+            raise UserError(f"cannot set up training: {exc}") from exc
+        set_seed(config.seed + self.accelerator.process_index)
+        model = task.model
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.sampler = EpochSampler(
+            task.num_examples(), config.batch_size, config.seed,
+            self.accelerator.process_index, self.accelerator.num_processes,
+        )  # fmt: skip
+        self.ctx = PluginContext(self.accelerator, self.model, task.stage, config.steps, config.seed)
+        for plugin in self.plugins:
+            plugin.setup(self.ctx)
+        self.step, self.lr_scale = 0, 1.0
+        self.nonfinite_in_row, self.nonfinite_total = 0, 0
+        self._snapshot: dict | None = None
+        self.history: list[dict[str, float]] = []
+
+    # --- schedule -----------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            factor = (step + 1) / c.warmup_steps
+        else:
+            progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+            factor = c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (
+                1 + math.cos(math.pi * min(progress, 1.0))
+            )
+        return c.lr * factor * self.lr_scale
+
+    # --- one step ---------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float] | None:
+        """One optimizer step over grad_accum micro-batches; None if it was skipped for a non-finite loss."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        metrics: dict[str, float] = {}
+        batch = out = None
+        for micro in range(self.cfg.grad_accum):
+            batch = self.task.get_batch(
+                self.sampler.indices(step * self.cfg.grad_accum + micro), self.accelerator.device
+            )
+            sync = micro == self.cfg.grad_accum - 1
+            with (
+                self.accelerator.no_sync(self.model) if not sync else _nullcontext(),
+                self.accelerator.autocast(),
+            ):
+                loss, out, m = self.task.compute_loss(self.model, batch)
+                for plugin in self.plugins:
+                    extra = plugin.loss(self.ctx, batch, out, step)
+                    if extra is not None:
+                        loss = loss + extra.loss
+                        m.update(extra.metrics)
+                if not self._all_finite(loss):
+                    return self._on_nonfinite(step)
+                self.accelerator.backward(loss / self.cfg.grad_accum)
+            metrics.update(m)
+            metrics["loss"] = float(loss.detach())
+        if self.cfg.clip_grad > 0:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+            if not self._all_finite(torch.as_tensor(norm)):
+                return self._on_nonfinite(step)
+            metrics["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for plugin in self.plugins:
+            metrics.update(plugin.after_step(self.ctx, batch, out, step))
+        metrics["lr"] = self.lr_at(step)
+        self.nonfinite_in_row = 0
+        return metrics
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1).to(self.accelerator.device)
+        return float(self.accelerator.reduce(bad, "sum")) == 0
+
+    def _on_nonfinite(self, step: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        last = ckpt.list_checkpoints(self.run_dir)
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+            raise TrainingStopped(
+                f"training stopped at step {step}: {self.nonfinite_in_row} non-finite losses in a row ({where}); "
+                "lower --lr or check the data"
+            )
+        if self._snapshot is not None and self.cfg.rollback_lr_factor < 1:
+            self._restore_snapshot()
+            self.lr_scale *= self.cfg.rollback_lr_factor
+            for plugin in self.plugins:
+                plugin.on_rollback(self.cfg.rollback_lr_factor)
+            self.accelerator.print(
+                f"non-finite loss at step {step}: rolled back to the state of step {self._snapshot['step']}, "
+                f"learning rate scaled to x{self.lr_scale:.3g}"
+            )
+        return None
+
+    def _take_snapshot(self, step: int) -> None:
+        self._snapshot = {
+            "step": step,
+            "model": copy.deepcopy(self.accelerator.unwrap_model(self.model).state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "plugins": [copy.deepcopy(p.state_dict()) for p in self.plugins],
+        }
+
+    def _restore_snapshot(self) -> None:
+        snap = self._snapshot
+        self.accelerator.unwrap_model(self.model).load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        for plugin, (tensors, meta) in zip(self.plugins, snap["plugins"]):
+            plugin.load_state_dict(tensors, meta)
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, float]]:
+        """Train from self.step to cfg.steps; saves samples and checkpoints on the way. Ctrl-C saves and stops."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.log_with:
+            acc.init_trackers("vqgen", config=_flat(asdict(cfg)))
+        self.bar = bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
+        )
+        try:
+            while self.step < cfg.steps:
+                step = self.step
+                if cfg.snapshot_every and step % cfg.snapshot_every == 0 and self.nonfinite_in_row == 0:
+                    self._take_snapshot(step)
+                metrics = self.train_step(step)
+                if metrics is None:
+                    continue  # skipped (and maybe rolled back); the same step index is tried on fresh data
+                self.step = step + 1
+                bar.update(1)
+                self._log(metrics)
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
+                    self.task.save_samples(acc.unwrap_model(self.model), self.step, self.run_dir)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+        except KeyboardInterrupt:
+            self.save()
+            bar.close()
+            raise
+        bar.close()
+        if cfg.log_with:
+            acc.end_training()
+        return self.history
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.step % self.cfg.log_every and self.step != self.cfg.steps:
+            return
+        metrics = {**metrics, "nonfinite_skipped": float(self.nonfinite_total)}
+        self.history.append({"step": self.step, **metrics})
+        if self.cfg.log_with:
+            self.accelerator.log(metrics, step=self.step)
+        keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
+        self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics}, refresh=False)
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if acc.is_main_process:
+            tensors = ckpt.add_prefix(acc.unwrap_model(self.model).state_dict(), "model")
+            opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+            rng_tensors, rng_meta = ckpt.rng_state()
+            tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
+            tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
+            plugin_meta = {}
+            for plugin in self.plugins:
+                p_tensors, p_meta = plugin.state_dict()
+                tensors.update(ckpt.add_prefix(p_tensors, f"plugin.{plugin.name}"))
+                plugin_meta[plugin.name] = p_meta
+            meta = {
+                "lr_scale": self.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
+                "nonfinite_total": self.nonfinite_total, "train_config": asdict(self.cfg),
+            }  # fmt: skip
+            path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+        return path
+
+    def resume(self) -> int:
+        """Continue from the newest intact checkpoint (a corrupt one is reported and skipped). Returns the step."""
+        for path in reversed(ckpt.list_checkpoints(self.run_dir)):
+            problem = ckpt.verify_checkpoint(path)
+            if problem:
+                warnings.warn(f"skipping corrupt checkpoint {path}: {problem}", stacklevel=2)
+                continue
+            tensors, meta = ckpt.read_checkpoint(path)
+            self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.split_prefix(tensors, "model"))
+            self.optimizer.load_state_dict(
+                ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+            )
+            for plugin in self.plugins:
+                plugin.load_state_dict(
+                    ckpt.split_prefix(tensors, f"plugin.{plugin.name}"), meta["plugins"].get(plugin.name, {})
+                )
+            if self.accelerator.process_index == 0:
+                ckpt.set_rng_state(ckpt.split_prefix(tensors, "rng"), meta["rng"])
+            else:
+                set_seed(self.cfg.seed + self.accelerator.process_index + meta["step"])
+            self.step, self.lr_scale = meta["step"], meta["lr_scale"]
+            self.nonfinite_total = meta.get("nonfinite_total", 0)
+            return self.step
+        raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
