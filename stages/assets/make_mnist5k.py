@@ -21,7 +21,8 @@ HELDOUT_PER_CLASS = 50
 
 
 def main(csv_gz: str) -> None:
-    rows = np.loadtxt(gzip.open(csv_gz), delimiter=",", dtype=np.int64)
+    with gzip.open(csv_gz) as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
     pixels, labels = rows[:, :-1].astype(np.uint8).reshape(-1, 28, 28), rows[:, -1]
     heldout = np.zeros(len(labels), dtype=bool)
     for digit in range(10):
