@@ -73,9 +73,7 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     naive samplers comparable token for token. (torch.multinomial draws V exponentials per row on CPU, which cost
     more than a small prior's whole step.) Entries of probability zero are never drawn."""
     cdf = logits.softmax(-1).cumsum(-1)  # (B, V), non-decreasing
-    u = 1.0 - torch.rand(
-        cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype
-    )  # in (0, 1]
+    u = 1.0 - torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)  # (0, 1]
     # the first index whose cdf reaches u * total; u > 0 skips leading zero-probability entries
     return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1).clamp_(max=cdf.shape[1] - 1)
 

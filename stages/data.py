@@ -117,7 +117,7 @@ def _finish(train, heldout, class_names: list[str], total: int) -> ImageSplits:
     kept = len(train) + len(heldout)
     if kept == 0:
         raise UserError("none of the dataset's images could be read; check the files")
-    return ImageSplits(train.with_format("torch"), heldout.with_format("torch"), class_names, total - kept)
+    return ImageSplits(train, heldout, class_names, total - kept)
 
 
 def _split(ds, cfg: DataConfig):
@@ -166,6 +166,9 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
 def load_hub(cfg: DataConfig) -> ImageSplits:
     from datasets import ClassLabel, load_dataset
 
+    from stages.hub import ensure_hub_reachable
+
+    ensure_hub_reachable(f"--dataset {cfg.dataset}")
     def fetch(split: str):
         try:
             return load_dataset(cfg.dataset, split=split, revision=cfg.revision)

@@ -1,16 +1,36 @@
 """Reading vqgen artifacts from a local folder or a Hugging Face Hub id, safely (safetensors only, no pickle)."""
 
 import json
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from stages.errors import UserError
 
 UNSAFE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def ensure_hub_reachable(what: str) -> None:
+    """Fail fast, in one line, when the Hub endpoint cannot be reached (instead of a stack of retries).
+    With HF_HUB_OFFLINE=1 nothing is checked: the libraries then answer from the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise UserError(
+            f"{what}: cannot reach the Hugging Face Hub at {url.scheme}://{url.netloc} ({exc.strerror or exc}); "
+            "check your network, set HF_HUB_OFFLINE=1 to use the local cache, or pass a local path"
+        ) from None
+
+
 def _hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
     from huggingface_hub import hf_hub_download
 
+    ensure_hub_reachable(repo_id)
     try:
         return Path(hf_hub_download(repo_id, filename, **hub_kwargs))
     except Exception as exc:  # offline, unknown repo, missing file: one line

@@ -68,21 +68,16 @@ class TokenizerOutput:
     dead_codes: int
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch // 4) or 1, ch)
-
-
 class ResBlock(nn.Module):
-    def __init__(self, ch_in: int, ch_out: int):
+    """The VQ-VAE residual block: x + conv1x1(act(conv3x3(act(x)))), with a bottleneck of half the width."""
+
+    def __init__(self, ch: int):
         super().__init__()
-        self.block = nn.Sequential(
-            _norm(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1),
-            _norm(ch_out), nn.SiLU(), nn.Conv2d(ch_out, ch_out, 3, padding=1),
-        )  # fmt: skip
-        self.skip = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else nn.Identity()
+        hidden = max(ch // 2, 1)
+        self.block = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.block(x)
+        return x + self.block(x)
 
 
 def _widths(cfg: TokenizerConfig) -> list[int]:
@@ -102,8 +97,8 @@ class Encoder(nn.Module):
             layers.append(nn.Conv2d(ch, w, 4, stride=2, padding=1))  # halves H and W
             layers += [] if i == len(widths) - 1 else [nn.SiLU()]
             ch = w
-        layers += [ResBlock(ch, ch) for _ in range(cfg.num_res_blocks)]
-        layers += [_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 1)]
+        layers += [ResBlock(ch) for _ in range(cfg.num_res_blocks)]
+        layers += [nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +112,8 @@ class Decoder(nn.Module):
         super().__init__()
         widths = _widths(cfg)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)]
-        layers += [ResBlock(widths[0], widths[0]) for _ in range(cfg.num_res_blocks)]
-        layers += [_norm(widths[0]), nn.SiLU()]
+        layers += [ResBlock(widths[0]) for _ in range(cfg.num_res_blocks)]
+        layers.append(nn.SiLU())
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, stride=2, padding=1), nn.SiLU()]  # doubles H and W
         self.net = nn.Sequential(*layers)

@@ -1,0 +1,36 @@
+# Set-up and the two everyday commands. Each creates .venv and installs what it needs on first use.
+#   make demo TORCH='torch==2.13.0'   the whole pipeline on the embedded MNIST digits
+#   make test TORCH='torch==2.13.0'   lint + the whole test suite
+# TORCH is the torch requirement to install first (a CPU pin here, your CUDA build elsewhere).
+PYTHON ?= python3
+TORCH ?= torch>=2.2
+VENV ?= .venv
+RUN ?= runs/demo
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python cli.py tokenize --run $(RUN) --overwrite
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,85 @@
+"""A GRU prior: a recurrent network reads the code grid in raster order and predicts the next code.
+
+Input at position t is the embedding of code t-1 (a learned start token at t = 0) plus a learned embedding of
+the position t, so that the network knows where the raster scan wraps to a new row. The class label sets the
+initial hidden state of every layer and is also the start token, so the label is seen both ways.
+Sampling carries the hidden state: constant work per token.
+
+GRU: Cho et al. 2014, arXiv:1406.1078. Used as a VQ-VAE prior, e.g., in van den Oord et al. 2017, arXiv:1711.00937.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from priors import register_prior
+from priors.base import Prior, PriorConfig, PriorOutput
+
+
+@dataclass
+class GRUPriorConfig(PriorConfig):
+    prior_type: str = "gru"
+    embed_dim: int = 256  # width of the code, start and position embeddings fed to the GRU
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.1  # between GRU layers and before the output head, training only
+
+
+@dataclass
+class GRUSamplingState:
+    hidden: torch.Tensor  # (L, B, hidden_size)
+    labels: torch.Tensor  # (B,) label index, num_classes = null
+    position: int  # raster position whose logits the next call returns
+
+
+@register_prior("gru")
+class GRUPrior(Prior):
+    def __init__(self, config: GRUPriorConfig):
+        super().__init__(config)
+        c = config
+        num_labels = c.num_classes + 1  # classes + the null label (index num_classes; 0 when unconditional)
+        self.code_embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.start_embed = nn.Embedding(num_labels, c.embed_dim)  # the start token, one per label
+        self.pos_embed = nn.Parameter(torch.zeros(c.seq_len, c.embed_dim))  # position of the predicted code
+        self.h0 = nn.Embedding(num_labels, c.num_layers * c.hidden_size)  # label -> initial hidden state
+        self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
+        self.drop = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.h0.weight, std=0.02)
+
+    def _labels(self, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        if labels is None:
+            return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=self.device)
+        return labels.to(self.device, torch.long) if self.config.num_classes > 0 else torch.zeros_like(labels)
+
+    def _initial_hidden(self, labels: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        h = torch.tanh(self.h0(labels))  # (B, L * hidden)
+        return h.view(-1, c.num_layers, c.hidden_size).transpose(0, 1).contiguous()  # (L, B, hidden)
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PriorOutput:
+        b, h, w = codes.shape
+        labels = self._labels(self.training_labels(labels), b)
+        flat = codes.reshape(b, h * w)
+        start = self.start_embed(labels).unsqueeze(1)  # (B, 1, E)
+        x = torch.cat([start, self.code_embed(flat[:, :-1])], dim=1) + self.pos_embed  # (B, T, E)
+        out, _ = self.gru(x, self._initial_hidden(labels))  # (B, T, hidden)
+        logits = self.head(self.drop(out)).view(b, h, w, -1)  # (B, H, W, V)
+        return PriorOutput(logits=logits, loss=self.nll(logits, codes))
+
+    def begin_sampling(self, labels: torch.Tensor | None, batch_size: int) -> GRUSamplingState:
+        labels = self._labels(labels, batch_size)
+        return GRUSamplingState(hidden=self._initial_hidden(labels), labels=labels, position=0)
+
+    def next_logits(
+        self, state: GRUSamplingState, prev: torch.Tensor | None
+    ) -> tuple[torch.Tensor, GRUSamplingState]:
+        t = state.position
+        x = self.start_embed(state.labels) if prev is None else self.code_embed(prev)  # (B, E)
+        x = (x + self.pos_embed[t]).unsqueeze(1)  # (B, 1, E)
+        out, hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
+        logits = F.linear(out[:, 0], self.head.weight, self.head.bias)  # (B, V)
+        return logits, GRUSamplingState(hidden=hidden, labels=state.labels, position=t + 1)
