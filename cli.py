@@ -189,11 +189,9 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):  # bad option names or values
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors: bad option names or values
             exc.show()
-            sys.exit(2)
+            sys.exit(exc.exit_code)
         raise
 
 

@@ -37,14 +37,14 @@ class GANConfig:
     lr: float = 2e-4  # the discriminator's Adam learning rate (constant, scaled down by rollbacks)
     beta1: float = 0.5
     beta2: float = 0.9
-    start_fraction: float = 0.2  # the adversarial loss reaches the tokenizer after this fraction of the run ...
-    start_step: int = -1  # ... or from this step, when >= 0
+    start_fraction: float = 0.2  # the adversarial term reaches the tokenizer after this fraction of the run
+    start_step: int = -1  # ... or from this step, when >= 0 (overrides start_fraction)
     disc_warmup_steps: int = 100  # the discriminator trains this many steps before `start`
     max_adaptive_weight: float = 1e4  # lambda is clamped to [0, this] (VQGAN's value)
     reg: str = "lecam"  # discriminator regulariser: "none" | "lecam" | "r1"
     reg_weight: float = 0.1  # LeCAM: ~0.1-0.3; R1 (gamma): ~0.1-10
     lecam_decay: float = 0.99  # EMA decay of the mean real / fake logits that LeCAM anchors to
-    max_disc_grad_norm: float = 100.0  # a discriminator step with a larger gradient norm is skipped (exploding)
+    max_disc_grad_norm: float = 100.0  # a disc step with a larger gradient norm is skipped (exploding)
     max_logit_gap: float = 10.0  # mean real - mean fake logit above this: the discriminator overpowers
     saturated_steps: int = 200  # accuracy 1.0 for this many discriminator steps in a row: saturated
 
@@ -60,7 +60,7 @@ class GANConfig:
 # --- losses: each takes logits of any shape and returns a scalar --------------------------------------------
 @dataclass(frozen=True)
 class GANLoss:
-    d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits_real, logits_fake) -> discriminator loss
+    d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits_real, logits_fake) -> disc loss
     g: Callable[[torch.Tensor], torch.Tensor]  # logits_fake -> generator loss
     threshold: float  # a logit above this means "real" (for the accuracy metric)
 
@@ -159,7 +159,7 @@ class GANPlugin(TrainingPlugin):
     def loss(self, ctx: PluginContext, batch: torch.Tensor, out, step: int) -> PluginLoss | None:
         if step < self.start:
             return None
-        disc = ctx.accelerator.unwrap_model(self.disc)  # no DDP hooks: the discriminator gets no gradient here
+        disc = ctx.accelerator.unwrap_model(self.disc)  # no DDP hooks: the disc gets no gradient here
         disc.eval().requires_grad_(False)  # eval: spectral norm's power iteration is left to the disc step
         g_loss = self.losses.g(disc(out.recon).float())
         disc.train().requires_grad_(True)
@@ -191,9 +191,13 @@ class GANPlugin(TrainingPlugin):
         norm = float(grad_norm)  # after DDP's all-reduce: the same on every process
         loss_bad = float(acc.reduce((~torch.isfinite(total.detach())).float().reshape(1), "sum"))
         if loss_bad > 0 or (acc.scaler is None and not math.isfinite(norm)):
-            self._event(acc, "nonfinite", step, f"non-finite discriminator loss or gradient (norm {norm:.4g})")
+            self._event(
+                acc, "nonfinite", step, f"non-finite discriminator loss or gradient (norm {norm:.4g})"
+            )
         elif math.isfinite(norm) and norm > cfg.max_disc_grad_norm:
-            self._event(acc, "exploding", step, f"discriminator gradient norm {norm:.4g} > {cfg.max_disc_grad_norm:g}")
+            self._event(
+                acc, "exploding", step, f"discriminator gradient norm {norm:.4g} > {cfg.max_disc_grad_norm:g}"
+            )
         else:
             self.opt.step()  # under fp16 the grad scaler itself skips a step with inf gradients
         self.opt.zero_grad(set_to_none=True)
@@ -207,7 +211,9 @@ class GANPlugin(TrainingPlugin):
         if cfg.reg == "lecam":  # pull real logits towards the fake EMA and fake logits towards the real EMA
             means = torch.stack([logits_real.mean(), logits_fake.mean()]).detach()
             means = acc.reduce(means, "mean") if acc.num_processes > 1 else means
-            if self.lecam_ready:
+            if not torch.isfinite(means).all():
+                pass  # a non-finite step is skipped; it must not poison the EMAs
+            elif self.lecam_ready:
                 self.lecam_ema.mul_(cfg.lecam_decay).add_((1 - cfg.lecam_decay) * means)
             else:
                 self.lecam_ema.copy_(means)
@@ -221,7 +227,9 @@ class GANPlugin(TrainingPlugin):
         real_mean, fake_mean = float(logits_real.mean()), float(logits_fake.mean())
         accuracy = 0.5 * float((logits_real > t).float().mean() + (logits_fake < t).float().mean())
         if real_mean - fake_mean > cfg.max_logit_gap:
-            self._event(acc, "overpowering", step, f"logit gap {real_mean - fake_mean:.3g} > {cfg.max_logit_gap:g}")
+            self._event(
+                acc, "overpowering", step, f"logit gap {real_mean - fake_mean:.3g} > {cfg.max_logit_gap:g}"
+            )
         self.saturated_run = self.saturated_run + 1 if accuracy == 1.0 else 0
         if self.saturated_run and self.saturated_run % cfg.saturated_steps == 0:
             self._event(acc, "saturated", step, f"accuracy 1.0 for {self.saturated_run} steps in a row")
@@ -273,7 +281,9 @@ class GANPlugin(TrainingPlugin):
             return
         disc = self.disc.module if hasattr(self.disc, "module") else self.disc
         disc.load_state_dict(ckpt.split_prefix(tensors, "disc"))
-        self.opt.load_state_dict(ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"]))
+        self.opt.load_state_dict(
+            ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+        )
         self.lecam_ema.copy_(tensors["lecam_ema"])
         self.lecam_ready = meta["lecam_ready"]
         self.saturated_run = meta["saturated_run"]

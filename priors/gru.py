@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from priors import register_prior
 from priors.base import Prior, PriorConfig, PriorOutput
@@ -22,7 +21,7 @@ from priors.base import Prior, PriorConfig, PriorOutput
 class GRUPriorConfig(PriorConfig):
     prior_type: str = "gru"
     embed_dim: int = 256  # width of the code, start and position embeddings fed to the GRU
-    hidden_size: int = 512
+    hidden_size: int = 256  # sized for >= 20k sampled tokens/s at batch 16 on 2 CPU cores
     num_layers: int = 2
     dropout: float = 0.1  # between GRU layers and before the output head, training only
 
@@ -81,5 +80,5 @@ class GRUPrior(Prior):
         x = self.start_embed(state.labels) if prev is None else self.code_embed(prev)  # (B, E)
         x = (x + self.pos_embed[t]).unsqueeze(1)  # (B, 1, E)
         out, hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
-        logits = F.linear(out[:, 0], self.head.weight, self.head.bias)  # (B, V)
+        logits = self.head(out[:, 0])  # (B, V)
         return logits, GRUSamplingState(hidden=hidden, labels=state.labels, position=t + 1)

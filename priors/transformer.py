@@ -61,8 +61,8 @@ class TransformerPrior(Prior):
             bos_token_id=None,  # the defaults (1, 2) are code tokens here
             eos_token_id=None,
             pad_token_id=None,
+            attn_implementation=c.attn_implementation,
         )
-        llama._attn_implementation = c.attn_implementation
         self.model = LlamaForCausalLM(llama)
 
     def _prefix(self, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
@@ -81,9 +81,7 @@ class TransformerPrior(Prior):
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PriorOutput:
         b, h, w = codes.shape
         prefix = self._prefix(self.training_labels(labels), b)
-        ids = torch.cat(
-            [prefix, codes.reshape(b, h * w)[:, :-1]], dim=1
-        )  # (B, T): the input at t is code t - 1
+        ids = torch.cat([prefix, codes.reshape(b, h * w)[:, :-1]], dim=1)  # (B, T): code t - 1 at t
         hidden = self.model.model(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, d)
         logits = self._code_logits(hidden).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))

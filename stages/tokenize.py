@@ -179,6 +179,9 @@ def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int
 
 
 def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> tuple[VQVAE, Trainer]:
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = VQVAE(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
     trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)

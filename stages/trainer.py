@@ -11,7 +11,7 @@ the optimizer, the step, the learning-rate scale, the RNG states and every plugi
 
 import copy
 import math
-import warnings
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -294,7 +294,8 @@ class Trainer:
         for path in reversed(ckpt.list_checkpoints(self.run_dir)):
             problem = ckpt.verify_checkpoint(path)
             if problem:
-                warnings.warn(f"skipping corrupt checkpoint {path}: {problem}", stacklevel=2)
+                if self.accelerator.is_main_process:
+                    print(f"warning: skipping corrupt checkpoint {path}: {problem}", file=sys.stderr)
                 continue
             tensors, meta = ckpt.read_checkpoint(path)
             self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.split_prefix(tensors, "model"))

@@ -17,7 +17,7 @@ NAMES = PRIORS.names()
 COMMON = dict(vocab_size=16, grid_height=3, grid_width=5, num_classes=3)
 TINY = {  # architecture fields of the built-ins; a third-party prior is tried with its defaults
     "gru": dict(embed_dim=16, hidden_size=32, num_layers=2, dropout=0.0),
-    "pixelcnn": dict(channels=16, num_layers=3, head_channels=32),
+    "pixelcnn": dict(channels=16, num_layers=4, head_channels=32),  # 4 layers see all of a 3x5 grid
     "transformer": dict(
         hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, attention_dropout=0.0
     ),
@@ -39,6 +39,15 @@ def codes_and_labels(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and spinning threads slow down on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=NAMES, scope="module")
@@ -84,6 +93,20 @@ def test_causal(name):
                 assert (logits[:, t + 1 :] - base[:, t + 1 :]).abs().max() > 1e-6, (
                     f"position {t} is never read"
                 )
+
+
+def test_sees_every_earlier_position(name):
+    """Changing the code at one position s changes the logits at every later position (no blind spot) and
+    at no earlier one."""
+    model = tiny(name, torch.float64).eval()
+    codes, labels = codes_and_labels(1)
+    changed = codes.view(1, T).repeat(T, 1)  # row s: the code at position s changed
+    changed[torch.arange(T), torch.arange(T)] = (changed.diagonal() + 1) % V
+    with torch.no_grad():
+        base = model(codes, labels).logits.reshape(1, T, V)
+        logits = model(changed.view(T, H, W), labels.expand(T)).logits.reshape(T, T, V)
+    moved = (logits - base).abs().amax(-1) > 1e-9  # (s, t): did the logits at t move when s changed?
+    assert torch.equal(moved, torch.ones(T, T, dtype=torch.bool).triu(1))
 
 
 def test_labels_condition_the_logits(name):
@@ -179,8 +202,8 @@ def test_top_k_1_is_greedy(name):
     assert torch.equal(argmax, grid)
 
 
-def test_classifier_free_guidance(name):
-    model = tiny(name)
+def test_classifier_free_guidance(trained):
+    model, _, _ = trained
     labels = torch.tensor([0, 1, 2, 0])
     guided = model.sample(4, labels, cfg_scale=3.0, generator=seeded())
     assert guided.shape == (4, H, W) and guided.min() >= 0 and guided.max() < V
@@ -189,6 +212,19 @@ def test_classifier_free_guidance(name):
     assert torch.equal(
         model.sample(4, labels, cfg_scale=0.0, generator=seeded()), model.sample(4, generator=seeded())
     )
+
+
+def test_next_logits_match_forward(name):
+    """The cached step, fed the codes one by one, gives the teacher-forced logits."""
+    model = tiny(name, torch.float64).eval()
+    codes, labels = codes_and_labels(3)
+    with torch.no_grad():
+        expected = model(codes, labels).logits.reshape(3, T, V)
+        state, prev = model.begin_sampling(labels, 3), None
+        for t in range(T):
+            logits, state = model.next_logits(state, prev)
+            torch.testing.assert_close(logits, expected[:, t], rtol=0, atol=1e-9, msg=f"position {t}")
+            prev = codes.view(3, T)[:, t]
 
 
 @pytest.mark.parametrize(
