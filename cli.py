@@ -148,6 +148,96 @@ def tokenize(
         )
 
 
+@app.command("train-prior")
+def train_prior(
+    prior: Annotated[
+        str, typer.Option(help="Prior to train: gru, pixelcnn, transformer, or an installed plugin prior.")
+    ] = "gru",
+    codes: Annotated[Path, typer.Option(help="The codes folder written by `tokenize`.")] = Path(
+        "runs/demo/codes"
+    ),
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder (default: prior-NAME beside the codes).")
+    ] = None,
+    prior_opt: Annotated[
+        list[str], typer.Option("--prior-opt", help="Prior config field OPTION=VALUE (repeatable).")
+    ] = [],  # noqa: B006
+    steps: Steps = 3000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Code grids per process per micro-batch.")] = 64,
+    lr: Annotated[
+        float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")
+    ] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.01,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
+    mixed_precision: Annotated[Precision, typer.Option(help="Mixed precision (accelerate).")] = Precision.no,
+    seed: Seed = 0,
+    sample_every: Annotated[
+        int, typer.Option(min=0, help="Save a decoded sample grid every N steps.")
+    ] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Save a checkpoint every N steps.")] = 500,
+    log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
+    overwrite: Overwrite = False,
+    resume: Resume = False,
+) -> None:
+    """Stage two: train an autoregressive prior on the tokenizer's code grids."""
+    from stages.options import split_assignments
+    from stages.train_prior import PriorTrainConfig, run_train_prior
+    from stages.trainer import TrainConfig
+
+    try:
+        options = split_assignments(prior_opt, "--prior-opt")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    cfg = PriorTrainConfig(
+        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options,
+        train=TrainConfig(
+            steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_accum=grad_accum,
+            mixed_precision=mixed_precision.value, seed=seed, sample_every=sample_every,
+            checkpoint_every=checkpoint_every, log_with=log_with,
+        ),
+        overwrite=overwrite, resume=resume,
+    )  # fmt: skip
+    r = run_train_prior(cfg)
+    if r:
+        typer.echo(
+            f"{prior}: validation NLL {r['val_bits_per_token']:.3f} bits/token, {r['val_bits_per_dim']:.4f} bits/dim "
+            f"({r['parameters']:,} parameters, {r['train_seconds']:.0f} s)"
+        )
+
+
+@app.command()
+def generate(
+    prior: Annotated[Path, typer.Option(help="A trained prior folder.")] = Path("runs/demo/prior-gru"),
+    tokenizer: Annotated[
+        Optional[str], typer.Option(help="Tokenizer folder (default: `tokenizer` beside the prior).")
+    ] = None,
+    label: Annotated[
+        list[int], typer.Option("--label", help="Class to sample (repeatable; default: a row per class).")
+    ] = [],  # noqa: B006
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Keep the k most likely codes.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
+    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    seed: Seed = 0,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Sample code grids from a prior and decode them into a PNG grid and individual images."""
+    from stages.generate import GenerateConfig, run_generate
+
+    cfg = GenerateConfig(
+        prior=str(prior), tokenizer=tokenizer, labels=label or None, n=n, temperature=temperature, top_k=top_k,
+        top_p=top_p, cfg_scale=cfg_scale, seed=seed, out=str(out) if out else None, overwrite=overwrite,
+    )  # fmt: skip
+    r = run_generate(cfg)
+    typer.echo(
+        f"wrote {r['out']} and {r['n']} images in {r['folder']} ({r['tokens_per_s']:,.0f} tokens/s sampling)"
+    )
+
+
 def _list(registry) -> None:
     for entry in registry.entries():
         typer.echo(f"{entry.name:<14} {entry.source:<36} {entry.target}")
@@ -189,7 +279,9 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors: bad option names or values
+        if hasattr(exc, "show") and hasattr(
+            exc, "exit_code"
+        ):  # click's usage errors: bad option names or values
             exc.show()
             sys.exit(exc.exit_code)
         raise

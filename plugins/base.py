@@ -16,11 +16,13 @@ Options come from the command line as `--plugin-opt name.field=value` and are pa
 with the field's type (see `parse_plugin_options`).
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from stages.options import parse_options
 
 
 @dataclass
@@ -75,34 +77,6 @@ class TrainingPlugin:
         """Called after the trainer rolled back to the last good state because of a non-finite loss."""
 
 
-def _convert(value: str, annotation: Any, where: str) -> Any:
-    kind = annotation if isinstance(annotation, type) else type(None)
-    try:
-        if kind is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind in (int, float, str):
-            return kind(value)
-    except ValueError:
-        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}") from None
-    # Optional[...] and other annotations: try int, float, then keep the string
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return None if value.lower() == "none" else value
-
-
 def parse_plugin_options(plugin: str, config_class: type, options: dict[str, str]) -> Any:
-    """Build `config_class` from string options, converting each to its field's type."""
-    known = {f.name: f for f in fields(config_class)}
-    values = {}
-    for key, raw in options.items():
-        if key not in known:
-            raise ValueError(f"plugin {plugin!r} has no option {key!r}; options: {', '.join(sorted(known))}")
-        values[key] = _convert(raw, known[key].type, f"{plugin}.{key}")
-    return config_class(**values)
+    """Build a plugin's config dataclass from `--plugin-opt` strings, converting each to its field's type."""
+    return parse_options(f"plugin {plugin!r}", config_class, options)

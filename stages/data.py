@@ -169,6 +169,7 @@ def load_hub(cfg: DataConfig) -> ImageSplits:
     from stages.hub import ensure_hub_reachable
 
     ensure_hub_reachable(f"--dataset {cfg.dataset}")
+
     def fetch(split: str):
         try:
             return load_dataset(cfg.dataset, split=split, revision=cfg.revision)

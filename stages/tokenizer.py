@@ -74,7 +74,9 @@ class ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         hidden = max(ch // 2, 1)
-        self.block = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, ch, 1))
+        self.block = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(ch, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, ch, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)

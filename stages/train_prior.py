@@ -1,0 +1,191 @@
+"""Stage two: train any registered prior on the code grids that stage one wrote.
+
+RUN/codes/                 input: datasets.DatasetDict (train, validation) + vqgen.json
+RUN/prior-<name>/          output: config.json + model.safetensors + README.md (the Hub layout),
+                           metrics.json (validation NLL in bits per token and per image dimension),
+                           samples/ (a decoded grid per class every --sample-every steps), checkpoints/
+"""
+
+import json
+import math
+import time
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from priors import Prior, get_prior_class
+from stages import metrics as M
+from stages.errors import UserError
+from stages.options import parse_options
+from stages.runs import prepare_run_dir
+from stages.trainer import TrainConfig, Trainer
+
+CODES_META = "vqgen.json"
+
+
+@dataclass
+class PriorTrainConfig:
+    codes: str = "runs/demo/codes"  # stage one's codes folder
+    prior: str = "gru"  # registry name
+    out: str | None = None  # default: <codes>/../prior-<prior>
+    prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, lr=1e-3, batch_size=64))
+    eval_batch_size: int = 256
+    overwrite: bool = False
+    resume: bool = False
+
+
+@dataclass
+class CodeSplits:
+    train_codes: torch.Tensor  # (N, H, W) long
+    train_labels: torch.Tensor  # (N,) long, -1 where unlabelled
+    val_codes: torch.Tensor
+    val_labels: torch.Tensor
+    meta: dict  # vqgen.json: vocab_size, grid_height, grid_width, num_classes, tokenizer_fingerprint, ...
+
+
+def load_codes(path: Path) -> CodeSplits:
+    from datasets import load_from_disk
+
+    path = Path(path)
+    meta_file = path / CODES_META
+    if not meta_file.is_file():
+        raise UserError(
+            f"--codes {path}: no {CODES_META} here; give the codes folder written by `cli.py tokenize`"
+        )
+    meta = json.loads(meta_file.read_text())
+    try:
+        dd = load_from_disk(str(path))
+    except Exception as exc:
+        raise UserError(f"--codes {path}: cannot read the codes dataset ({exc})") from None
+
+    def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = dd[split].with_format("numpy")[:]
+        return torch.as_tensor(np.asarray(rows["codes"]), dtype=torch.long), torch.as_tensor(
+            np.asarray(rows["label"]), dtype=torch.long
+        )
+
+    return CodeSplits(*arrays("train"), *arrays("validation"), meta)
+
+
+def prior_config_class(cls: type[Prior]) -> type:
+    """The dataclass a prior's __init__ takes (its `config` annotation)."""
+    return typing.get_type_hints(cls.__init__)["config"]
+
+
+def build_prior(name: str, meta: dict, options: dict[str, str]) -> Prior:
+    cls = get_prior_class(name)
+    fixed = {
+        "prior_type": name,
+        "vocab_size": meta["vocab_size"],
+        "grid_height": meta["grid_height"],
+        "grid_width": meta["grid_width"],
+        "num_classes": meta["num_classes"],
+        "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
+    }
+    for key in options:
+        if key in fixed:
+            raise UserError(f"--prior-opt {key} comes from the codes and cannot be set")
+    try:
+        config = parse_options(f"prior {name!r}", prior_config_class(cls), options, **fixed)
+        return cls(config)
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
+
+
+class PriorTask:
+    """What the trainer needs from stage two (stages/trainer.py: TrainTask)."""
+
+    stage = "prior"
+    progress_keys = ("bits_per_token",)
+
+    def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None):
+        self.model, self.codes, self.tokenizer = model, codes, tokenizer
+        self.conditional = model.config.num_classes > 0
+
+    def num_examples(self) -> int:
+        return self.codes.train_codes.shape[0]
+
+    def get_batch(self, indices: torch.Tensor, device: torch.device):
+        labels = self.codes.train_labels[indices].to(device) if self.conditional else None
+        return self.codes.train_codes[indices].to(device), labels
+
+    def compute_loss(self, model, batch):
+        codes, labels = batch
+        out = model(codes, labels)
+        return out.loss, out, {"bits_per_token": float(out.loss.detach()) / math.log(2)}
+
+    def save_samples(self, model: Prior, step: int, run_dir: Path) -> None:
+        if self.tokenizer is None:
+            return
+        from stages.generate import class_grid_labels, decode_grid
+
+        labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
+        n = labels.numel() if labels is not None else 64
+        grids = model.sample(n, labels=labels, generator=torch.Generator(device=model.device).manual_seed(0))
+        M.save_png(
+            decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"
+        )
+
+
+@torch.no_grad()
+def evaluate_prior(
+    model: Prior, codes: torch.Tensor, labels: torch.Tensor | None, batch_size: int, image_dims: int
+) -> dict:
+    """Validation NLL (no label dropout) in nats and bits per token, and bits per image dimension."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, codes.shape[0], batch_size):
+        c = codes[i : i + batch_size].to(model.device)
+        lab = labels[i : i + batch_size].to(model.device) if labels is not None else None
+        total += float(model(c, lab).loss) * c.numel()
+        count += c.numel()
+    nats = total / max(count, 1)
+    tokens = codes.shape[1] * codes.shape[2]
+    return {
+        "val_nll_nats_per_token": nats,
+        "val_bits_per_token": nats / math.log(2),
+        "val_bits_per_dim": nats / math.log(2) * tokens / image_dims,
+        "val_examples": int(codes.shape[0]),
+    }
+
+
+def run_train_prior(cfg: PriorTrainConfig) -> dict:
+    from accelerate.utils import set_seed
+
+    from stages.hub import load_tokenizer
+
+    codes_dir = Path(cfg.codes)
+    codes = load_codes(codes_dir)
+    out_dir = Path(cfg.out) if cfg.out else codes_dir.parent / f"prior-{cfg.prior}"
+    tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    set_seed(cfg.train.seed)
+    model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
+    out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
+    trainer = Trainer(PriorTask(model, codes, tokenizer), cfg.train, out_dir)
+    if cfg.resume:
+        trainer.accelerator.print(f"resuming from step {trainer.resume()}")
+    started = time.perf_counter()
+    trainer.fit()
+    train_seconds = time.perf_counter() - started
+    results: dict = {}
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(out_dir))
+        image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
+        labels = codes.val_labels if model.config.num_classes else None
+        results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
+        results.update(
+            prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=train_seconds,
+            train_tokens_per_s=cfg.train.steps * cfg.train.batch_size * codes.train_codes[0].numel() / train_seconds,
+        )  # fmt: skip
+        if tokenizer is not None:
+            trainer.task.save_samples(model, cfg.train.steps, out_dir)
+        M.write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
+        M.write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
+    trainer.accelerator.wait_for_everyone()
+    return results
