@@ -6,6 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch>=2.2
 VENV ?= .venv
 RUN ?= runs/demo
+PRIOR ?= transformer
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
@@ -21,6 +22,8 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/python cli.py tokenize --run $(RUN) --overwrite
+	$(BIN)/python cli.py train-prior --prior $(PRIOR) --codes $(RUN)/codes --overwrite
+	$(BIN)/python cli.py generate --prior $(RUN)/prior-$(PRIOR) --n 100 --overwrite
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
