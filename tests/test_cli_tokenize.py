@@ -20,9 +20,22 @@ def test_tokenize_writes_a_complete_run(tmp_path, image_folder):
     result = tokenize(run, image_folder, "--steps", "4", "--checkpoint-every", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PSNR" in result.stdout
-    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     metrics = json.loads((run / "metrics.json").read_text())["tokenizer"]
-    for key in ("psnr", "ssim", "mse", "codebook_usage", "perplexity", "dead_codes", "eval_images_per_s", "wall_seconds"):
+    for key in (
+        "psnr",
+        "ssim",
+        "mse",
+        "codebook_usage",
+        "perplexity",
+        "dead_codes",
+        "eval_images_per_s",
+        "wall_seconds",
+    ):
         assert key in metrics
     meta = json.loads((run / "codes" / "vqgen.json").read_text())
     assert meta["vocab_size"] == 16 and meta["grid_height"] == 7 and meta["num_classes"] == 10
@@ -37,7 +50,9 @@ def test_tokenize_writes_a_complete_run(tmp_path, image_folder):
 
     again = tokenize(run, image_folder, "--steps", "4")
     assert_user_error(again, "--overwrite")
-    assert (run / "metrics.json").read_text() == json.dumps(json.loads((run / "metrics.json").read_text()), indent=2, sort_keys=True) + "\n"
+    assert (run / "metrics.json").read_text() == json.dumps(
+        json.loads((run / "metrics.json").read_text()), indent=2, sort_keys=True
+    ) + "\n"
 
 
 def test_resume_ends_with_the_same_weights(tmp_path, image_folder):
@@ -77,7 +92,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, imag
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, image_folder, args, fragments):
-    result = run_cli("tokenize", "--run", str(tmp_path / "r"), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS, *args)
+    result = run_cli(
+        "tokenize", "--run", str(tmp_path / "r"), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS, *args
+    )
     assert_user_error(result, *fragments)
 
 

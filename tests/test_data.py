@@ -33,7 +33,9 @@ def test_image_folder_labels_conversions_and_unreadable_files(tmp_path, digits):
     (tmp_path / f"class_{labels[0]}" / "broken.png").write_bytes(b"not an image")
     wide = Image.new("RGB", (40, 20), (255, 255, 255))
     wide.save(tmp_path / f"class_{labels[0]}" / "wide.jpg")
-    splits = load_image_splits(DataConfig(dataset=str(tmp_path), image_size=16, channels=3, heldout_fraction=0.2))
+    splits = load_image_splits(
+        DataConfig(dataset=str(tmp_path), image_size=16, channels=3, heldout_fraction=0.2)
+    )
     assert splits.skipped == 1
     assert len(splits.train) + len(splits.heldout) == 21
     assert splits.class_names == sorted(splits.class_names) and splits.class_names[0].startswith("class_")

@@ -117,7 +117,9 @@ def test_codebook_smaller_than_two_is_rejected():
 )  # fmt: skip
 def test_quantizer_properties(k, d, b, h, cosine, update):
     """For any shape: codes in range, z_q equals the looked-up codes, loss finite and non-negative."""
-    vq = VectorQuantizer(d, QuantizerConfig(codebook_size=k, code_dim=d, cosine=cosine, update=update, init="sample"))
+    vq = VectorQuantizer(
+        d, QuantizerConfig(codebook_size=k, code_dim=d, cosine=cosine, update=update, init="sample")
+    )
     vq.train()
     z = torch.randn(b, d, h, h)
     out = vq(z)

@@ -1,0 +1,116 @@
+"""Do the priors produce the digit they are asked for? One table for every prior trained on the same codes.
+
+    python benchmarks/prior_quality.py --run runs/demo [--priors gru pixelcnn transformer] [--per-class 50]
+
+For each prior: trains it with the default settings on RUN/codes if RUN/prior-NAME does not exist yet (timed),
+samples `--per-class` images for each class, and asks a small CNN classifier (trained on the embedded digits,
+cached in RUN/classifier, its accuracy on the real MNIST test split reported) which digit each image shows.
+Reports validation NLL (bits per token), training time, class accuracy of the samples and sampling tokens/s.
+Prints a markdown table and writes JSON (default RUN/prior_quality.json).
+"""
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from priors import load_prior  # noqa: E402
+from stages.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
+from stages.data import DataConfig, load_image_splits, to_float  # noqa: E402
+from stages.generate import check_pair  # noqa: E402
+from stages.hub import load_tokenizer  # noqa: E402
+from stages.tokenize import pixel_tensor  # noqa: E402
+from stages.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
+
+
+def mnist_test(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    return to_float(torch.from_numpy(x.copy())), torch.from_numpy(y.astype(np.int64))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--priors", nargs="+", default=["gru", "pixelcnn", "transformer"])
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--mnist-test", type=Path, default=ROOT.parent / "shared" / "data" / "mnist-test")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    splits = load_image_splits(DataConfig())
+    train_x = to_float(torch.cat([pixel_tensor(splits.train), pixel_tensor(splits.heldout)]))
+    train_y = torch.cat(
+        [
+            torch.as_tensor(np.asarray(s.with_format("numpy")[:]["label"]))
+            for s in (splits.train, splits.heldout)
+        ]
+    )
+    start = time.perf_counter()
+    classifier = load_or_train(args.run / "classifier", train_x, train_y, ClassifierConfig())
+    test_x, test_y = mnist_test(args.mnist_test)
+    clf_acc = accuracy(classifier, test_x, test_y)
+    print(f"classifier: {clf_acc:.2%} on the MNIST test split ({time.perf_counter() - start:.0f} s)")
+    tokenizer = load_tokenizer(args.run / "tokenizer").eval()
+
+    rows = []
+    for name in args.priors:
+        folder = args.run / f"prior-{name}"
+        if not (folder / "model.safetensors").is_file():
+            run_train_prior(PriorTrainConfig(codes=str(args.run / "codes"), prior=name))
+        metrics = json.loads((folder / "metrics.json").read_text())["prior"]
+        prior = load_prior(folder).eval()
+        check_pair(prior, tokenizer)
+        k = prior.config.num_classes
+        labels = torch.arange(k).repeat_interleave(args.per_class)
+        gen = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        grids = torch.cat([
+            prior.sample(100, labels[i : i + 100], temperature=args.temperature, cfg_scale=args.cfg_scale, generator=gen)
+            if labels[i : i + 100].numel() == 100 else
+            prior.sample(labels[i:].numel(), labels[i:], temperature=args.temperature, cfg_scale=args.cfg_scale, generator=gen)
+            for i in range(0, labels.numel(), 100)
+        ])  # fmt: skip
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            images = tokenizer.decode(grids)
+        acc = accuracy(classifier, images, labels)
+        per_class = [accuracy(classifier, images[labels == c], labels[labels == c]) for c in range(k)]
+        rows.append({
+            "prior": name, "val_bits_per_token": metrics["val_bits_per_token"], "train_seconds": metrics["train_seconds"],
+            "parameters": metrics["parameters"], "class_accuracy": acc, "worst_class_accuracy": min(per_class),
+            "sampling_tokens_per_s": labels.numel() * prior.config.seq_len / seconds,
+        })  # fmt: skip
+
+    print(
+        "\n| prior | val NLL (bits/token) | train time (s) | parameters | samples classified as asked | worst class | sampling tokens/s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['prior']} | {r['val_bits_per_token']:.3f} | {r['train_seconds']:.0f} | {r['parameters']:,} | "
+            f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['sampling_tokens_per_s']:,.0f} |"
+        )
+    out = args.json or args.run / "prior_quality.json"
+    result = {"classifier_mnist_test_accuracy": clf_acc, "per_class": args.per_class, "cfg_scale": args.cfg_scale,
+              "temperature": args.temperature, "torch": torch.__version__, "threads": torch.get_num_threads(), "priors": rows}  # fmt: skip
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

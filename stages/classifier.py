@@ -1,0 +1,111 @@
+"""A small CNN classifier for the evaluation of generated images: does a sample show the class it was asked for?
+
+Trained once on a labelled split (random shifts and small rotations as augmentation) and cached as
+config.json + model.safetensors. Its penultimate layer also serves as the feature space for Fréchet distances on
+datasets where Inception features are unavailable or meaningless (as for MNIST FID in TF-GAN's examples).
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+
+
+@dataclass
+class ClassifierConfig:
+    num_classes: int = 10
+    channels: int = 1
+    image_size: int = 28
+    width: int = 32  # channels of the first block; doubled in the second
+    feature_dim: int = 128  # penultimate layer, used as the feature space for Fréchet distances
+
+
+class Classifier(
+    nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "evaluation-classifier"]
+):
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2),
+            )  # fmt: skip
+
+        self.body = nn.Sequential(
+            block(config.channels, w), block(w, 2 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.features_head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * w, config.feature_dim), nn.ReLU())
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) in [-1, 1] -> (B, feature_dim)."""
+        return self.features_head(self.body(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # (B, num_classes) logits
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (+-12 degrees), scale (0.9-1.1) and shift (+-2 px) of a (B, C, S, S) batch."""
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(12)
+    scale = 0.9 + 0.2 * torch.rand(b, generator=generator)
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * (2 * 2 / x.shape[-1])
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1  # pad with black (-1)
+
+
+def train_classifier(
+    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, epochs: int = 12, seed: int = 0
+) -> Classifier:
+    """Train on (N, C, S, S) images in [-1, 1] with (N,) labels; deterministic for a seed."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = Classifier(config)
+    steps_per_epoch = math.ceil(images.shape[0] / 128)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(images.shape[0], generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * 128 : (i + 1) * 128]
+            loss = F.cross_entropy(model(augment(images[idx], gen)), labels[idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = sum(
+        int((model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        for i in range(0, images.shape[0], batch_size)
+    )
+    return correct / images.shape[0]
+
+
+def load_or_train(
+    path: Path, images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig
+) -> Classifier:
+    """The classifier cached at `path`, trained and saved there first if it is not."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return Classifier.from_pretrained(str(path)).eval()
+    model = train_classifier(images, labels, config)
+    model.save_pretrained(str(path))
+    return model

@@ -1,0 +1,167 @@
+"""`train-prior` and `generate` end to end with every built-in prior on a tiny run, and their bad-input answers."""
+
+import json
+import shutil
+
+import pytest
+from conftest import TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
+from PIL import Image
+
+TINY_PRIOR_OPTIONS = {
+    "gru": ["embed_dim=16", "hidden_size=16", "num_layers=1"],
+    "pixelcnn": ["channels=8", "num_layers=2", "head_channels=16"],
+    "transformer": ["hidden_size=16", "num_layers=1", "num_heads=2", "intermediate_size=32"],
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, image_folder):
+    root = tmp_path_factory.mktemp("pipeline") / "run"
+    result = run_cli(
+        "tokenize", "--run", str(root), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS, "--steps", "3"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def train(run, prior, *extra):
+    opts = [f for o in TINY_PRIOR_OPTIONS[prior] for f in ("--prior-opt", o)]
+    return run_cli(
+        "train-prior",
+        "--prior",
+        prior,
+        "--codes",
+        str(run / "codes"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        *opts,
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("prior", sorted(TINY_PRIOR_OPTIONS))
+def test_train_prior_and_generate(run, prior):
+    result = train(run, prior)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = run / f"prior-{prior}"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["prior_type"] == prior and config["vocab_size"] == 16 and config["num_classes"] == 10
+    metrics = json.loads((folder / "metrics.json").read_text())["prior"]
+    assert metrics["val_bits_per_token"] > 0 and metrics["val_bits_per_dim"] > 0
+
+    out = run / f"{prior}-sevens.png"
+    gen = run_cli(
+        "generate",
+        "--prior",
+        str(folder),
+        "--label",
+        "7",
+        "--n",
+        "4",
+        "--out",
+        str(out),
+        "--top-k",
+        "5",
+        "--cfg-scale",
+        "1.5",
+    )
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    images = sorted((run / f"{prior}-sevens").iterdir())
+    assert [p.name for p in images] == [f"{i:05d}_label7.png" for i in range(4)]
+    assert Image.open(images[0]).size == (28, 28) and Image.open(out).size[0] > 28
+
+    again = run_cli("generate", "--prior", str(folder), "--label", "7", "--n", "4", "--out", str(out))
+    assert_user_error(again, "already exists")
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (("--temperature", "0"), ("temperature",)),
+        (("--top-p", "1.5"), ("top-p",)),
+        (("--top-k", "0"), ("top-k",)),
+        (("--n", "0"), ("--n",)),
+        (("--label", "10"), ("outside the trained classes",)),
+    ],
+)
+def test_bad_sampling_options(run, tmp_path, args, fragments):
+    if not (run / "prior-gru" / "model.safetensors").is_file():
+        assert train(run, "gru").returncode == 0
+    result = run_cli("generate", "--prior", str(run / "prior-gru"), "--out", str(tmp_path / "x.png"), *args)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_prior_with_the_wrong_tokenizer_is_refused(run, tmp_path, image_folder):
+    if not (run / "prior-gru" / "model.safetensors").is_file():
+        assert train(run, "gru").returncode == 0
+    other = tmp_path / "other"
+    result = run_cli(
+        "tokenize",
+        "--run",
+        str(other),
+        "--dataset",
+        str(image_folder),
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "3",
+        "--seed",
+        "1",
+    )
+    assert result.returncode == 0
+    gen = run_cli(
+        "generate",
+        "--prior",
+        str(run / "prior-gru"),
+        "--tokenizer",
+        str(other / "tokenizer"),
+        "--out",
+        str(tmp_path / "g.png"),
+    )
+    assert_user_error(gen, "trained on tokenizer")
+    shutil.rmtree(other)
+
+
+def test_train_prior_bad_input(run, tmp_path):
+    assert_user_error(
+        run_cli(
+            "train-prior", "--prior", "nope", "--codes", str(run / "codes"), "--out", str(tmp_path / "p")
+        ),
+        "unknown prior",
+    )
+    assert_user_error(run_cli("train-prior", "--codes", str(tmp_path)), "vqgen.json")
+    bad_opt = run_cli(
+        "train-prior",
+        "--prior",
+        "gru",
+        "--codes",
+        str(run / "codes"),
+        "--out",
+        str(tmp_path / "q"),
+        "--prior-opt",
+        "no_such=1",
+    )
+    assert_user_error(bad_opt, "no_such")
+    fixed = run_cli(
+        "train-prior",
+        "--prior",
+        "gru",
+        "--codes",
+        str(run / "codes"),
+        "--out",
+        str(tmp_path / "r"),
+        "--prior-opt",
+        "vocab_size=3",
+    )
+    assert_user_error(fixed, "vocab_size")
+
+
+def test_priors_command_lists_the_builtins():
+    result = run_cli("priors")
+    assert result.returncode == 0
+    for name in ("gru", "pixelcnn", "transformer"):
+        assert name in result.stdout and "built-in" in result.stdout
