@@ -25,6 +25,7 @@ from stages.tokenizer import VQVAE, TokenizerConfig
 from stages.trainer import TrainConfig, Trainer
 
 CODES_META = "vqgen.json"
+IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in memory while training
 
 
 @dataclass
@@ -52,16 +53,24 @@ class TokenizerTask:
     stage = "tokenizer"
     progress_keys = ("psnr", "usage", "perplexity")
 
-    def __init__(self, model: VQVAE, splits: ImageSplits):
+    def __init__(self, model: VQVAE, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
         self.model = model
-        self.pixels = pixel_tensor(splits.train)  # (N, C, S, S) uint8; small enough for memory at this scale
+        ds = splits.train
+        c, s = model.config.channels, model.config.image_size
+        # Small datasets are held in memory as uint8; large ones are read batch by batch from the memory-mapped
+        # arrow files that `datasets` prepared, so memory stays bounded whatever the dataset size.
+        self.pixels = pixel_tensor(ds) if len(ds) * c * s * s <= in_memory_bytes else None
+        self.dataset = ds.with_format("numpy")
         self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
 
     def num_examples(self) -> int:
-        return self.pixels.shape[0]
+        return len(self.dataset)
 
     def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return to_float(self.pixels[indices]).to(device)
+        if self.pixels is not None:
+            return to_float(self.pixels[indices]).to(device)
+        rows = self.dataset[indices.tolist()]["pixels"]
+        return to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
 
     def compute_loss(self, model, batch):
         out = model(batch)

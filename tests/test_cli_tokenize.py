@@ -128,3 +128,18 @@ def test_two_process_accelerate_launch(tmp_path, image_folder):
 
     codes = load_from_disk(str(run / "codes"))
     assert len(codes["train"]) + len(codes["validation"]) == 60  # both processes' shards gathered, none lost
+
+
+def test_large_datasets_are_read_batch_by_batch_with_the_same_batches(image_folder):
+    import torch
+
+    from stages.data import DataConfig, load_image_splits
+    from stages.tokenize import TokenizerTask
+    from stages.tokenizer import VQVAE, TokenizerConfig
+
+    splits = load_image_splits(DataConfig(dataset=str(image_folder)))
+    model = VQVAE(TokenizerConfig())
+    in_memory, streamed = TokenizerTask(model, splits), TokenizerTask(model, splits, in_memory_bytes=0)
+    assert in_memory.pixels is not None and streamed.pixels is None
+    idx = torch.tensor([5, 0, 17, 3])
+    assert torch.equal(in_memory.get_batch(idx, torch.device("cpu")), streamed.get_batch(idx, torch.device("cpu")))
