@@ -28,11 +28,13 @@ class QuantizerConfig:
     update: str = (
         "ema"  # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
     )
-    ema_decay: float = 0.95
+    ema_decay: float = 0.9
     cosine: bool = False  # l2-normalise vectors and codes, so distance = cosine distance
     init: str = "kmeans"  # "kmeans" | "sample" (random encoder outputs) | "random" (uniform noise)
     kmeans_iters: int = 10
-    restart_threshold: float = 0.03  # a code whose EMA usage count falls below this is dead ...
+    restart_threshold: float = (
+        1.0  # a code whose EMA count of assigned vectors per step falls below this is dead ...
+    )
     restart_every: int = (
         10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
     )
@@ -150,7 +152,7 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(centres)
         if self.config.update == "ema":
             self.ema_sum.copy_(centres)
-        self.ema_count.fill_(1.0)
+        self.ema_count.fill_(flat.shape[0] / k)  # as if every code had its fair share of the batch so far
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -178,4 +180,4 @@ class VectorQuantizer(nn.Module):
         self.codebook.data[dead] = fresh.to(self.codebook.dtype)
         if self.config.update == "ema":
             self.ema_sum[dead] = fresh
-        self.ema_count[dead] = 1.0
+        self.ema_count[dead] = max(1.0, float(self.ema_count.mean()))

@@ -104,6 +104,10 @@ class Trainer:
             )
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
+        if config.log_with and not self.accelerator.log_with:
+            raise UserError(
+                f"--log-with {config.log_with}: that tracker is not installed (pip install {config.log_with})"
+            )
         set_seed(config.seed + self.accelerator.process_index)
         model = task.model
         decay, no_decay = [], []

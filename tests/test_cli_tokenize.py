@@ -89,6 +89,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, imag
         (("--plugin", "no-such-plugin"), ("unknown plugin", "no-such-plugin")),
         (("--dataset", "/definitely/missing/folder"), ("no such folder",)),
         (("--channels", "2"), ("channels",)),
+        (("--log-with", "nosuch"), ("nosuch",)),
+        (("--plugin-opt", "gan.weight=1"), ("not enabled",)),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, image_folder, args, fragments):
@@ -142,4 +144,6 @@ def test_large_datasets_are_read_batch_by_batch_with_the_same_batches(image_fold
     in_memory, streamed = TokenizerTask(model, splits), TokenizerTask(model, splits, in_memory_bytes=0)
     assert in_memory.pixels is not None and streamed.pixels is None
     idx = torch.tensor([5, 0, 17, 3])
-    assert torch.equal(in_memory.get_batch(idx, torch.device("cpu")), streamed.get_batch(idx, torch.device("cpu")))
+    assert torch.equal(
+        in_memory.get_batch(idx, torch.device("cpu")), streamed.get_batch(idx, torch.device("cpu"))
+    )

@@ -104,6 +104,18 @@ def test_gan_discriminator_steps_and_generator_term(splits, tmp_path):
     assert {"logits_real", "logits_fake", "d_grad_norm"} <= m1.keys()
 
 
+def test_gan_skips_and_reports_an_exploding_discriminator(splits, tmp_path, capsys):
+    (gan,) = build_plugins(["gan"], [*FAST_GAN, "gan.max_disc_grad_norm=0"], "tokenizer")
+    trainer = make_trainer(splits, tmp_path, [gan])
+    before = disc_weights(gan)
+    trainer.train_step(0)
+    metrics = trainer.train_step(1)
+    after = disc_weights(gan)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("original"))  # steps skipped
+    assert gan.events["exploding"] == 2 and metrics["gan_exploding"] == 2
+    assert "gan: warning: discriminator gradient norm" in capsys.readouterr().out
+
+
 def test_resume_is_bit_identical_with_plugin_state(splits, tmp_path):
     opts = [*FAST_GAN, "gan.reg=lecam"]
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
