@@ -1,0 +1,1 @@
+"""Example vqgen extension: one prior and one training plugin, registered through entry points."""
