@@ -162,11 +162,11 @@ def train_prior(
     prior_opt: Annotated[
         list[str], typer.Option("--prior-opt", help="Prior config field OPTION=VALUE (repeatable).")
     ] = [],  # noqa: B006
-    steps: Steps = 3000,
+    steps: Steps = 1200,
     batch_size: Annotated[int, typer.Option(min=1, help="Code grids per process per micro-batch.")] = 64,
     lr: Annotated[
         float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")
-    ] = 1e-3,
+    ] = 2e-3,
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.01,
     grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
     mixed_precision: Annotated[Precision, typer.Option(help="Mixed precision (accelerate).")] = Precision.no,

@@ -29,10 +29,10 @@ from priors.base import Prior, PriorConfig, PriorOutput
 @dataclass
 class PixelCNNPriorConfig(PriorConfig):
     prior_type: str = "pixelcnn"
-    channels: int = 96  # width C of both stacks; the gates work on 2C channels
-    num_layers: int = 8  # with kernel 3, 6 layers reach every earlier position of a 7x7 grid
+    channels: int = 64  # width C of both stacks; the gates work on 2C channels
+    num_layers: int = 6  # with kernel 3, 6 layers reach every earlier position of a 7x7 grid
     kernel_size: int = 3  # odd; each layer widens the receptive field by k // 2 rows and columns
-    head_channels: int = 256  # hidden width of the ReLU -> 1x1 -> ReLU -> 1x1 output head
+    head_channels: int = 128  # hidden width of the ReLU -> 1x1 -> ReLU -> 1x1 output head
 
 
 def gate(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -28,10 +28,10 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).paramete
 @dataclass
 class TransformerPriorConfig(PriorConfig):
     prior_type: str = "transformer"
-    hidden_size: int = 256
-    num_layers: int = 4
+    hidden_size: int = 128
+    num_layers: int = 3
     num_heads: int = 4
-    intermediate_size: int = 512  # width of the SwiGLU MLP
+    intermediate_size: int = 256  # width of the SwiGLU MLP
     attention_dropout: float = 0.1  # training only
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; any `transformers` attention backend
 
