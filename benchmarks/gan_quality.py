@@ -3,7 +3,7 @@
 the embedded training set holds): PSNR, SSIM and sharpness_ratio (mean gradient magnitude of the
 reconstructions over that of the originals; 1.0 = as sharp as the input, blur scores lower).
 
-    python benchmarks/gan_quality.py                          # 1500 steps x seeds 0 1 2 x {baseline, gan}
+    python benchmarks/gan_quality.py                          # the CLI's default steps x seeds 0 1 2 x 2
     python benchmarks/gan_quality.py --steps 20 --seeds 0     # a quick check that it runs
     python benchmarks/gan_quality.py --gan-opt weight=0.2     # try a plugin option
 
@@ -44,10 +44,10 @@ def load_mnist_test(folder: Path) -> torch.Tensor:
     return torch.from_numpy(raw.copy())
 
 
-def train(run_dir: Path, steps: int, seed: int, extra: list[str]) -> float:
+def train(run_dir: Path, steps: int | None, seed: int, extra: list[str]) -> float:
     """One `cli.py tokenize` run; returns its wall time in seconds. Its output goes to run_dir.log."""
-    cmd = [sys.executable, str(ROOT / "cli.py"), "tokenize", "--run", str(run_dir), "--steps", str(steps)]
-    cmd += ["--seed", str(seed), "--sample-every", "0", "--overwrite", *extra]
+    cmd = [sys.executable, str(ROOT / "cli.py"), "tokenize", "--run", str(run_dir), "--seed", str(seed)]
+    cmd += [*(["--steps", str(steps)] if steps else []), "--sample-every", "0", "--overwrite", *extra]
     log = run_dir.with_suffix(".log")
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -64,7 +64,9 @@ def evaluate(run_dir: Path, pixels: torch.Tensor) -> dict:
     scores = evaluate_tokenizer(model, pixels)
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     last = history[-1] if history else {}
+    run_config = json.loads((run_dir / "run_config.json").read_text())
     return {
+        "steps": run_config["train"]["steps"],
         **{k: scores[k] for k in (*METRICS, "codebook_usage")},
         "nonfinite_skipped": int(max((h.get("nonfinite_skipped", 0) for h in history), default=0)),
         "gan_events": {k[4:]: int(v) for k, v in last.items() if k.startswith("gan_")},
@@ -112,7 +114,7 @@ def table(runs: list[dict], summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per run (the CLI's default)")
+    parser.add_argument("--steps", type=int, help="training steps per run (default: the CLI's default)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "gan_quality.json")
     parser.add_argument("--mnist-test", type=Path, default=ROOT.parent / "shared" / "data" / "mnist-test")
@@ -147,7 +149,7 @@ def main() -> None:
     summary = summarise(runs)
     print(table(runs, summary))
     result = {
-        "steps": args.steps,
+        "steps": sorted({r["steps"] for r in runs}),
         "seeds": args.seeds,
         "gan_options": args.gan_opt,
         "tokenize_args": extra,

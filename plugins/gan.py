@@ -29,15 +29,15 @@ from stages.errors import UserError
 
 @dataclass
 class GANConfig:
-    weight: float = 0.1  # multiplies the adaptive weight (VQGAN's disc_weight)
+    weight: float = 0.3  # multiplies the adaptive weight (VQGAN's disc_weight); >= 0.8 hurts MNIST PSNR
     loss: str = "hinge"  # "hinge" | "vanilla" (non-saturating) | "lsq" (least squares); see GAN_LOSSES
-    layers: int = 2  # stride-2 convolutions; 2 on 28x28 images gives 5x5 logits, each seeing a 22x22 patch
+    layers: int = 2  # stride-2 convs; on 28x28 images: 1 -> 12x12 logits of 16px patches, 2 -> 5x5 of 34px
     channels: int = 32  # width of the first convolution, doubled per layer (up to 8x)
     spectral_norm: bool = True  # on every convolution (Miyato et al. 2018, arXiv:1802.05957); no other norm
     lr: float = 2e-4  # the discriminator's Adam learning rate (constant, scaled down by rollbacks)
     beta1: float = 0.5
     beta2: float = 0.9
-    start_fraction: float = 0.2  # the adversarial term reaches the tokenizer after this fraction of the run
+    start_fraction: float = 0.3  # the adversarial term reaches the tokenizer after this fraction of the run
     start_step: int = -1  # ... or from this step, when >= 0 (overrides start_fraction)
     disc_warmup_steps: int = 100  # the discriminator trains this many steps before `start`
     max_adaptive_weight: float = 1e4  # lambda is clamped to [0, this] (VQGAN's value)
@@ -146,6 +146,7 @@ class GANPlugin(TrainingPlugin):
             disc = PatchDiscriminator(model_cfg.channels, cfg.channels, cfg.layers, cfg.spectral_norm)
         opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.disc, self.opt = acc.prepare(disc, opt)
+        self.accelerator = acc
         self.losses = GAN_LOSSES[cfg.loss]
         self.start = cfg.start_step if cfg.start_step >= 0 else round(cfg.start_fraction * ctx.total_steps)
         self.disc_start = max(0, self.start - cfg.disc_warmup_steps)
@@ -211,12 +212,9 @@ class GANPlugin(TrainingPlugin):
         if cfg.reg == "lecam":  # pull real logits towards the fake EMA and fake logits towards the real EMA
             means = torch.stack([logits_real.mean(), logits_fake.mean()]).detach()
             means = acc.reduce(means, "mean") if acc.num_processes > 1 else means
-            if not torch.isfinite(means).all():
-                pass  # a non-finite step is skipped; it must not poison the EMAs
-            elif self.lecam_ready:
-                self.lecam_ema.mul_(cfg.lecam_decay).add_((1 - cfg.lecam_decay) * means)
-            else:
-                self.lecam_ema.copy_(means)
+            if torch.isfinite(means).all():  # a skipped non-finite step must not poison the EMAs
+                decay = cfg.lecam_decay if self.lecam_ready else 0.0
+                self.lecam_ema.mul_(decay).add_((1 - decay) * means)
                 self.lecam_ready = True
             ema_real, ema_fake = self.lecam_ema
             return F.relu(logits_real - ema_fake).pow(2).mean() + F.relu(ema_real - logits_fake).pow(2).mean()
@@ -258,7 +256,7 @@ class GANPlugin(TrainingPlugin):
             group["lr"] = self.config.lr * self.lr_scale
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        disc = self.disc.module if hasattr(self.disc, "module") else self.disc
+        disc = self.accelerator.unwrap_model(self.disc)
         opt_tensors, opt_meta = ckpt.flatten_optimizer(self.opt.state_dict())
         tensors = {
             **ckpt.add_prefix(disc.state_dict(), "disc"),
@@ -279,7 +277,7 @@ class GANPlugin(TrainingPlugin):
         older snapshot: the learning-rate scale keeps its lowest value and event counts their highest."""
         if not tensors:  # resuming a run that was trained without this plugin: start it fresh
             return
-        disc = self.disc.module if hasattr(self.disc, "module") else self.disc
+        disc = self.accelerator.unwrap_model(self.disc)
         disc.load_state_dict(ckpt.split_prefix(tensors, "disc"))
         self.opt.load_state_dict(
             ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])

@@ -24,7 +24,7 @@ from stages.tokenize import TokenizerTask  # noqa: E402
 from stages.tokenizer import VQVAE, TokenizerConfig  # noqa: E402
 from stages.trainer import TrainConfig, Trainer  # noqa: E402
 
-# the GAN from the first step, small and cheap
+# a small discriminator that trains from step 0 and reaches the tokenizer from step 2
 FAST_GAN = ["gan.start_step=2", "gan.disc_warmup_steps=2", "gan.channels=8"]
 
 
@@ -180,7 +180,7 @@ def test_plugin_options_are_typed_and_checked():
     assert isinstance(cfg.weight, float) and isinstance(cfg.layers, int)
     with pytest.raises(UserError, match="no option 'nope'"):
         build_plugins(["gan"], ["gan.nope=1"], "tokenizer")
-    with pytest.raises(UserError, match="gan.layers: expected int"):
+    with pytest.raises(UserError, match="layers: expected int"):
         build_plugins(["gan"], ["gan.layers=three"], "tokenizer")
     with pytest.raises(UserError, match="loss must be one of"):
         build_plugins(["gan"], ["gan.loss=wasserstein"], "tokenizer")
