@@ -39,32 +39,37 @@ def build(name: str) -> Prior:
     return cls(config).eval()
 
 
-def tokens_per_second(run, repeats: int) -> float:
-    """Median tokens/s of `run()` over `repeats` timed calls, after one untimed warm-up call."""
+def seconds(run) -> float:
+    start = time.perf_counter()
     run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return TOKENS / statistics.median(seconds)
+    return time.perf_counter() - start
 
 
 def bench_prior(name: str, repeats: int, naive_repeats: int) -> dict:
+    """Tokens/s (median) of each sampler of one prior. The samplers take turns within each repeat, so that a
+    change in the machine's load hits all of them alike."""
     model = build(name)
     labels = torch.arange(BATCH) % NUM_CLASSES
 
-    def sampler(method):
+    def seeded_run(method):  # every call starts from the same seed
         return lambda: method(BATCH, labels, generator=torch.Generator().manual_seed(0))
 
-    row = {"prior": name, "params": sum(p.numel() for p in model.parameters())}
-    row["cached_tok_s"] = tokens_per_second(sampler(model.sample), repeats)
-    row["naive_tok_s"] = tokens_per_second(sampler(model.sample_naive), naive_repeats)
-    row["cached_over_naive"] = row["cached_tok_s"] / row["naive_tok_s"]
+    runs = {"cached": seeded_run(model.sample), "naive": seeded_run(model.sample_naive)}
     if hasattr(model, "sample_hf_generate"):
-        row["hf_generate_tok_s"] = tokens_per_second(sampler(model.sample_hf_generate), repeats)
+        runs["hf_generate"] = seeded_run(model.sample_hf_generate)
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for run in runs.values():
+        run()  # warm-up
+    for r in range(repeats):
+        for key, run in runs.items():
+            if key != "naive" or r < naive_repeats:
+                times[key].append(seconds(run))
+    row = {"prior": name, "params": sum(p.numel() for p in model.parameters())}
+    row.update({f"{key}_tok_s": TOKENS / statistics.median(t) for key, t in times.items()})
+    row["cached_over_naive"] = row["cached_tok_s"] / row["naive_tok_s"]
+    if "hf_generate" in runs:
         row["cached_over_hf_generate"] = row["cached_tok_s"] / row["hf_generate_tok_s"]
-    row["cached_equals_naive"] = bool(torch.equal(sampler(model.sample)(), sampler(model.sample_naive)()))
+    row["cached_equals_naive"] = bool(torch.equal(runs["cached"](), runs["naive"]()))
     return row
 
 
@@ -87,7 +92,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one timed repeat each (for tests)")
+    parser.add_argument("--quick", action="store_true", help="one timed run of each sampler (for tests)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sampling.json")
     parser.add_argument("--priors", nargs="*", default=None, help="registered names (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"{repeats} (naive {naive_repeats}) runs, load average {load_before[0]:.1f}\n"
     )
     print(markdown(rows))
+    if max(load_before[0], result["load_average_after"][0]) > 0.5 * (os.cpu_count() or 1):
+        print(
+            "\nthe machine was busy: these numbers are lower bounds, and torch threads that share cores with other"
+            " processes slow down badly (compare --threads 1)"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")

@@ -67,7 +67,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(
-    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, epochs: int = 12, seed: int = 0
+    images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, epochs: int = 30, seed: int = 0
 ) -> Classifier:
     """Train on (N, C, S, S) images in [-1, 1] with (N,) labels; deterministic for a seed."""
     torch.manual_seed(seed)

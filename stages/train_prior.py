@@ -32,7 +32,9 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, lr=2e-3, batch_size=64, weight_decay=0.01))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1200, lr=2e-3, batch_size=64, weight_decay=0.01)
+    )
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
