@@ -218,7 +218,9 @@ def generate(
     temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Keep the k most likely codes.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
-    cfg_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = off).")] = 1.0,
+    cfg_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance scale for conditional priors (1 = off).")
+    ] = 3.0,
     seed: Seed = 0,
     out: Annotated[
         Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--priors", nargs="+", default=["gru", "pixelcnn", "transformer"])
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--mnist-test", type=Path, default=ROOT.parent / "shared" / "data" / "mnist-test")
     parser.add_argument("--json", type=Path, default=None)

@@ -43,6 +43,9 @@ class GRUPrior(Prior):
         self.start_embed = nn.Embedding(num_labels, c.embed_dim)  # the start token, one per label
         self.pos_embed = nn.Parameter(torch.zeros(c.seq_len, c.embed_dim))  # position of the predicted code
         self.h0 = nn.Embedding(num_labels, c.num_layers * c.hidden_size)  # label -> initial hidden state
+        self.label_embed = nn.Embedding(
+            num_labels, c.embed_dim
+        )  # added at every step: the label is never forgotten
         self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
         self.drop = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)
@@ -65,6 +68,7 @@ class GRUPrior(Prior):
         flat = codes.reshape(b, h * w)
         start = self.start_embed(labels).unsqueeze(1)  # (B, 1, E)
         x = torch.cat([start, self.code_embed(flat[:, :-1])], dim=1) + self.pos_embed  # (B, T, E)
+        x = x + self.label_embed(labels).unsqueeze(1)
         out, _ = self.gru(x, self._initial_hidden(labels))  # (B, T, hidden)
         logits = self.head(self.drop(out)).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))
@@ -78,7 +82,7 @@ class GRUPrior(Prior):
     ) -> tuple[torch.Tensor, GRUSamplingState]:
         t = state.position
         x = self.start_embed(state.labels) if prev is None else self.code_embed(prev)  # (B, E)
-        x = (x + self.pos_embed[t]).unsqueeze(1)  # (B, 1, E)
+        x = (x + self.pos_embed[t] + self.label_embed(state.labels)).unsqueeze(1)  # (B, 1, E)
         out, hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
         logits = self.head(out[:, 0])  # (B, V)
         return logits, GRUSamplingState(hidden=hidden, labels=state.labels, position=t + 1)

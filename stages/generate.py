@@ -26,7 +26,7 @@ class GenerateConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    cfg_scale: float = 1.0
+    cfg_scale: float = 3.0  # classifier-free guidance for conditional priors (1 = off)
     seed: int = 0
     batch_size: int = 100
     out: str | None = None  # grid PNG; default <prior>/generated.png

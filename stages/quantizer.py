@@ -149,10 +149,11 @@ class VectorQuantizer(nn.Module):
         else:
             centres = flat[torch.randint(0, flat.shape[0], (k,), generator=gen).to(flat.device)].float()
         centres = _broadcast(centres.contiguous())
+        share = flat.shape[0] / k  # as if every code had had its fair share of the batch so far
         self.codebook.data.copy_(centres)
+        self.ema_count.fill_(share)
         if self.config.update == "ema":
-            self.ema_sum.copy_(centres)
-        self.ema_count.fill_(flat.shape[0] / k)  # as if every code had its fair share of the batch so far
+            self.ema_sum.copy_(centres * share)  # codebook = ema_sum / ema_count
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -177,7 +178,8 @@ class VectorQuantizer(nn.Module):
             return
         pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
         fresh = _broadcast(flat[pick].contiguous())  # rank 0's choice wins, so every process agrees
+        count = max(1.0, float(self.ema_count.mean()))
         self.codebook.data[dead] = fresh.to(self.codebook.dtype)
         if self.config.update == "ema":
-            self.ema_sum[dead] = fresh
-        self.ema_count[dead] = max(1.0, float(self.ema_count.mean()))
+            self.ema_sum[dead] = fresh * count  # codebook = ema_sum / ema_count
+        self.ema_count[dead] = count

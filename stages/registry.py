@@ -61,6 +61,10 @@ class Registry(Generic[T]):
             source = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
             self._entries[ep.name] = RegistryEntry(ep.name, ep.value, source)
 
+    def refresh(self) -> None:
+        """Read the entry points again (after a package was installed into the running interpreter)."""
+        self._entry_points_read = False
+
     def get(self, name: str) -> type:
         """The class registered under `name`, imported on first use."""
         if name in self._classes:

@@ -127,7 +127,12 @@ class PriorTask:
 
         labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
         n = labels.numel() if labels is not None else 64
-        grids = model.sample(n, labels=labels, generator=torch.Generator(device=model.device).manual_seed(0))
+        grids = model.sample(
+            n,
+            labels=labels,
+            cfg_scale=3.0 if self.conditional else 1.0,
+            generator=torch.Generator(device=model.device).manual_seed(0),
+        )
         M.save_png(
             decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"
         )

@@ -25,6 +25,11 @@ def installed():
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    from plugins import PLUGINS
+    from priors import PRIORS
+
+    PRIORS.refresh()
+    PLUGINS.refresh()
 
 
 def test_entry_points_are_listed_with_their_source(installed):
