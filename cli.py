@@ -80,7 +80,7 @@ def tokenize(
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
-    steps: Steps = 2500,
+    steps: Steps = 3200,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per process per micro-batch.")] = 64,
     lr: Annotated[
         float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")

@@ -28,7 +28,7 @@ from stages.errors import UserError
 
 @dataclass
 class TrainConfig:
-    steps: int = 2500  # optimizer steps
+    steps: int = 3200  # optimizer steps
     batch_size: int = 64  # per process and per micro-batch
     lr: float = 2e-3
     weight_decay: float = 0.0

@@ -1,0 +1,47 @@
+"""A trained tokenizer on the real MNIST test split (10,000 digits the embedded training data does not contain).
+
+    python benchmarks/tokenizer_quality.py --tokenizer runs/demo/tokenizer [--json OUT]
+
+Prints PSNR, SSIM, MSE, codebook usage, perplexity, dead codes and encode+decode images/s; writes JSON
+(default: beside the tokenizer, as mnist_test_metrics.json).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from prior_quality import mnist_test  # noqa: E402
+from stages.data import to_uint8  # noqa: E402
+from stages.hub import load_tokenizer  # noqa: E402
+from stages.tokenize import evaluate_tokenizer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokenizer", type=Path, default=ROOT / "runs" / "demo" / "tokenizer")
+    parser.add_argument("--mnist-test", type=Path, default=ROOT.parent / "shared" / "data" / "mnist-test")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    images, _ = mnist_test(args.mnist_test)
+    metrics = evaluate_tokenizer(load_tokenizer(args.tokenizer), to_uint8(images))
+    print("| PSNR (dB) | SSIM | MSE | codebook usage | perplexity | dead codes | images/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    m = metrics
+    print(
+        f"| {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mse']:.5f} | {m['codebook_usage']:.1%} | {m['perplexity']:.0f} "
+        f"| {m['dead_codes']} | {m['eval_images_per_s']:.0f} |"
+    )
+    out = args.json or args.tokenizer.parent / "mnist_test_metrics.json"
+    out.write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
