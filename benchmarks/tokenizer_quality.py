@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from prior_quality import mnist_test  # noqa: E402
+
 from stages.data import to_uint8  # noqa: E402
 from stages.hub import load_tokenizer  # noqa: E402
 from stages.tokenize import evaluate_tokenizer  # noqa: E402
