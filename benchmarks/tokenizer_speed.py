@@ -82,7 +82,7 @@ def quantizer_rows(batch: int, grid: int, width: int, k: int, d: int, repeats: i
         )
     except ImportError:
         pass
-    rows = []
+    steps = {}
     for name, layer in layers.items():
         layer.train()
         inp = z if "code width" not in name else torch.randn(batch, d, grid, grid)
@@ -95,7 +95,18 @@ def quantizer_rows(batch: int, grid: int, width: int, k: int, d: int, repeats: i
             )  # theirs: (q, idx, loss)
             (q.square().mean() + loss.sum()).backward()
 
-        seconds = median_time(step, repeats)
+        for _ in range(3):  # warm-up (includes our k-means initialisation)
+            step()
+        steps[name] = step
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):  # interleaved, so that a noisy moment hits every layer alike
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, ts in times.items():
+        seconds = statistics.median(ts)
         rows.append({"name": name, "vectors_per_s": vectors / seconds, "ms": seconds * 1e3})
     base = rows[0]["vectors_per_s"]
     for row in rows:

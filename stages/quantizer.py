@@ -106,8 +106,9 @@ class VectorQuantizer(nn.Module):
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each (N, D) vector."""
         book = self._normalise(self.codebook)
-        dist2 = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.t() + book.pow(2).sum(1)  # (N, K)
-        return dist2.argmin(1)
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 is the same for every code, so argmin skips it
+        scores = torch.addmm(book.pow(2).sum(1), flat, book.t(), alpha=-2)  # (N, K) in one fused pass
+        return scores.argmin(1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
