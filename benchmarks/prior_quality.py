@@ -79,12 +79,18 @@ def main() -> None:
         labels = torch.arange(k).repeat_interleave(args.per_class)
         gen = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
-        grids = torch.cat([
-            prior.sample(100, labels[i : i + 100], temperature=args.temperature, cfg_scale=args.cfg_scale, generator=gen)
-            if labels[i : i + 100].numel() == 100 else
-            prior.sample(labels[i:].numel(), labels[i:], temperature=args.temperature, cfg_scale=args.cfg_scale, generator=gen)
-            for i in range(0, labels.numel(), 100)
-        ])  # fmt: skip
+        grids = torch.cat(
+            [
+                prior.sample(
+                    chunk.numel(),
+                    chunk,
+                    temperature=args.temperature,
+                    cfg_scale=args.cfg_scale,
+                    generator=gen,
+                )
+                for chunk in labels.split(100)
+            ]
+        )
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             images = tokenizer.decode(grids)

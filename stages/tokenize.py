@@ -187,18 +187,19 @@ def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int
     return meta
 
 
-def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> tuple[VQVAE, Trainer]:
+def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> tuple[VQVAE, Trainer, int]:
+    """Train (or, with --resume, continue) the tokenizer; returns the model, the trainer and the starting step."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = VQVAE(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
     trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)
+    start_step = trainer.resume() if cfg.resume else 0
     if cfg.resume:
-        step = trainer.resume()
-        trainer.accelerator.print(f"resuming from step {step}")
+        trainer.accelerator.print(f"resuming from step {start_step}")
     trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), trainer
+    return trainer.accelerator.unwrap_model(trainer.model), trainer, start_step
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
@@ -217,11 +218,19 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         from stages.hub import load_tokenizer
 
         model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
+        train_images_per_s = None
         model.to(accelerator.device)
     else:
-        model, trainer = train_tokenizer(cfg, splits, run_dir)
+        train_started = time.perf_counter()
+        model, trainer, start_step = train_tokenizer(cfg, splits, run_dir)
         accelerator, history = trainer.accelerator, trainer.history
-    train_seconds = time.perf_counter() - started
+        images = (
+            (trainer.step - start_step)
+            * cfg.train.batch_size
+            * cfg.train.grad_accum
+            * accelerator.num_processes
+        )
+        train_images_per_s = images / max(time.perf_counter() - train_started, 1e-9)
     results = {}
     if accelerator.is_main_process:
         model.save_pretrained(str(run_dir / "tokenizer"))
@@ -234,13 +243,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
     if accelerator.is_main_process:
         results.update(
-            train_images_per_s=cfg.train.steps
-            * cfg.train.batch_size
-            * cfg.train.grad_accum
-            * accelerator.num_processes
-            / max(train_seconds, 1e-9)
-            if not cfg.tokenizer
-            else None,
+            train_images_per_s=train_images_per_s,
             wall_seconds=time.perf_counter() - started,
             skipped_images=splits.skipped,
             grid=[meta["grid_height"], meta["grid_width"]],

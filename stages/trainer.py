@@ -9,6 +9,7 @@ Exact resume: the data order is a pure function of (seed, step) (`EpochSampler`)
 the optimizer, the step, the learning-rate scale, the RNG states and every plugin's state.
 """
 
+import contextlib
 import copy
 import math
 import sys
@@ -158,7 +159,7 @@ class Trainer:
             )
             sync = micro == self.cfg.grad_accum - 1
             with (
-                self.accelerator.no_sync(self.model) if not sync else _nullcontext(),
+                self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext(),
                 self.accelerator.autocast(),
             ):
                 loss, out, m = self.task.compute_loss(self.model, batch)
@@ -318,14 +319,6 @@ class Trainer:
             self.nonfinite_total = meta.get("nonfinite_total", 0)
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
