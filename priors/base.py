@@ -54,7 +54,9 @@ def filter_logits(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering of (B, V) logits; removed entries become -inf."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -137,7 +139,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self,
         n: int,
@@ -164,7 +166,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         self.train(was_training)
         return out.view(n, self.config.grid_height, self.config.grid_width)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_naive(
         self,
         n: int,

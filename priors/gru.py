@@ -30,6 +30,7 @@ class GRUPriorConfig(PriorConfig):
 class GRUSamplingState:
     hidden: torch.Tensor  # (L, B, hidden_size)
     labels: torch.Tensor  # (B,) label index, num_classes = null
+    label_bias: torch.Tensor  # (B, E) the label embedding added at every step
     position: int  # raster position whose logits the next call returns
 
 
@@ -75,14 +76,15 @@ class GRUPrior(Prior):
 
     def begin_sampling(self, labels: torch.Tensor | None, batch_size: int) -> GRUSamplingState:
         labels = self._labels(labels, batch_size)
-        return GRUSamplingState(hidden=self._initial_hidden(labels), labels=labels, position=0)
+        hidden, label_bias = self._initial_hidden(labels), self.label_embed(labels)
+        return GRUSamplingState(hidden=hidden, labels=labels, label_bias=label_bias, position=0)
 
     def next_logits(
         self, state: GRUSamplingState, prev: torch.Tensor | None
     ) -> tuple[torch.Tensor, GRUSamplingState]:
         t = state.position
         x = self.start_embed(state.labels) if prev is None else self.code_embed(prev)  # (B, E)
-        x = (x + self.pos_embed[t] + self.label_embed(state.labels)).unsqueeze(1)  # (B, 1, E)
-        out, hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
-        logits = self.head(out[:, 0])  # (B, V)
-        return logits, GRUSamplingState(hidden=hidden, labels=state.labels, position=t + 1)
+        x = (x + self.pos_embed[t] + state.label_bias).unsqueeze(1)  # (B, 1, E)
+        out, state.hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
+        state.position += 1
+        return self.head(out[:, 0]), state  # (B, V)

@@ -75,16 +75,23 @@ class GatedLayer(nn.Module):
         h_out = h + self.h_res(gate(h_pre + cond_h, 1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return gate(v_pre + cond_v, 1), h_out
 
-    def vertical_row(self, v_rows: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One row i of the vertical stack. v_rows: (B, C, pad + 1, 2 pad + W), the layer input over rows
-        i - pad .. i, zero-padded; cond: (B, 4C), the class biases. Returns the gated row (B, C, W) and the
-        horizontal stack's bias on row i + 1 (B, W, 2C): the link from row i, the conv bias and the class bias."""
+    def vertical_weight(self) -> torch.Tensor:
+        """The vertical convolution as a matrix over a (row, column, channel) window: (2C, (pad + 1) k C)."""
+        return self.v_conv.weight.permute(0, 2, 3, 1).flatten(1)
+
+    def vertical_row(
+        self, v_rows: torch.Tensor, weight: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row i of the vertical stack. v_rows: (B, pad + 1, 2 pad + W, C), the layer input over rows
+        i - pad .. i, zero-padded, channels last; weight: `vertical_weight()`; cond: (B, 4C), the class biases.
+        Returns the gated row (B, W, C) and the horizontal stack's bias on row i + 1 (B, W, 2C): the link from
+        row i, the conv bias and the class bias."""
         k = self.v_conv.kernel_size[1]
-        windows = v_rows.unfold(3, k, 1).permute(0, 3, 1, 2, 4).flatten(2)  # (B, W, C * (pad + 1) * k)
-        v_pre = F.linear(windows, self.v_conv.weight.flatten(1), self.v_conv.bias)  # (B, W, 2C)
+        windows = v_rows.unfold(2, k, 1).permute(0, 2, 1, 4, 3).flatten(2)  # (B, W, (pad + 1) k C)
+        v_pre = F.linear(windows, weight, self.v_conv.bias)  # (B, W, 2C)
         cond_v, cond_h = cond[:, None].chunk(2, 2)  # (B, 1, 2C) each
         h_bias = self.v_to_h(v_pre) + self.h_conv.bias + cond_h
-        return gate(v_pre + cond_v, 2).transpose(1, 2), h_bias
+        return gate(v_pre + cond_v, 2), h_bias
 
     def first_row_bias(self, cond: torch.Tensor) -> torch.Tensor:
         """The horizontal stack's bias on row 0, which has no row above: (B, 2C)."""
@@ -95,19 +102,21 @@ class GatedLayer(nn.Module):
         return self.h_conv.weight[:, :, 0].permute(2, 1, 0).flatten(0, 1)
 
     def horizontal_step(
-        self, h_window: torch.Tensor, weight: torch.Tensor, h_bias: torch.Tensor
+        self, h: torch.Tensor, h_window: torch.Tensor, weight: torch.Tensor, h_bias: torch.Tensor
     ) -> torch.Tensor:
-        """One position (i, j) of the horizontal stack. h_window: (B, pad + 1, C), the layer input over columns
-        j - pad .. j; weight: `horizontal_weight()`; h_bias: (B, 2C), row i's bias at column j. Returns (B, C)."""
-        h_pre = torch.addmm(h_bias, h_window.flatten(1), weight)  # (B, 2C)
-        return h_window[:, -1] + self.h_res(gate(h_pre, 1))
+        """One position (i, j) of the horizontal stack. h: (B, C), the layer input at column j; h_window:
+        (B, (pad + 1) C), the layer input over columns j - pad .. j (a strided view, no copy); weight:
+        `horizontal_weight()`; h_bias: (B, 2C), row i's bias at column j. Returns (B, C)."""
+        h_pre = torch.addmm(h_bias, h_window, weight)  # (B, 2C)
+        return h + self.h_res(gate(h_pre, 1))
 
 
 @dataclass
 class PixelCNNSamplingState:
     cond: list[torch.Tensor]  # per layer: (B, 4C), the class biases of both gates
-    v_in: list[torch.Tensor]  # per layer: (B, C, pad + H, 2 pad + W), the vertical stack's input, zero-padded
-    h_in: list[torch.Tensor]  # per layer: (B, pad + W, C), the horizontal stack's input on the current row
+    v_in: list[torch.Tensor]  # per layer: (B, pad + H, 2 pad + W, C), the vertical stack's input, zero-padded
+    v_weight: list[torch.Tensor]  # per layer: `GatedLayer.vertical_weight()`
+    h_in: list[torch.Tensor]  # per layer: (B, (pad + W) C), the horizontal stack's input on the current row
     h_weight: list[torch.Tensor]  # per layer: `GatedLayer.horizontal_weight()`
     h_bias: list[torch.Tensor]  # per layer: (B, W, 2C), the horizontal stack's bias on the current row
     position: int  # raster position whose logits the next call returns
@@ -153,9 +162,10 @@ class PixelCNNPrior(Prior):
         return PixelCNNSamplingState(
             cond=conds,
             v_in=[
-                new(batch_size, c.channels, pad + c.grid_height, 2 * pad + c.grid_width) for _ in self.layers
+                new(batch_size, pad + c.grid_height, 2 * pad + c.grid_width, c.channels) for _ in self.layers
             ],
-            h_in=[new(batch_size, pad + c.grid_width, c.channels) for _ in self.layers],
+            v_weight=[layer.vertical_weight() for layer in self.layers],
+            h_in=[new(batch_size, (pad + c.grid_width) * c.channels) for _ in self.layers],
             h_weight=[layer.horizontal_weight() for layer in self.layers],
             h_bias=[
                 layer.first_row_bias(cond)[:, None].expand(-1, c.grid_width, -1)
@@ -167,15 +177,13 @@ class PixelCNNPrior(Prior):
     def next_logits(
         self, state: PixelCNNSamplingState, prev: torch.Tensor | None
     ) -> tuple[torch.Tensor, PixelCNNSamplingState]:
-        width, pad = self.config.grid_width, self.config.kernel_size // 2
+        width, pad, c = self.config.grid_width, self.config.kernel_size // 2, self.config.channels
         j = state.position % width
-        h = self.embed.weight.new_zeros(
-            state.h_in[0].shape[0], self.config.channels
-        )  # shifted input at column 0
+        h = self.embed.weight.new_zeros(state.h_in[0].shape[0], c)  # shifted input at column 0
         if prev is not None:
             pi, pj = divmod(state.position - 1, width)
             x = self.embed(prev)  # (B, C), the code at (pi, pj)
-            state.v_in[0][:, :, pad + pi, pad + pj] = x
+            state.v_in[0][:, pad + pi, pad + pj] = x
             if pj == width - 1 and pi + 1 < self.config.grid_height:
                 self._vertical_row(state, pi)
             if j > 0:
@@ -183,8 +191,8 @@ class PixelCNNPrior(Prior):
         for layer, h_in, weight, h_bias in zip(
             self.layers, state.h_in, state.h_weight, state.h_bias, strict=True
         ):
-            h_in[:, pad + j] = h
-            h = layer.horizontal_step(h_in[:, j : j + pad + 1], weight, h_bias[:, j])  # (B, C)
+            h_in[:, (pad + j) * c : (pad + j + 1) * c] = h
+            h = layer.horizontal_step(h, h_in[:, j * c : (j + pad + 1) * c], weight, h_bias[:, j])  # (B, C)
         state.position += 1
         return self.head(h), state
 
@@ -192,6 +200,7 @@ class PixelCNNPrior(Prior):
         """Run every layer's vertical stack on a completed row; keep its bias for the row below."""
         width, pad = self.config.grid_width, self.config.kernel_size // 2
         for n, layer in enumerate(self.layers):
-            v, state.h_bias[n] = layer.vertical_row(state.v_in[n][:, :, row : row + pad + 1], state.cond[n])
+            v_rows = state.v_in[n][:, row : row + pad + 1]  # (B, pad + 1, 2 pad + W, C)
+            v, state.h_bias[n] = layer.vertical_row(v_rows, state.v_weight[n], state.cond[n])
             if n + 1 < len(self.layers):
-                state.v_in[n + 1][:, :, pad + row, pad : pad + width] = v
+                state.v_in[n + 1][:, pad + row, pad : pad + width] = v
