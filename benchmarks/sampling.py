@@ -1,93 +1,87 @@
 """Sampling speed of every registered prior with its default config: cached `sample` against `sample_naive`
 (the full forward pass per position) and, for the transformer, `transformers`' own `generate`.
 
-    python benchmarks/sampling.py [--quick] [--json OUT.json]
+    python benchmarks/sampling.py [--quick] [--device cpu|cuda] [--batch 16] [--json OUT.json]
 
 Untrained weights on a 7x7 grid, vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
-Every ratio is taken within this run; each number is the median over the repeats. Prints a markdown table and
-writes JSON (default benchmarks/results/sampling.json).
+Every ratio is taken within this run, against the naive sampler of the same prior; each number is the median over
+the repeats; peak memory is what one sampling call adds on top of the weights. Prints a markdown table and writes
+JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `bench_prior` in its suite.
 """
 
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import get_type_hints
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
+from measure import Timing, add_ratios, machine_info, markdown_table, measure_runs, result_row  # noqa: E402
 
 from priors import PRIORS, Prior  # noqa: E402
 
 BATCH, VOCAB, NUM_CLASSES, GRID = 16, 512, 10, 7
-TOKENS = BATCH * GRID * GRID
+SAMPLING_COLUMNS = [
+    ("same grids as naive", "same_as_naive", ""),
+    ("cached vs HF generate", "over_hf_generate", ".2f"),
+    ("params", "params", ","),
+]
 
 
-def build(name: str) -> Prior:
+def build(name: str, device: torch.device | str = "cpu", grid: int = GRID) -> Prior:
+    """A registered prior with its default config on a grid x grid code grid (7x7: 28x28 images, downsampling 4)
+    of VOCAB codes and NUM_CLASSES classes, fixed seed, untrained (speed does not depend on the weights)."""
     cls = PRIORS.get(name)
     config_cls = get_type_hints(cls.__init__)["config"]
-    config = config_cls(vocab_size=VOCAB, grid_height=GRID, grid_width=GRID, num_classes=NUM_CLASSES)
+    config = config_cls(vocab_size=VOCAB, grid_height=grid, grid_width=grid, num_classes=NUM_CLASSES)
     torch.manual_seed(0)
-    return cls(config).eval()
+    return cls(config).to(device).eval()
 
 
-def seconds(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+def bench_prior(
+    name: str,
+    timing: Timing,
+    batch: int = BATCH,
+    device: torch.device | str = "cpu",
+    grid: int = GRID,
+) -> list[dict]:
+    """Tokens/s (median) of each sampler of one prior: one row per sampler, ratios against the naive sampler.
+    The samplers take turns within each repeat, so that a change in the machine's load hits all of them alike;
+    with a time budget, the naive sampler, the slow one, gets fewer timed calls."""
+    device = torch.device(device)
+    model = build(name, device, grid)
+    labels = torch.arange(batch, device=device) % NUM_CLASSES
 
+    def seeded_run(method, gen_device: torch.device = device):  # every call starts from the same seed
+        return lambda: method(batch, labels, generator=torch.Generator(device=gen_device).manual_seed(0))
 
-def bench_prior(name: str, repeats: int, naive_repeats: int) -> dict:
-    """Tokens/s (median) of each sampler of one prior. The samplers take turns within each repeat, so that a
-    change in the machine's load hits all of them alike."""
-    model = build(name)
-    labels = torch.arange(BATCH) % NUM_CLASSES
-
-    def seeded_run(method):  # every call starts from the same seed
-        return lambda: method(BATCH, labels, generator=torch.Generator().manual_seed(0))
-
-    runs = {"cached": seeded_run(model.sample), "naive": seeded_run(model.sample_naive)}
-    if hasattr(model, "sample_hf_generate"):
-        runs["hf_generate"] = seeded_run(model.sample_hf_generate)
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for run in runs.values():
-        run()  # warm-up
-    for r in range(repeats):
-        for key, run in runs.items():
-            if key != "naive" or r < naive_repeats:
-                times[key].append(seconds(run))
-    row = {"prior": name, "params": sum(p.numel() for p in model.parameters())}
-    row.update({f"{key}_tok_s": TOKENS / statistics.median(t) for key, t in times.items()})
-    row["cached_over_naive"] = row["cached_tok_s"] / row["naive_tok_s"]
-    if "hf_generate" in runs:
-        row["cached_over_hf_generate"] = row["cached_tok_s"] / row["hf_generate_tok_s"]
-    row["cached_equals_naive"] = bool(torch.equal(runs["cached"](), runs["naive"]()))
-    return row
-
-
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| prior | params | cached tok/s | naive tok/s | cached / naive | HF generate tok/s | cached / HF | "
-        "cached == naive |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
-    ]
-    for r in rows:
-        hf = f"{r['hf_generate_tok_s']:,.0f}" if "hf_generate_tok_s" in r else "-"
-        over_hf = f"{r['cached_over_hf_generate']:.2f}x" if "hf_generate_tok_s" in r else "-"
-        same = "yes" if r["cached_equals_naive"] else "NO"
-        lines.append(
-            f"| {r['prior']} | {r['params'] / 1e6:.2f}M | {r['cached_tok_s']:,.0f} | {r['naive_tok_s']:,.0f} | "
-            f"{r['cached_over_naive']:.1f}x | {hf} | {over_hf} | {same} |"
-        )
-    return "\n".join(lines)
+    runs = {
+        f"{name} cached": seeded_run(model.sample),
+        f"{name} naive (baseline)": seeded_run(model.sample_naive),
+    }
+    if hasattr(model, "sample_hf_generate"):  # it seeds the global RNG from a CPU generator
+        runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
+    measured = measure_runs(runs, timing, device)
+    params = sum(p.numel() for p in model.parameters())
+    same = bool(torch.equal(runs[f"{name} cached"](), runs[f"{name} naive (baseline)"]()))
+    rows = []
+    for key, m in measured.items():
+        row = result_row(key, batch * grid * grid, "tokens/s", m, baseline=f"{name} naive (baseline)")
+        row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=params)
+        if key == f"{name} cached":
+            row["same_as_naive"] = same  # the cached sampler draws exactly the naive sampler's grids
+        rows.append(row)
+    hf = measured.get(f"{name} transformers generate")
+    if hf is not None:  # cached sampler / transformers' generate, both timed in this run
+        rows[0]["over_hf_generate"] = hf.median_s / measured[f"{name} cached"].median_s
+    return add_ratios(rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,35 +90,37 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sampling.json")
     parser.add_argument("--priors", nargs="*", default=None, help="registered names (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"samples per call (default {BATCH})")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    repeats, naive_repeats = (1, 1) if args.quick else (5, 3)
+    timing = Timing(repeats=1, warmup=1) if args.quick else Timing(repeats=10, warmup=1, budget_s=5)
 
-    load_before = os.getloadavg()
-    rows = [bench_prior(name, repeats, naive_repeats) for name in (args.priors or PRIORS.names())]
+    machine = machine_info(torch.device(args.device))  # includes the load average before the run
+    rows = [
+        row
+        for name in (args.priors or PRIORS.names())
+        for row in bench_prior(name, timing, args.batch, args.device)
+    ]
     result = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "load_average_before": load_before,  # other processes on the machine slow every number down
+        "machine": machine,
         "load_average_after": os.getloadavg(),
-        "batch": BATCH,
+        "batch": args.batch,
         "grid": [GRID, GRID],
         "vocab_size": VOCAB,
         "num_classes": NUM_CLASSES,
-        "repeats": {"cached": repeats, "naive": naive_repeats},
+        "timing": asdict(timing),
         "results": rows,
     }
+    load_before = machine["load_average"][0]
     print(
-        f"torch {result['torch']}, transformers {result['transformers']}, {result['torch_threads']} threads, "
-        f"batch {BATCH}, {GRID}x{GRID} grid, vocab {VOCAB}, {NUM_CLASSES} classes, medians of "
-        f"{repeats} (naive {naive_repeats}) runs, load average {load_before[0]:.1f}\n"
+        f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['torch_threads']} threads, "
+        f"{args.device}, batch {args.batch}, {GRID}x{GRID} grid, vocab {VOCAB}, {NUM_CLASSES} classes, medians "
+        f"of up to {timing.repeats} runs, load average {load_before:.1f}\n"
     )
-    print(markdown(rows))
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):  # the run itself raises the load average after
+    print(markdown_table("sampler", rows, SAMPLING_COLUMNS))
+    if load_before > 0.5 * (os.cpu_count() or 1):  # the run itself raises the load average after
         print(
             "\nthe machine was busy: these numbers are lower bounds, and torch threads that share cores with other"
             " processes slow down badly (compare --threads 1)"

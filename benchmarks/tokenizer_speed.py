@@ -1,21 +1,24 @@
 """Tokenizer and quantizer throughput, side by side with baselines measured in the same run.
 
-    python benchmarks/tokenizer_speed.py [--quick] [--json benchmarks/results/tokenizer_speed.json]
+    python benchmarks/tokenizer_speed.py [--quick] [--device cpu|cuda] [--compile] [--json OUT.json]
 
-Rows:
+Tables:
 - quantizer forward+backward (vectors/s): ours with every health feature on (EMA, dead-code restart, projection),
-  a plain straight-through VQ layer of the same size (same codebook size and input width), the plain layer at
-  our code width, and `vector_quantize_pytorch.VectorQuantize` when it is installed;
-- tokenizer training step (images/s) with the default configuration, and encode / decode images/s.
-Figures are medians over repeats; ratios are against the plain layer of the same size.
+  a plain straight-through VQ layer of the same size (same codebook size and input width; the baseline), the
+  plain layer at our code width, and `vector_quantize_pytorch.VectorQuantize` when it is installed;
+- tokenizer training step (images/s) with the default configuration on 28x28 images, as the trainer takes it
+  (AdamW, gradient clipping), in fp32 and under bf16 autocast, eager and (with --compile) torch.compile'd; the
+  step's matmul and convolution FLOPs are counted with torch.utils.flop_counter.FlopCounterMode;
+- encode and decode (images/s), fp32 and bf16.
+Figures are medians over interleaved repeats; ratios are against the baseline row of each table; peak memory is
+what one call adds on top of the weights, optimizer state and inputs (measure.PeakMemory).
+`benchmarks/run_all.py` runs these functions as part of the whole suite.
 """
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,10 +26,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from measure import (  # noqa: E402
+    Timing,
+    add_ratios,
+    autocast,
+    count_flops,
+    error_row,
+    machine_info,
+    markdown_table,
+    measure_runs,
+    result_row,
+    state_mib,
+)
 
 from stages.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
 from stages.tokenizer import VQVAE, TokenizerConfig  # noqa: E402
+
+IMAGE_SIZE = 28
+LR, CLIP_GRAD = 2e-3, 1.0  # stages/trainer.py TrainConfig defaults (lr, clip_grad)
+QUANTIZER_BASELINE = "plain ST layer, same size (baseline)"
 
 
 class PlainVQ(nn.Module):
@@ -52,126 +74,205 @@ class PlainVQ(nn.Module):
         return quant.view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2), loss
 
 
-def median_time(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _quantizer_step(layer: nn.Module, x: torch.Tensor) -> None:
+    out = layer(x)
+    q, loss = (out.z_q, out.loss) if hasattr(out, "z_q") else (out[0], out[-1])  # theirs: (q, idx, loss)
+    (q.square().mean() + loss.sum()).backward()
 
 
-def quantizer_rows(batch: int, grid: int, width: int, k: int, d: int, repeats: int) -> list[dict]:
-    torch.manual_seed(0)
-    z = torch.randn(batch, width, grid, grid)
-    vectors = batch * grid * grid
-    layers: dict[str, nn.Module] = {
-        "plain ST layer, same size (baseline)": PlainVQ(k, width),
-        f"plain ST layer, code width {d}": PlainVQ(k, d),
-        "vqgen VectorQuantizer (EMA, k-means init, restarts, projection)": VectorQuantizer(
-            width, QuantizerConfig(codebook_size=k, code_dim=d)
+def quantizer_rows(
+    batch: int, grid: int, width: int, k: int, d: int, timing: Timing, device: torch.device
+) -> tuple[list[dict], list[str]]:
+    """Forward+backward of each VQ layer on (batch, width, grid, grid) features; vectors/s, ratio to the plain
+    straight-through layer of the same size. Returns (rows, notes)."""
+    layers: dict[str, tuple[nn.Module, int]] = {  # name -> (layer, input channels)
+        QUANTIZER_BASELINE: (PlainVQ(k, width), width),
+        f"plain ST layer, code width {d}": (PlainVQ(k, d), d),
+        "vqgen VectorQuantizer (EMA, k-means init, restarts, projection)": (
+            VectorQuantizer(width, QuantizerConfig(codebook_size=k, code_dim=d)),
+            width,
         ),
     }
+    notes = []
     try:
         from vector_quantize_pytorch import VectorQuantize
 
-        layers["vector-quantize-pytorch VectorQuantize (EMA, same size)"] = VectorQuantize(
-            dim=width, codebook_size=k, decay=0.95, commitment_weight=0.25, accept_image_fmap=True
+        layers["vector-quantize-pytorch VectorQuantize (EMA, same size)"] = (
+            VectorQuantize(
+                dim=width, codebook_size=k, decay=0.95, commitment_weight=0.25, accept_image_fmap=True
+            ),
+            width,
         )
     except ImportError:
-        pass
+        notes.append(
+            "vector-quantize-pytorch is not installed, so its row is left out "
+            "(pip install vector-quantize-pytorch, or pip install -e '.[bench]')"
+        )
+    gen = torch.Generator().manual_seed(0)
     steps = {}
-    for name, layer in layers.items():
-        layer.train()
-        inp = z if "code width" not in name else torch.randn(batch, d, grid, grid)
-        x = inp.clone().requires_grad_(True)
-
-        def step(layer=layer, x=x):
-            out = layer(x)
-            q, loss = (
-                (out.z_q, out.loss) if hasattr(out, "z_q") else (out[0], out[-1])
-            )  # theirs: (q, idx, loss)
-            (q.square().mean() + loss.sum()).backward()
-
-        for _ in range(3):  # warm-up (includes our k-means initialisation)
-            step()
-        steps[name] = step
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):  # interleaved, so that a noisy moment hits every layer alike
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    rows = []
-    for name, ts in times.items():
-        seconds = statistics.median(ts)
-        rows.append({"name": name, "vectors_per_s": vectors / seconds, "ms": seconds * 1e3})
-    base = rows[0]["vectors_per_s"]
-    for row in rows:
-        row["ratio_to_baseline"] = row["vectors_per_s"] / base
-    return rows
-
-
-def tokenizer_rows(batch: int, repeats: int) -> list[dict]:
-    torch.manual_seed(0)
-    model = VQVAE(TokenizerConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.rand(batch, 1, 28, 28) * 2 - 1
-
-    def train_step():
-        out = model(x)
-        opt.zero_grad(set_to_none=True)
-        (out.recon_loss + out.vq_loss).backward()
-        opt.step()
-
+    for name, (layer, channels) in layers.items():
+        x = torch.randn(batch, channels, grid, grid, generator=gen).to(device).requires_grad_(True)
+        steps[name] = partial(_quantizer_step, layer.to(device).train(), x)
+    measured = measure_runs(steps, timing, device)  # the first call runs our k-means initialisation
+    vectors = batch * grid * grid
     rows = [
-        {
-            "name": "tokenizer train step (default config)",
-            "images_per_s": batch / median_time(train_step, repeats),
-        }
+        result_row(name, vectors, "vectors/s", m, baseline=QUANTIZER_BASELINE) for name, m in measured.items()
     ]
-    model.eval()
-    codes = model.encode(x)
-    rows.append(
-        {"name": "tokenizer encode", "images_per_s": batch / median_time(lambda: model.encode(x), repeats)}
-    )
-    rows.append(
-        {
-            "name": "tokenizer decode",
-            "images_per_s": batch / median_time(lambda: model.decode(codes), repeats),
-        }
-    )
-    return rows
+    return add_ratios(rows), notes
 
 
-def main() -> None:
+def random_images(batch: int, device: torch.device) -> torch.Tensor:
+    """(batch, 1, 28, 28) uniform noise in [-1, 1]: the speed of these models does not depend on the pixels."""
+    gen = torch.Generator().manual_seed(0)
+    return (torch.rand(batch, 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen) * 2 - 1).to(device)
+
+
+def tokenizer_train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, precision: str
+):
+    """One training step as stages/trainer.py takes it: forward under the precision's autocast, loss =
+    reconstruction + quantizer loss, backward, gradient clipping, AdamW step. `model` may be torch.compile'd."""
+    device, params = images.device, [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = model(images)
+            loss = out.recon_loss + out.vq_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD)
+        optimizer.step()
+
+    return step
+
+
+def tokenizer_train_rows(
+    batches: list[int],
+    variants: list[tuple[str, bool]],
+    timing: Timing,
+    device: torch.device,
+    compile_backend: str = "inductor",
+) -> list[dict]:
+    """Images/s of the default tokenizer's training step for each batch size x variant (precision, compiled),
+    all timed interleaved; ratios against the first variant of the same batch size (fp32 eager by default).
+    A compile that fails becomes a row with its error instead of stopping the run. `compile_backend` "eager" or
+    "aot_eager" checks that the model compiles without generating kernels (quick, for tests)."""
+    planned, failed, steps, states = [], {}, {}, {}
+    for batch in batches:
+        images = random_images(batch, device)
+        baseline, flops = None, None
+        for precision, compiled in variants:
+            backend = "" if compile_backend == "inductor" else f" ({compile_backend} backend)"
+            name = f"train step {precision}{', torch.compile' + backend if compiled else ''}, batch {batch}"
+            planned.append(name)
+            torch.manual_seed(0)
+            model = VQVAE(TokenizerConfig(image_size=IMAGE_SIZE)).to(device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99))
+            info = {
+                "batch": batch,
+                "precision": precision,
+                "compiled": compile_backend if compiled else False,
+            }
+            try:
+                runner = torch.compile(model, backend=compile_backend) if compiled else model
+                step = tokenizer_train_step(runner, optimizer, images, precision)
+                for _ in range(2 if compiled else 0):
+                    step()  # compiles here (and again once the codebook is initialised)
+            except Exception as exc:  # noqa: BLE001 - any compile failure is a result to report
+                failed[name] = error_row(name, "images/s", exc, **info)
+                continue
+            if flops is None and not compiled:
+                flops = count_flops(step)  # the same for every precision and compile mode
+            baseline = baseline or name
+            steps[name] = step
+            states[name] = (model, optimizer, {**info, "baseline": baseline, "flops_per_step": flops})
+    measured = measure_runs(steps, timing, device)
+    rows = []
+    for name in planned:
+        if name in failed:
+            rows.append(failed[name])
+            continue
+        model, optimizer, info = states[name]
+        m = measured[name]
+        row = result_row(name, info["batch"], "images/s", m, **info)
+        row["achieved_tflops"] = (
+            info["flops_per_step"] / m.median_s / 1e12 if info["flops_per_step"] else None
+        )
+        row["state_mib"] = state_mib(model, optimizer)  # weights + buffers + AdamW moments
+        rows.append(row)
+    return add_ratios(rows)
+
+
+def codec_rows(batch: int, precisions: list[str], timing: Timing, device: torch.device) -> list[dict]:
+    """Images/s of encode (images -> codes) and decode (codes -> images) with the default tokenizer; ratios
+    against the fp32 row of the same operation."""
+    torch.manual_seed(0)
+    model = VQVAE(TokenizerConfig(image_size=IMAGE_SIZE)).to(device).eval()
+    images = random_images(batch, device)
+    codes = model.encode(images)  # (B, 7, 7)
+
+    def encode(precision: str) -> None:
+        with autocast(device, precision):
+            model.encode(images)
+
+    def decode(precision: str) -> None:
+        with autocast(device, precision):
+            model.decode(codes)
+
+    runs = {
+        f"{op.__name__} {p}, batch {batch}": partial(op, p) for op in (encode, decode) for p in precisions
+    }
+    rows = []
+    for name, m in measure_runs(runs, timing, device).items():
+        op, precision = name.split(",")[0].split()
+        baseline = f"{op} {precisions[0]}, batch {batch}"
+        rows.append(
+            result_row(name, batch, "images/s", m, baseline=baseline, precision=precision, batch=batch)
+        )
+    return add_ratios(rows)
+
+
+TRAIN_COLUMNS = [
+    ("matmul+conv TFLOP/s", "achieved_tflops", ".4f"),
+    ("weights+optimizer MiB", "state_mib", ".1f"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="few repeats (for tests)")
+    parser.add_argument("--quick", action="store_true", help="few repeats")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the training step under torch.compile"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_speed.json")
-    args = parser.parse_args()
-    repeats = 3 if args.quick else 20
-    quant = quantizer_rows(batch=64, grid=7, width=64, k=512, d=16, repeats=repeats)
-    tok = tokenizer_rows(batch=64, repeats=max(3, repeats // 2))
-    env = {
-        "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }  # fmt: skip
-    print(f"torch {env['torch']}, {env['threads']} threads, {env['machine']}")
-    print("\n| quantizer forward+backward (64 x 7 x 7 vectors, K=512) | vectors/s | ms | vs baseline |")
-    print("|---|---:|---:|---:|")
-    for r in quant:
-        print(f"| {r['name']} | {r['vectors_per_s']:,.0f} | {r['ms']:.2f} | {r['ratio_to_baseline']:.2f}x |")
-    print("\n| tokenizer (batch 64, 28x28) | images/s |")
-    print("|---|---:|")
-    for r in tok:
-        print(f"| {r['name']} | {r['images_per_s']:,.0f} |")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    timing = Timing(repeats=3) if args.quick else Timing(repeats=20, budget_s=10)
+    precisions = ["fp32", "bf16"]
+    quant, notes = quantizer_rows(batch=64, grid=7, width=64, k=512, d=16, timing=timing, device=device)
+    variants = [(p, False) for p in precisions] + [(p, True) for p in precisions if args.compile]
+    train = tokenizer_train_rows([64], variants, timing, device)
+    codec = codec_rows(64, precisions, timing, device)
+    env = machine_info(device)
+    print(f"torch {env['torch']}, {env['torch_threads']} threads, {env['cpu']}, {device}\n")
+    print(markdown_table("quantizer forward+backward (64 x 7 x 7 vectors, K=512)", quant))
+    print("".join(f"\n{note}" for note in notes))
+    print(markdown_table("tokenizer training step (28x28, default config)", train, TRAIN_COLUMNS) + "\n")
+    print(markdown_table("tokenizer encode / decode", codec))
+    result = {
+        "env": env,
+        "quantizer": quant,
+        "quantizer_notes": notes,
+        "tokenizer_train": train,
+        "codec": codec,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"env": env, "quantizer": quant, "tokenizer": tok}, indent=2))
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
+    return result
 
 
 if __name__ == "__main__":

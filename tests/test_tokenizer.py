@@ -88,6 +88,20 @@ def test_sharpness_is_lower_for_a_blurred_image():
     assert float(M.gradient_magnitude(blurred).mean()) < float(M.gradient_magnitude(x).mean())
 
 
+def test_edge_sharpness_ignores_flat_noise_and_sees_blur():
+    torch.manual_seed(0)
+    x = -torch.ones(4, 1, 16, 16)
+    x[:, :, 4:12, 6:10] = 1.0  # a bright bar with sharp edges
+    assert torch.allclose(M.edge_gradient_sums(x, x).diff().abs(), torch.zeros(1))  # ratio 1 against itself
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    sums = M.edge_gradient_sums(blurred, x)
+    assert sums[0] / sums[1] < 0.8
+    noisy = x + 0.05 * torch.randn_like(x) * (x < 0)  # faint noise in the flat background only
+    assert M.gradient_magnitude(noisy).mean() > 1.1 * M.gradient_magnitude(x).mean()  # the plain mean rises
+    sums = M.edge_gradient_sums(noisy, x)
+    assert abs(float(sums[0] / sums[1]) - 1.0) < 0.05  # the edge measure barely moves
+
+
 def test_image_grid_layout():
     grid = M.image_grid(torch.zeros(5, 1, 4, 4), nrow=3, pad=1)
     assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"

@@ -1,0 +1,126 @@
+"""Training speed of every registered prior with its default config: tokens/s of one training step.
+
+    python benchmarks/prior_training.py [--quick] [--device cpu|cuda] [--batch 64] [--json OUT.json]
+
+A step as stages/trainer.py takes it (teacher-forced NLL, backward, gradient clipping, AdamW) on random codes of a
+7x7 grid, vocabulary 512, 10 classes (as the demo's codes), in fp32 and under bf16 autocast. All priors and
+precisions are timed interleaved; ratios are against the same prior in fp32; peak memory is what one step adds on
+top of the weights, optimizer state and batch. `benchmarks/run_all.py` runs `prior_training_rows` in its suite.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import torch  # noqa: E402
+from measure import (  # noqa: E402
+    Timing,
+    add_ratios,
+    autocast,
+    error_row,
+    machine_info,
+    markdown_table,
+    measure_runs,
+    result_row,
+    state_mib,
+)
+from sampling import GRID, NUM_CLASSES, VOCAB, build  # noqa: E402
+from tokenizer_speed import CLIP_GRAD, LR  # noqa: E402
+
+from priors import PRIORS, Prior  # noqa: E402
+
+BATCH = 64
+TRAIN_COLUMNS = [("weights+optimizer MiB", "state_mib", ".1f"), ("params", "params", ",")]
+
+
+def prior_train_step(model: Prior, optimizer: torch.optim.Optimizer, codes, labels, precision: str):
+    """One training step: NLL of (B, H, W) codes given labels, backward, gradient clipping, AdamW step."""
+
+    def step() -> None:
+        with autocast(codes.device, precision):
+            loss = model(codes, labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_GRAD)
+        optimizer.step()
+
+    return step
+
+
+def prior_training_rows(
+    names: list[str],
+    batch: int,
+    precisions: list[str],
+    timing: Timing,
+    device: torch.device,
+    grid: int = GRID,
+) -> list[dict]:
+    """Tokens/s of each prior's training step in each precision; ratio against the prior's first precision.
+    A variant whose first step fails (say, bf16 in a kernel that lacks it) becomes a row with its error."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, VOCAB, (batch, grid, grid), generator=gen).to(device)  # (B, H, W)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
+    planned, failed, steps, states = [], {}, {}, {}
+    for name in names:
+        for precision in precisions:
+            key, info = (
+                f"{name} {precision}",
+                {"prior": name, "precision": precision, "batch": batch, "grid": grid},
+            )
+            planned.append(key)
+            model = build(name, device, grid).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99))
+            step = prior_train_step(model, optimizer, codes, labels, precision)
+            try:
+                step()  # the first warm-up step
+            except Exception as exc:  # noqa: BLE001 - reported as a row; the other variants go on
+                failed[key] = error_row(key, "tokens/s", exc, **info)
+                continue
+            steps[key], states[key] = step, (model, optimizer, info)
+    measured = measure_runs(steps, replace(timing, warmup=max(0, timing.warmup - 1)), device)
+    rows = []
+    for key in planned:
+        if key in failed:
+            rows.append(failed[key])
+            continue
+        model, optimizer, info = states[key]
+        row = result_row(
+            key, batch * grid * grid, "tokens/s", measured[key], f"{info['prior']} {precisions[0]}"
+        )
+        row.update(
+            info, params=sum(p.numel() for p in model.parameters()), state_mib=state_mib(model, optimizer)
+        )
+        rows.append(row)
+    return add_ratios(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"code grids per step (default {BATCH})")
+    parser.add_argument("--priors", nargs="*", default=None, help="registered names (default: all)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "prior_training.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    machine = machine_info(device)
+    timing = Timing(repeats=3) if args.quick else Timing(repeats=20, budget_s=10)
+    rows = prior_training_rows(args.priors or PRIORS.names(), args.batch, ["fp32", "bf16"], timing, device)
+    print(f"torch {machine['torch']}, {machine['torch_threads']} threads, {device}, batch {args.batch}\n")
+    print(markdown_table("prior training step", rows, TRAIN_COLUMNS))
+    result = {"machine": machine, "results": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

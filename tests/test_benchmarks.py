@@ -1,0 +1,106 @@
+"""The benchmark suite (benchmarks/run_all.py) in its tiny mode: every section is there with sane numbers, and a
+failing torch.compile becomes a reported row, not a crash."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run_all  # noqa: E402
+import tokenizer_speed  # noqa: E402
+from measure import Timing  # noqa: E402
+
+from priors import PRIORS  # noqa: E402
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory) -> tuple[dict, dict]:
+    """One --tiny run: (the returned result, the JSON file it wrote)."""
+    out = tmp_path_factory.mktemp("bench") / "suite.json"
+    result = run_all.main(["--tiny", "--json", str(out)])
+    return result, json.loads(out.read_text())
+
+
+def test_tiny_suite_has_every_section_with_sane_numbers(tiny_suite, capsys):
+    result, written = tiny_suite
+    assert written["sections"].keys() == run_all.SECTIONS.keys()
+    assert written["suite"]["mode"] == "tiny" and written["suite"]["device"] == "cpu"
+    machine = written["machine"]
+    assert machine["torch"] == torch.__version__ and machine["cpu"] and machine["torch_threads"] >= 1
+    assert len(machine["load_average"]) == 3
+    for name, section in written["sections"].items():
+        assert section["rows"], name
+        for row in section["rows"]:
+            assert "error" not in row, row
+            assert positive(row["throughput"]) and positive(row["median_s"]) and row["repeats"] >= 1, row
+            assert positive(row["ratio_to_baseline"]), row
+            if name != "peak_matmul":  # measured on Linux through the process's peak resident set size
+                assert row["peak_mem_mib"] is not None and row["peak_mem_mib"] >= 0, row
+        baselines = [row for row in section["rows"] if row["baseline"] == row["name"]]
+        assert baselines and all(row["ratio_to_baseline"] == 1.0 for row in baselines), name
+
+
+def test_tiny_suite_measures_what_the_issue_asks(tiny_suite):
+    sections = tiny_suite[1]["sections"]
+    peaks = {row["name"].split()[0] for row in sections["peak_matmul"]["rows"]}
+    assert peaks == {"fp32", "bf16"}
+
+    quantizer = [row["name"] for row in sections["quantizer"]["rows"]]
+    assert quantizer[0] == tokenizer_speed.QUANTIZER_BASELINE
+    assert any(name.startswith("vqgen VectorQuantizer") for name in quantizer)
+    assert any(name.startswith("vector-quantize-pytorch") for name in quantizer)  # installed in the dev venv
+
+    train = sections["tokenizer_train"]["rows"]
+    assert {row["precision"] for row in train} == {"fp32", "bf16"}
+    for row in train:
+        assert positive(row["flops_per_step"]) and positive(row["achieved_tflops"])
+        assert positive(row["fraction_of_measured_peak"]) and positive(row["state_mib"])
+    assert len({row["flops_per_step"] for row in train}) == 1  # counted once, the same step
+
+    codec = {row["name"].split()[0] for row in sections["tokenizer_codec"]["rows"]}
+    assert codec == {"encode", "decode"}
+
+    priors = set(PRIORS.names())
+    trained = sections["prior_train"]["rows"]
+    assert {(row["prior"], row["precision"]) for row in trained} == {
+        (p, q) for p in priors for q in ("fp32", "bf16")
+    }
+
+    samplers = sections["sampling"]["rows"]
+    assert {row["prior"] for row in samplers} == priors
+    for prior in priors:
+        cached = next(row for row in samplers if row["name"] == f"{prior} cached")
+        assert cached["same_as_naive"] is True
+        assert cached["baseline"] == f"{prior} naive (baseline)"
+
+
+def test_tiny_suite_prints_one_markdown_table_per_section(tiny_suite):
+    text = run_all.report(tiny_suite[0])
+    for section in tiny_suite[0]["sections"].values():
+        assert f"### {section['title']}" in text
+    assert text.count("|---|") == len(run_all.SECTIONS)
+
+
+def test_failed_compile_is_reported_as_a_row(monkeypatch):
+    def broken_compile(model, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    rows = tokenizer_speed.tokenizer_train_rows(
+        [2], [("fp32", False), ("fp32", True)], Timing(repeats=1, warmup=0), torch.device("cpu")
+    )
+    ok, failed = rows
+    assert positive(ok["throughput"]) and ok["ratio_to_baseline"] == 1.0
+    assert failed["throughput"] is None and failed["error"] == "RuntimeError: no compiler here"
+    assert failed["ratio_to_baseline"] is None
+    table = run_all.markdown_table("t", rows)
+    assert "failed: RuntimeError: no compiler here" in table
