@@ -54,6 +54,18 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --run from its newest checkpoint.")
 ]
+RecordDataOrder = Annotated[
+    bool,
+    typer.Option(
+        "--record-data-order", help="Debug: write every step's dataset indices to RUN/data_order.txt."
+    ),
+]
+MaxNonfinite = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Stop after this many non-finite losses in a row (each one is skipped and rolled back)."
+    ),
+]
 PluginNames = Annotated[
     list[str], typer.Option("--plugin", help="Enable a training plugin (repeatable), e.g. gan.")
 ]
@@ -114,6 +126,8 @@ def tokenize(
     log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
+    record_data_order: RecordDataOrder = False,
+    max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage one: train the VQ-VAE tokenizer, evaluate it, and encode the dataset into code grids."""
     from stages.data import DataConfig
@@ -136,6 +150,7 @@ def tokenize(
         train=TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum, mixed_precision=mixed_precision.value,
             seed=seed, sample_every=sample_every, checkpoint_every=checkpoint_every, log_with=log_with,
+            record_data_order=record_data_order, max_nonfinite=max_nonfinite,
         ),
         tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
     )  # fmt: skip
@@ -178,6 +193,8 @@ def train_prior(
     log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
+    record_data_order: RecordDataOrder = False,
+    max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage two: train an autoregressive prior on the tokenizer's code grids."""
     from stages.options import split_assignments
@@ -193,7 +210,8 @@ def train_prior(
         train=TrainConfig(
             steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_accum=grad_accum,
             mixed_precision=mixed_precision.value, seed=seed, sample_every=sample_every,
-            checkpoint_every=checkpoint_every, log_with=log_with,
+            checkpoint_every=checkpoint_every, log_with=log_with, record_data_order=record_data_order,
+            max_nonfinite=max_nonfinite,
         ),
         overwrite=overwrite, resume=resume,
     )  # fmt: skip
@@ -207,7 +225,17 @@ def train_prior(
 
 @app.command()
 def generate(
-    prior: Annotated[Path, typer.Option(help="A trained prior folder.")] = Path("runs/demo/prior-gru"),
+    prior: Annotated[
+        Optional[Path],
+        typer.Option(help="A prior folder (default runs/demo/prior-gru); with --from, a prior's name."),
+    ] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Option("--from", help="Hub id (user/name), published folder or run folder: tokenizer + prior."),
+    ] = None,
+    revision: Annotated[
+        Optional[str], typer.Option(help="With --from a Hub id: branch, tag, commit.")
+    ] = None,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Tokenizer folder (default: `tokenizer` beside the prior).")
     ] = None,
@@ -225,19 +253,140 @@ def generate(
     out: Annotated[
         Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")
     ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images sampled, decoded and written per chunk (memory stays bounded).")
+    ] = 100,
     overwrite: Overwrite = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted generation with the same options.")
+    ] = False,
 ) -> None:
     """Sample code grids from a prior and decode them into a PNG grid and individual images."""
     from stages.generate import GenerateConfig, run_generate
 
+    prior_dir = str(prior or "runs/demo/prior-gru")
+    if source:  # both models from one place; the grid goes to ./generated.png unless --out says otherwise
+        from stages.pipeline import generate_sources
+
+        prior_dir, tokenizer = generate_sources(source, str(prior) if prior else None, tokenizer, revision)
+        out = out or Path("generated.png")
+    elif revision:
+        raise UserError("--revision applies to --from only")
     cfg = GenerateConfig(
-        prior=str(prior), tokenizer=tokenizer, labels=label or None, n=n, temperature=temperature, top_k=top_k,
+        prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n, temperature=temperature, top_k=top_k,
         top_p=top_p, cfg_scale=cfg_scale, seed=seed, out=str(out) if out else None, overwrite=overwrite,
+        batch_size=batch_size, resume=resume,
     )  # fmt: skip
     r = run_generate(cfg)
-    typer.echo(
-        f"wrote {r['out']} and {r['n']} images in {r['folder']} ({r['tokens_per_s']:,.0f} tokens/s sampling)"
-    )
+    speed = f", {r['tokens_per_s']:,.0f} tokens/s sampling" if r["sampled"] else ""
+    typer.echo(f"wrote {r['out']} and {r['n']} images in {r['folder']} ({r['sampled']} sampled now{speed})")
+
+
+@app.command()
+def push(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder (tokenizer/ + prior folders) or a prior folder in one.")
+    ],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repo to create or update: USER/NAME.")],
+    prior: Annotated[
+        Optional[str], typer.Option(help="Which prior, when the run holds several (gru or prior-gru).")
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    revision: Annotated[
+        Optional[str], typer.Option(help="Branch to push to (created if missing; default main).")
+    ] = None,
+    dry_run: Annotated[
+        Optional[Path],
+        typer.Option("--dry-run", help="Write the folder that would be uploaded here; upload nothing."),
+    ] = None,
+    with_training_state: Annotated[
+        bool, typer.Option("--with-training-state", help="Also publish the newest training checkpoints.")
+    ] = False,
+    license: Annotated[str, typer.Option(help="Licence id for the model card.")] = "apache-2.0",
+) -> None:
+    """Publish a run's tokenizer, prior and model card as one Hugging Face Hub repo (token: HF_TOKEN or login)."""
+    from stages.push import PushConfig, run_push
+
+    cfg = PushConfig(
+        run=str(run), repo_id=repo_id, prior=prior, private=private, revision=revision,
+        dry_run=str(dry_run) if dry_run else None, with_training_state=with_training_state, license=license,
+    )  # fmt: skip
+    r = run_push(cfg)
+    if r["uploaded"]:
+        typer.echo(
+            f"pushed {len(r['files'])} files to {r['url']} ({r['revision']}, commit {r['commit'][:12]})"
+        )
+    else:
+        typer.echo(f"dry run: wrote the {len(r['files'])} files that would be uploaded to {r['folder']}")
+
+
+class FeatureChoice(str, Enum):
+    auto = "auto"
+    inception = "inception"
+    classifier = "classifier"
+
+
+@app.command()
+def evaluate(
+    run: Annotated[
+        Optional[Path], typer.Option("--run", help="Run folder to evaluate (default runs/demo).")
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Compare priors side by side: the FOLDERS given (runs or RUN/prior-*), or the priors of --run.",
+        ),
+    ] = False,
+    folders: Annotated[
+        Optional[list[Path]], typer.Argument(help="With --compare: run or prior folders.", show_default=False)
+    ] = None,
+    test_images: Annotated[
+        Optional[Path],
+        typer.Option(help="Evaluate on this folder of images or MNIST idx files, not the held-out split."),
+    ] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="Images sampled per prior.")] = 1000,
+    cfg_scale: Annotated[
+        float, typer.Option(help="Classifier-free guidance for class-conditional priors (as generate).")
+    ] = 3.0,
+    seed: Seed = 0,
+    features: Annotated[
+        FeatureChoice, typer.Option(help="FID features: Inception if it loads (auto), else the classifier.")
+    ] = FeatureChoice.auto,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images or samples per batch.")] = 250,
+    classifier_epochs: Annotated[
+        int, typer.Option(min=1, help="Training epochs of the feature classifier.")
+    ] = 30,
+    classifier_width: Annotated[int, typer.Option(min=1, help="Width of the feature classifier.")] = 32,
+    out: Annotated[
+        Optional[Path], typer.Option(help="--compare: output folder (default RUN/eval for one run).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing evaluation (and comparison).")
+    ] = False,
+) -> None:
+    """Evaluate a run: tokenizer reconstruction and rFID, and every prior's NLL, gFID, precision/recall and class
+    accuracy; writes RUN/eval/metrics.json and report.md. With --compare, one table and a quality-vs-speed plot."""
+    from stages.evaluate import CompareConfig, EvaluateConfig, run_compare, run_evaluate
+
+    if folders and not compare:
+        raise UserError("folders given without --compare; evaluate one run with --run RUN")
+    if folders and run is not None:
+        raise UserError("give either --run RUN --compare or --compare FOLDER..., not both")
+    if out is not None and not compare:
+        raise UserError("--out is for --compare; an evaluation is written to RUN/eval")
+    cfg = EvaluateConfig(
+        run_dir=str(run or Path("runs/demo")), test_images=str(test_images) if test_images else None,
+        n_samples=n_samples, cfg_scale=cfg_scale, seed=seed, features=features.value, device=device,
+        batch_size=batch_size, classifier_epochs=classifier_epochs, classifier_width=classifier_width,
+        overwrite=overwrite,
+    )  # fmt: skip
+    if compare:
+        paths = [str(f) for f in folders] if folders else [cfg.run_dir]
+        run_compare(CompareConfig(paths=paths, out=str(out) if out else None, evaluate=cfg), log=typer.echo)
+    else:
+        run_evaluate(cfg, log=typer.echo)
 
 
 def _list(registry) -> None:
@@ -265,8 +414,9 @@ def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     from stages.trainer import TrainingStopped
 
+    interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -274,19 +424,32 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("interrupted: the last checkpoint is kept; continue with --resume", err=True)
+        typer.echo(interrupted, err=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
+    except OSError as exc:  # a full disk or a read-only folder: one line; any other OSError is a bug of ours
+        from stages.errors import environment_error
+
+        message = environment_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(
-            exc, "exit_code"
-        ):  # click's usage errors: bad option names or values
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
             sys.exit(exc.exit_code)
         raise
+    if code == 130:  # typer answers Ctrl-C (KeyboardInterrupt) with this exit code instead of raising
+        typer.echo(interrupted, err=True)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 from dataclasses import is_dataclass
 
 from plugins.base import PluginContext, PluginLoss, TrainingPlugin, parse_plugin_options
-from stages.errors import UserError
+from stages.errors import UserError, one_line
 from stages.registry import Registry
 
 PLUGINS: Registry[TrainingPlugin] = Registry(
@@ -51,9 +51,14 @@ def build_plugins(names: list[str], option_flags: list[str], stage: str) -> list
             raise UserError(f"plugin {name!r} works in stages {', '.join(cls.stages)}, not in {stage!r}")
         try:
             config = parse_plugin_options(name, cls.config_class, options.get(name, {}))
-            plugin = cls(config)
         except (ValueError, TypeError) as exc:
-            raise UserError(f"plugin {name!r}: {exc}") from exc
+            raise UserError(f"plugin {name!r}: {exc}") from None
+        try:
+            plugin = cls(config)
+        except Exception as exc:  # right types, but no plugin: a negative size, an unknown loss name, ...
+            raise UserError(
+                f"plugin {name!r}: these options make no valid plugin ({one_line(exc)})"
+            ) from None
         plugin.name = name
         plugins.append(plugin)
     return plugins

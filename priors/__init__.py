@@ -29,16 +29,18 @@ def get_prior_class(name: str) -> type[Prior]:
     return PRIORS.get(name)
 
 
-def load_prior(path: str | Path, **hub_kwargs) -> Prior:
-    """Load any prior from a folder (or Hub id) holding config.json + model.safetensors; dispatches on prior_type."""
-    from stages.hub import read_config
+def load_prior(path: str | Path, revision: str | None = None) -> Prior:
+    """Load any prior from a folder holding config.json + model.safetensors, a published vqgen folder (its
+    `prior/`), or a Hub id at `revision`; dispatches on prior_type through the registry."""
+    from stages.hub import load_model, model_folder, read_config
 
-    config = read_config(path, **hub_kwargs)
+    folder = model_folder(path, "prior", revision)
+    config = read_config(folder)
     prior_type = config.get("prior_type")
     if not isinstance(prior_type, str) or not prior_type:
         raise UserError(f"{path}: config.json has no 'prior_type'; is this a vqgen prior folder?")
     cls = get_prior_class(prior_type)
-    return cls.from_pretrained(str(path), **hub_kwargs)
+    return load_model(cls, folder, "prior", config)  # config.json checked field by field; safetensors only
 
 
 __all__ = ["PRIORS", "Prior", "PriorConfig", "PriorOutput", "get_prior_class", "load_prior", "register_prior"]

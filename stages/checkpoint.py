@@ -2,8 +2,15 @@
 
 A checkpoint is a folder `checkpoints/step_000500/` holding `state.safetensors` (model, optimizer, plugin tensors,
 RNG states) and `state.json` (step, scheduler, optimizer hyper-parameters, python/numpy RNG, sampler position,
-plugin metadata, and the byte size + sha256 of the safetensors file). It is written to a temporary folder and
-renamed into place, so an interrupted write never leaves a half-written checkpoint under the final name.
+plugin metadata, and the byte size + sha256 of the safetensors file).
+
+Crash safety (a SIGKILL or a power cut can land anywhere):
+- a checkpoint is written into a hidden temporary folder, fsynced, and renamed into place, so a half-written one
+  never carries a final name; leftover temporary folders are removed by `clean_partial` when a run resumes;
+- old checkpoints (beyond the newest `keep`) and a checkpoint being replaced are first renamed to a hidden name
+  and only then deleted, so a half-deleted folder never looks like a checkpoint either;
+- `verify_checkpoint` checks the recorded size and sha256, for damage after the write (a truncated copy, a bad
+  disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
 import hashlib
@@ -77,6 +84,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename) durable; best effort: not every system can open a folder for it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder: rename it to a hidden name first, so a half-deleted one is never listed."""
+    trash = path.with_name(f".trash_{path.name}_{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def write_checkpoint(
     run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int
 ) -> Path:
@@ -90,20 +123,46 @@ def write_checkpoint(
     try:
         weights = tmp / "state.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(weights))
+        _fsync_file(weights)
         meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": _sha256(weights)}
         with open(tmp / "state.json", "w") as f:
             json.dump(meta, f)
             f.flush()
             os.fsync(f.fileno())
+        _fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
+        _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def clean_partial(run_dir: Path) -> list[Path]:
+    """Remove what an interrupted write or deletion left behind (hidden temporary folders); returns them."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    leftovers = [p for p in root.iterdir() if p.name.startswith((".tmp_step_", ".trash_step_"))]
+    for p in leftovers:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return leftovers
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `corrupt_step_N` (kept for inspection, no longer listed or counted)."""
+    target = path.with_name(f"corrupt_{path.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(path, target)
+    return target
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

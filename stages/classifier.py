@@ -100,12 +100,14 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batc
 
 
 def load_or_train(
-    path: Path, images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig
+    path: Path, images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, epochs: int = 30
 ) -> Classifier:
     """The classifier cached at `path`, trained and saved there first if it is not."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        return Classifier.from_pretrained(str(path)).eval()
-    model = train_classifier(images, labels, config)
+        from stages.hub import load_model
+
+        return load_model(Classifier, path, "classifier")  # safetensors only, config.json checked
+    model = train_classifier(images, labels, config, epochs=epochs)
     model.save_pretrained(str(path))
     return model

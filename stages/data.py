@@ -8,7 +8,7 @@ Unreadable images are skipped and counted; a source with no readable image is an
 """
 
 import io
-import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from stages.errors import UserError
 EMBEDDED = "mnist5k"
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 @dataclass
@@ -88,8 +87,8 @@ def _preprocess(ds, cfg: DataConfig, image_column: str, label_of):
                 image.load()
                 pixels.append(to_array(image, cfg.image_size, cfg.channels))
                 labels.append(label_of(batch, i))
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-                continue
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue  # unreadable, truncated or too large to decode safely: skipped, and counted by _finish
         return {"pixels": pixels, "label": labels}
 
     features = Features(
@@ -117,6 +116,8 @@ def _finish(train, heldout, class_names: list[str], total: int) -> ImageSplits:
     kept = len(train) + len(heldout)
     if kept == 0:
         raise UserError("none of the dataset's images could be read; check the files")
+    if total > kept:
+        print(f"warning: skipped {total - kept} of {total} images that could not be read", file=sys.stderr)
     return ImageSplits(train, heldout, class_names, total - kept)
 
 
@@ -216,8 +217,11 @@ def load_image_splits(cfg: DataConfig) -> ImageSplits:
     path = Path(cfg.dataset).expanduser()
     if path.exists():
         return load_folder(path, cfg)
-    if cfg.dataset.startswith((".", "/", "~")) or not _HUB_ID.match(cfg.dataset):
-        raise UserError(f"--dataset {cfg.dataset}: no such folder (and not a Hub dataset id)")
+    from stages.hub import check_hub_id, looks_local
+
+    if looks_local(cfg.dataset):
+        raise UserError(f"--dataset {cfg.dataset}: no such folder")
+    check_hub_id(cfg.dataset, "--dataset")
     return load_hub(cfg)
 
 

@@ -3,3 +3,42 @@
 
 class UserError(Exception):
     """Bad input from the user: a wrong path, flag, value or a mismatched checkpoint. Never a bug of ours."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`TypeName: message` squeezed onto one line and cut to `limit` characters, for wrapping a library's
+    exception (often several lines long) into a UserError."""
+    text = " ".join(str(exc).split()) or "no details"
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_json_object(path, label: str) -> dict:
+    """A JSON file that must hold an object (a config.json, vqgen.json, ...): a file that cannot be read, is not
+    JSON or holds something else is a one-line UserError starting with `label`."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{label} is not valid JSON ({one_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{label} must hold a JSON object")
+    return value
+
+
+def environment_error(exc: OSError) -> str | None:
+    """One line for an OSError that the user's environment causes (a full disk, a read-only or forbidden path),
+    or None for any other OSError (a bug of ours, which keeps its traceback)."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"{exc.strerror or 'no space left'}{where}; free some space and run again "
+            "(training continues from its last complete checkpoint with --resume)"
+        )
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{exc.strerror or 'not permitted'}{where}; choose a folder you can write to, or fix its permissions"
+    return None

@@ -1,15 +1,27 @@
 """Sampling: a prior draws code grids, the tokenizer it was trained on decodes them into images.
 
-Writes a PNG grid (`--out`) and every image on its own in a folder beside it (`<out stem>/00000_label7.png`).
-A prior paired with the wrong tokenizer (codebook size, grid shape or fingerprint) is refused.
+Writes every image on its own in a folder beside `--out` (`<out stem>/00000_label7.png`), a PNG grid of a bounded
+selection of them (`--out`), and a manifest of the settings (`<out stem>.json`). A prior paired with the wrong
+tokenizer (codebook size, grid shape or fingerprint) is refused.
+
+Any number of images in bounded memory: images are sampled, decoded and written chunk by chunk (`--batch-size`
+per chunk), each PNG as soon as it is decoded (written to a temporary name and renamed, so a file under its
+final name is always whole). Chunk c draws from its own generator, seeded from (--seed, c), so any chunk can be
+regenerated on its own with the same result: an interrupted run continues with `--resume`, which redoes exactly
+the chunks with a missing image, and ends with the same files, byte for byte, as an uninterrupted run.
 """
 
+import hashlib
+import json
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from priors import Prior, load_prior
 from stages import metrics as M
@@ -28,9 +40,10 @@ class GenerateConfig:
     top_p: float | None = None
     cfg_scale: float = 3.0  # classifier-free guidance for conditional priors (1 = off)
     seed: int = 0
-    batch_size: int = 100
+    batch_size: int = 100  # images per chunk; part of the result (chunk c has its own seed)
     out: str | None = None  # grid PNG; default <prior>/generated.png
     overwrite: bool = False
+    resume: bool = False  # continue an interrupted run with the same settings
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -73,6 +86,10 @@ def validate(cfg: GenerateConfig, prior: Prior) -> torch.Tensor | None:
         raise UserError(f"--top-k must be at least 1, got {cfg.top_k}")
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UserError(f"--top-p must lie in (0, 1], got {cfg.top_p}")
+    if cfg.out is not None and Path(cfg.out).suffix.lower() != ".png":
+        raise UserError(
+            f"--out {cfg.out} must be a .png file (the images go into a folder beside it, named after it)"
+        )
     k = prior.config.num_classes
     if not cfg.labels:
         if k == 0:
@@ -91,44 +108,168 @@ def validate(cfg: GenerateConfig, prior: Prior) -> torch.Tensor | None:
     return torch.tensor(cfg.labels, dtype=torch.long)
 
 
+GRID_MAX_PER_ROW = 10  # the grid PNG shows at most this many images per row ...
+GRID_MAX_ROWS = 10  # ... and this many rows, except with one row per class
+OWN_FILE = re.compile(r"\.?\d+(_label\d+)?\.png(\.tmp)?")  # an image written here, or its temporary file
+
+
+def chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Generator:
+    """The generator of chunk `chunk`: an independent stream per (seed, chunk), through numpy's SeedSequence."""
+    state = np.random.SeedSequence([seed % 2**64, chunk]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+def image_names(n: int, labels: torch.Tensor | None) -> list[str]:
+    width = max(5, len(str(n - 1)))
+    return [
+        f"{i:0{width}d}" + (f"_label{int(labels[i])}" if labels is not None else "") + ".png"
+        for i in range(n)
+    ]
+
+
+def grid_selection(
+    n: int, labels: torch.Tensor | None, class_rows: bool, num_classes: int
+) -> tuple[list[int], int]:
+    """(indices of the images shown in the grid PNG, images per row): a row per class of up to 10 images each
+    when sampling a row per class, else the first up to 100 images, 10 per row."""
+    if class_rows:
+        per_class = n // num_classes
+        shown = min(per_class, GRID_MAX_PER_ROW)
+        return [c * per_class + j for c in range(num_classes) for j in range(shown)], shown
+    m = min(n, GRID_MAX_PER_ROW * GRID_MAX_ROWS)
+    return list(range(m)), min(m, GRID_MAX_PER_ROW)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def manifest_settings(
+    cfg: GenerateConfig, prior: Prior, tokenizer, labels: torch.Tensor | None, n: int
+) -> dict:
+    """Everything that decides the images: a resumed run must match it exactly."""
+    label_bytes = labels.numpy().astype("<i8").tobytes() if labels is not None else b""
+    return {
+        "prior": weights_fingerprint(prior),
+        "tokenizer": tokenizer.fingerprint(),
+        "n": n,
+        "labels": hashlib.sha256(label_bytes).hexdigest()[:16] if labels is not None else None,
+        **{
+            k: v
+            for k, v in asdict(cfg).items()
+            if k in ("temperature", "top_k", "top_p", "cfg_scale", "seed", "batch_size")
+        },
+    }
+
+
+def prepare_output(out: Path, folder: Path, manifest: Path, settings: dict, cfg: GenerateConfig) -> None:
+    """Refuse to overwrite without --overwrite, check a --resume against the manifest, and write the manifest."""
+    exists = out.exists() or folder.exists() or manifest.exists()
+    if cfg.resume:
+        if not manifest.is_file():
+            raise UserError(f"--resume: {manifest} does not exist, so there is no generation to continue")
+        try:
+            previous = json.loads(manifest.read_text())
+        except ValueError:
+            raise UserError(f"--resume: {manifest} is unreadable; start again with --overwrite") from None
+        if previous.get("complete"):
+            raise UserError(f"--resume: {out} is already complete ({previous['settings']['n']} images)")
+        changed = [k for k in settings if previous.get("settings", {}).get(k) != settings[k]]
+        if changed:
+            k = changed[0]
+            raise UserError(
+                f"--resume: {k} was {previous.get('settings', {}).get(k)!r} and is now {settings[k]!r}; "
+                "resume with the same prior, tokenizer and options, or start again with --overwrite"
+            )
+    elif exists and not cfg.overwrite:
+        raise UserError(
+            f"{out} already exists; pass --overwrite to replace it, --resume to continue it, or choose another --out"
+        )
+    elif exists:
+        out.unlink(missing_ok=True)
+        _remove_images(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for tmp in folder.glob(".*.tmp"):  # what a killed write left behind
+        tmp.unlink()
+    M.write_json({"settings": settings, "complete": False}, manifest)
+
+
+def _remove_images(folder: Path) -> None:
+    """Delete what an earlier generation wrote into `folder` (only its own file names: never a user's files)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() and OWN_FILE.fullmatch(p.name):
+            p.unlink()
+
+
 def run_generate(cfg: GenerateConfig) -> dict:
+    """Sample and decode cfg.n images chunk by chunk, writing each as soon as it exists (see the module docstring)."""
     prior = load_prior(cfg.prior)
     tok_path = cfg.tokenizer or str(Path(cfg.prior).parent / "tokenizer")
     tokenizer = load_tokenizer(tok_path)
     check_pair(prior, tokenizer)
     labels = validate(cfg, prior)
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     n = cfg.n if labels is None else labels.numel()
     out = Path(cfg.out) if cfg.out else Path(cfg.prior) / "generated.png"
-    folder = out.with_suffix("")
-    if (out.exists() or folder.exists()) and not cfg.overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    folder, manifest = out.with_suffix(""), out.with_suffix(".json")
+    settings = manifest_settings(cfg, prior, tokenizer, labels, n)
+    names = image_names(n, labels)
     prior.eval()
     tokenizer.eval()
-    generator = torch.Generator(device=prior.device).manual_seed(cfg.seed)
-    grids, start = [], time.perf_counter()
-    for i in range(0, n, cfg.batch_size):
-        lab = labels[i : i + cfg.batch_size] if labels is not None else None
-        b = lab.numel() if lab is not None else min(cfg.batch_size, n - i)
-        grids.append(
-            prior.sample(b, lab, cfg.temperature, cfg.top_k, cfg.top_p, cfg.cfg_scale, generator).cpu()
-        )
-    seconds = time.perf_counter() - start
-    grids = torch.cat(grids)
-    images = torch.cat([tokenizer.decode(grids[i : i + 256]) for i in range(0, n, 256)])
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            name = f"{i:05d}" + (f"_label{int(labels[i])}" if labels is not None else "") + ".png"
-            M.save_png(M.image_grid(image[None], nrow=1, pad=0), folder / name)
-        per_row = (
-            (n // prior.config.num_classes)
-            if labels is not None and not cfg.labels and n >= prior.config.num_classes
-            else min(n, 10)
-        )
-        M.save_png(M.image_grid(images, nrow=max(1, per_row)), out)
+        prepare_output(out, folder, manifest, settings, cfg)
+        chunks = [names[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        todo = [c for c, chunk in enumerate(chunks) if not all((folder / name).is_file() for name in chunk)]
+        done_images = n - sum(len(chunks[c]) for c in todo)
+        seconds = _write_chunks(cfg, prior, tokenizer, labels, names, folder, todo, done_images)
+        class_rows = labels is not None and not cfg.labels and n >= prior.config.num_classes
+        shown, per_row = grid_selection(n, labels, class_rows, prior.config.num_classes)
+        tiles = torch.stack([_read_image(folder / names[i]) for i in shown])  # (m, C, S, S)
+        M.save_png(M.image_grid(tiles, nrow=max(1, per_row)), out)
+        M.write_json({"settings": settings, "complete": True}, manifest)
     except OSError as exc:
         raise UserError(f"cannot write samples to {out}: {exc.strerror or exc}") from None
+    sampled = n - done_images
     return {
-        "n": n, "out": str(out), "folder": str(folder), "seconds": seconds,
-        "tokens_per_s": n * prior.config.seq_len / seconds, "labels": labels, "grids": grids, "images": images,
+        "n": n, "out": str(out), "folder": str(folder), "manifest": str(manifest), "sampled": sampled,
+        "seconds": seconds, "tokens_per_s": sampled * prior.config.seq_len / seconds if seconds else float("nan"),
     }  # fmt: skip
+
+
+@torch.inference_mode()
+def _write_chunks(
+    cfg, prior, tokenizer, labels, names, folder: Path, todo: list[int], done_images: int
+) -> float:
+    """Sample, decode and write the given chunks; returns the seconds spent sampling."""
+    sampling = 0.0
+    device = next(tokenizer.parameters()).device
+    with tqdm(total=len(names), initial=done_images, unit="img", desc="generate") as bar:
+        for c in todo:
+            lo, hi = c * cfg.batch_size, min((c + 1) * cfg.batch_size, len(names))
+            lab = labels[lo:hi] if labels is not None else None
+            start = time.perf_counter()
+            grids = prior.sample(
+                hi - lo, lab, cfg.temperature, cfg.top_k, cfg.top_p, cfg.cfg_scale,
+                chunk_generator(cfg.seed, c, prior.device),
+            )  # fmt: skip
+            sampling += time.perf_counter() - start
+            images = tokenizer.decode(grids.to(device)).cpu()  # (hi - lo, C, S, S) in [-1, 1]
+            for name, image in zip(names[lo:hi], images):
+                M.save_png(M.image_grid(image[None], nrow=1, pad=0), folder / name)
+            bar.update(hi - lo)
+    return sampling
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """A PNG written by this module back as (C, S, S) in [-1, 1] (exact: the grid rounds it to the same bytes)."""
+    with Image.open(path) as image:
+        t = torch.from_numpy(np.array(image)).float()  # (S, S) or (S, S, C)
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return t / 127.5 - 1

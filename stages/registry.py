@@ -5,13 +5,16 @@ found among the registered ones, or when everything is listed. Every entry is ch
 """
 
 import importlib
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from stages.errors import UserError
+from stages.errors import UserError, one_line
 
 T = TypeVar("T")
+# A name is also part of a folder name (prior-NAME), so it holds no '/' and cannot be '..'.
+VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -30,6 +33,9 @@ class Registry(Generic[T]):
 
     def register(self, name: str):
         """Class decorator: `@register_prior("gru")`. A name that is already taken is an error."""
+
+        if not VALID_NAME.match(name):
+            raise ValueError(f"{self.kind} name {name!r} must be letters, digits, '_', '.' or '-'")
 
         def decorate(cls: type) -> type:
             entry = self._entries.get(name)
@@ -75,6 +81,11 @@ class Registry(Generic[T]):
         if entry is None:
             known = ", ".join(sorted(self.names()))
             raise UserError(f"unknown {self.kind} {name!r}; available: {known}")
+        if not VALID_NAME.match(name):
+            raise UserError(
+                f"{self.kind} name {name!r} from {entry.source} is not a valid name (letters, digits, '_', '.', '-'); "
+                f"fix its entry point in group {self.group!r}"
+            )
         module_name, _, attr = entry.target.partition(":")
         try:
             obj = importlib.import_module(module_name)
@@ -82,8 +93,8 @@ class Registry(Generic[T]):
                 obj = getattr(obj, part)
         except Exception as exc:  # a broken third-party package must not crash with a traceback
             raise UserError(
-                f"{self.kind} {name!r} from {entry.source} failed to load ({entry.target}): {exc}"
-            ) from exc
+                f"{self.kind} {name!r} from {entry.source} failed to load ({entry.target}): {one_line(exc)}"
+            ) from None
         self._check(name, obj)
         self._classes[name] = obj
         return obj

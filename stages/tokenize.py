@@ -20,6 +20,7 @@ from plugins import build_plugins
 from stages import metrics as M
 from stages.data import DataConfig, ImageSplits, load_image_splits, to_float
 from stages.errors import UserError
+from stages.hub import save_model
 from stages.runs import prepare_run_dir
 from stages.tokenizer import VQVAE, TokenizerConfig
 from stages.trainer import TrainConfig, Trainer
@@ -113,6 +114,7 @@ def evaluate_tokenizer(model: VQVAE, pixels: torch.Tensor, batch_size: int = 500
     k = model.config.quantizer.codebook_size
     counts = torch.zeros(k, dtype=torch.long)
     psnr, ssim, mse, sharp, sharp_ref = [], [], [], [], []
+    edge_sums = torch.zeros(2)
     start = time.perf_counter()
     for i in range(0, pixels.shape[0], batch_size):
         x = to_float(pixels[i : i + batch_size]).to(device)
@@ -124,12 +126,14 @@ def evaluate_tokenizer(model: VQVAE, pixels: torch.Tensor, batch_size: int = 500
         mse.append(M.mse_per_image(recon, x).cpu())
         sharp.append(M.gradient_magnitude(recon).cpu())
         sharp_ref.append(M.gradient_magnitude(x).cpu())
+        edge_sums += M.edge_gradient_sums(recon, x).cpu()
     seconds = time.perf_counter() - start
     return {
         "psnr": float(torch.cat(psnr).mean()),
         "ssim": float(torch.cat(ssim).mean()),
         "mse": float(torch.cat(mse).mean()),
         "sharpness_ratio": float(torch.cat(sharp).mean() / torch.cat(sharp_ref).mean()),
+        "edge_sharpness_ratio": float(edge_sums[0] / edge_sums[1].clamp_min(1e-12)),
         **M.codebook_stats(counts),
         "eval_images": int(pixels.shape[0]),
         "eval_images_per_s": pixels.shape[0] / seconds,
@@ -233,7 +237,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         train_images_per_s = images / max(time.perf_counter() - train_started, 1e-9)
     results = {}
     if accelerator.is_main_process:
-        model.save_pretrained(str(run_dir / "tokenizer"))
+        save_model(model, run_dir / "tokenizer")  # each file renamed into place: never half-written
         save_reconstruction_grid(
             model,
             to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),

@@ -18,12 +18,19 @@ import torch
 
 from priors import Prior, get_prior_class
 from stages import metrics as M
-from stages.errors import UserError
+from stages.errors import UserError, one_line, read_json_object
 from stages.options import parse_options
 from stages.runs import prepare_run_dir
 from stages.trainer import TrainConfig, Trainer
 
 CODES_META = "vqgen.json"
+META_FIELDS = {
+    "vocab_size": int,
+    "grid_height": int,
+    "grid_width": int,
+    "num_classes": int,
+    "tokenizer_fingerprint": str,
+}
 
 
 @dataclass
@@ -58,11 +65,13 @@ def load_codes(path: Path) -> CodeSplits:
         raise UserError(
             f"--codes {path}: no {CODES_META} here; give the codes folder written by `cli.py tokenize`"
         )
-    meta = json.loads(meta_file.read_text())
+    meta = read_codes_meta(meta_file)
     try:
         dd = load_from_disk(str(path))
+        if not {"train", "validation"} <= set(dd):
+            raise ValueError(f"splits {sorted(dd)}, expected train and validation")
     except Exception as exc:
-        raise UserError(f"--codes {path}: cannot read the codes dataset ({exc})") from None
+        raise UserError(f"--codes {path}: cannot read the codes dataset ({one_line(exc)})") from None
 
     def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows = dd[split].with_format("numpy")[:]
@@ -71,6 +80,21 @@ def load_codes(path: Path) -> CodeSplits:
         )
 
     return CodeSplits(*arrays("train"), *arrays("validation"), meta)
+
+
+def read_codes_meta(meta_file: Path) -> dict:
+    """vqgen.json, checked: valid JSON holding every field a prior is built from, each of the right type."""
+    meta = read_json_object(meta_file, f"--codes: {meta_file}")
+    for key, kind in META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise UserError(
+                f"--codes: {meta_file} field {key} should be a {'non-negative int' if kind is int else kind.__name__}, "
+                f"got {json.dumps(value)}; rewrite the codes with `cli.py tokenize`"
+            )
+    if not isinstance(meta.get("tokenizer", ""), str):
+        raise UserError(f"--codes: {meta_file} field tokenizer should be a relative path (str)")
+    return meta
 
 
 def prior_config_class(cls: type[Prior]) -> type:
@@ -93,9 +117,12 @@ def build_prior(name: str, meta: dict, options: dict[str, str]) -> Prior:
             raise UserError(f"--prior-opt {key} comes from the codes and cannot be set")
     try:
         config = parse_options(f"prior {name!r}", prior_config_class(cls), options, **fixed)
-        return cls(config)
     except (ValueError, TypeError) as exc:
         raise UserError(str(exc)) from None
+    try:
+        return cls(config)
+    except Exception as exc:  # right types, but no model: a negative size, heads that do not divide, ...
+        raise UserError(f"prior {name!r}: these options make no valid model ({one_line(exc)})") from None
 
 
 class PriorTask:
@@ -163,11 +190,12 @@ def evaluate_prior(
 def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
 
-    from stages.hub import load_tokenizer
+    from stages.hub import load_tokenizer, save_model
 
     codes_dir = Path(cfg.codes)
     codes = load_codes(codes_dir)
-    out_dir = Path(cfg.out) if cfg.out else codes_dir.parent / f"prior-{cfg.prior}"
+    # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
+    out_dir = Path(cfg.out) if cfg.out else codes_dir.resolve().parent / f"prior-{cfg.prior}"
     tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     set_seed(cfg.train.seed)
@@ -182,7 +210,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     results: dict = {}
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
-        model.save_pretrained(str(out_dir))
+        save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None
         results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)

@@ -6,13 +6,20 @@ terms and their own optimisation steps (plugins/base.py). The loop is split into
 one step (`train_step`), and checkpointing (`save` / `resume`).
 
 Exact resume: the data order is a pure function of (seed, step) (`EpochSampler`), and checkpoints hold the model,
-the optimizer, the step, the learning-rate scale, the RNG states and every plugin's state.
+the optimizer, the step, the learning-rate scale, the RNG states and every plugin's state. The data order is
+witnessed, not only assumed: checkpoints carry `data_digest`, a hash chained over the dataset indices of every
+step so far (process 0's), so two runs end with the same digest only if they trained on the same batches in the
+same order, none replayed or skipped; `record_data_order` also writes each step's indices to RUN/data_order.txt. Ctrl-C (SIGINT) or SIGTERM stops the loop between two steps and
+saves a checkpoint there; a second one stops at once, keeping the last checkpoint.
 """
 
 import contextlib
 import copy
+import hashlib
 import math
+import signal
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +54,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
     snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
+    record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt
 
 
 class TrainingStopped(Exception):
@@ -132,6 +140,12 @@ class Trainer:
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
         self._snapshot: dict | None = None
         self.history: list[dict[str, float]] = []
+        self._consumed: list[torch.Tensor] = []  # the dataset indices of the current step's micro-batches
+        self.data_digest = (
+            ""  # sha256 chained over the indices of every completed step (see the module docstring)
+        )
+        self._saved_step: int | None = None  # the step of the newest checkpoint on disk
+        self._stop_requested = False
 
     # --- schedule -----------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -153,10 +167,11 @@ class Trainer:
             group["lr"] = self.lr_at(step)
         metrics: dict[str, float] = {}
         batch = out = None
+        self._consumed = []
         for micro in range(self.cfg.grad_accum):
-            batch = self.task.get_batch(
-                self.sampler.indices(step * self.cfg.grad_accum + micro), self.accelerator.device
-            )
+            indices = self.sampler.indices(step * self.cfg.grad_accum + micro)
+            self._consumed.append(indices)
+            batch = self.task.get_batch(indices, self.accelerator.device)
             sync = micro == self.cfg.grad_accum - 1
             with (
                 self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext(),
@@ -236,29 +251,100 @@ class Trainer:
         self.bar = bar = tqdm(
             total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
         )
+        order_log = self._open_data_order() if cfg.record_data_order else None
         try:
-            while self.step < cfg.steps:
-                step = self.step
-                if cfg.snapshot_every and step % cfg.snapshot_every == 0 and self.nonfinite_in_row == 0:
-                    self._take_snapshot(step)
-                metrics = self.train_step(step)
-                if metrics is None:
-                    continue  # skipped (and maybe rolled back); the same step index is tried on fresh data
-                self.step = step + 1
-                bar.update(1)
-                self._log(metrics)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
-                    self.task.save_samples(acc.unwrap_model(self.model), self.step, self.run_dir)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
-        except KeyboardInterrupt:
-            self.save()
+            with self._graceful_interrupt():
+                while self.step < cfg.steps:
+                    self._advance(order_log)
+                    if self.step < cfg.steps and self._stop_agreed():
+                        if self._saved_step != self.step:
+                            self.save()
+                        raise KeyboardInterrupt
+        finally:
             bar.close()
-            raise
-        bar.close()
+            if order_log:
+                order_log.close()
         if cfg.log_with:
             acc.end_training()
         return self.history
+
+    def _advance(self, order_log) -> None:
+        """Try step self.step; when it succeeds, log it and save samples and checkpoints that are due. A skipped
+        step (non-finite loss; maybe rolled back) leaves self.step as it is, so the same step index is tried again."""
+        cfg, acc, step = self.cfg, self.accelerator, self.step
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0 and self.nonfinite_in_row == 0:
+            self._take_snapshot(step)
+        metrics = self.train_step(step)
+        if metrics is None:
+            return
+        self.step = step + 1
+        self.bar.update(1)
+        consumed = torch.cat(self._consumed)
+        self.data_digest = hashlib.sha256(self.data_digest.encode() + consumed.numpy().tobytes()).hexdigest()
+        if order_log:
+            order_log.write(f"{step}\t{','.join(map(str, consumed.tolist()))}\n")
+            order_log.flush()
+        self._log(metrics)
+        if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
+            self.task.save_samples(acc.unwrap_model(self.model), self.step, self.run_dir)
+        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            self.save()
+
+    @contextlib.contextmanager
+    def _graceful_interrupt(self):
+        """While training, the first SIGINT (Ctrl-C) or SIGTERM only sets a flag: the loop finishes the step it is
+        in, saves a checkpoint and stops, so the checkpoint never holds a half-done step. A second signal raises
+        KeyboardInterrupt at once (no checkpoint: the state may be mid-step). Signals go to the main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                "(send it again to stop at once)",
+                file=sys.stderr,
+            )
+
+        self._stop_requested = False
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop (all processes stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.accelerator.device)
+        return float(self.accelerator.reduce(flag, "sum")) > 0
+
+    def _data_order_path(self) -> Path:
+        rank = self.accelerator.process_index
+        return self.run_dir / ("data_order.txt" if rank == 0 else f"data_order.rank{rank}.txt")
+
+    def _open_data_order(self):
+        """The debug log of consumed indices: one line per optimizer step, `step<TAB>i,j,k,...` (all micro-batches
+        of this process, in order). A resumed run first cuts it back to the steps before its checkpoint."""
+        path = self._data_order_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.step == 0:
+            return open(path, "w")
+        kept = []
+        if path.exists():
+            for line in path.read_text().splitlines(keepends=True):
+                head = line.split("\t", 1)[0]
+                if line.endswith("\n") and head.isdigit() and int(head) < self.step:
+                    kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+        return open(path, "a")
 
     def _log(self, metrics: dict[str, float]) -> None:
         if self.step % self.cfg.log_every and self.step != self.cfg.steps:
@@ -289,18 +375,31 @@ class Trainer:
             meta = {
                 "lr_scale": self.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
                 "nonfinite_total": self.nonfinite_total, "train_config": asdict(self.cfg),
+                "data_digest": self.data_digest,
             }  # fmt: skip
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
+        self._saved_step = self.step
         acc.wait_for_everyone()
         return path
 
     def resume(self) -> int:
-        """Continue from the newest intact checkpoint (a corrupt one is reported and skipped). Returns the step."""
+        """Continue from the newest intact checkpoint (a corrupt one is reported, set aside and skipped); what an
+        interrupted write left behind is removed first. Returns the step."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            ckpt.clean_partial(self.run_dir)
+        acc.wait_for_everyone()
         for path in reversed(ckpt.list_checkpoints(self.run_dir)):
             problem = ckpt.verify_checkpoint(path)
             if problem:
-                if self.accelerator.is_main_process:
-                    print(f"warning: skipping corrupt checkpoint {path}: {problem}", file=sys.stderr)
+                acc.wait_for_everyone()  # every process has checked it before it is renamed
+                if acc.is_main_process:
+                    aside = ckpt.set_aside(path)
+                    print(
+                        f"warning: skipping corrupt checkpoint {path}: {problem} (moved to {aside.name})",
+                        file=sys.stderr,
+                    )
+                acc.wait_for_everyone()
                 continue
             tensors, meta = ckpt.read_checkpoint(path)
             self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.split_prefix(tensors, "model"))
@@ -317,6 +416,8 @@ class Trainer:
                 set_seed(self.cfg.seed + self.accelerator.process_index + meta["step"])
             self.step, self.lr_scale = meta["step"], meta["lr_scale"]
             self.nonfinite_total = meta.get("nonfinite_total", 0)
+            self.data_digest = meta.get("data_digest", "")
+            self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
 

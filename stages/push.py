@@ -1,0 +1,234 @@
+"""`cli.py push`: publish a run's tokenizer and prior as one Hugging Face Hub repo.
+
+The uploaded folder (`--dry-run OUT` writes exactly this folder and uploads nothing):
+
+    README.md                  model card: YAML metadata (model-index metrics) + samples, usage, configuration
+    vqgen.json                 index: format, vqgen version, which subfolder holds which model, class names
+    samples.png                a grid sampled from the pushed weights (seed 0, a row per class)
+    tokenizer/                 README.md + config.json + model.safetensors   (stages.hub.load_tokenizer)
+    prior/                     README.md + config.json + model.safetensors   (priors.load_prior)
+    training_state/            only with --with-training-state: the newest intact checkpoint of each stage
+        tokenizer/step_NNNNNNN/state.safetensors + state.json, tokenizer/run_config.json
+        prior/step_NNNNNNN/state.safetensors + state.json, prior/run_config.json
+
+The weights are copied byte for byte from the run. The token comes from HF_TOKEN or the Hugging Face login
+(huggingface_hub reads it) and is never printed, logged or written to a file. After a push, the target revision
+holds exactly this layout (older files stay in the repo's git history).
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from priors import load_prior
+from stages import checkpoint as ckpt
+from stages import metrics as M
+from stages.card import CardInputs, build_card, check_card, component_card, eval_results
+from stages.errors import UserError, one_line
+from stages.hub import check_hub_id, ensure_hub_reachable, load_tokenizer
+from stages.pipeline import INDEX_FILE, INDEX_FORMAT, Pipeline, locate
+
+MODEL_FILES = ("config.json", "model.safetensors")
+SAMPLES_PER_CLASS = 8  # samples.png: 8 per row, one row per class (at most 10 classes)
+
+
+@dataclass
+class PushConfig:
+    run: str  # a run folder (tokenizer/ + prior folders), or a prior folder inside one
+    repo_id: str  # "user/name" on the Hub
+    prior: str | None = None  # which prior, when the run holds several (gru or prior-gru)
+    private: bool = False  # create the repo private (an existing repo keeps its visibility)
+    revision: str | None = None  # branch to push to (created from main if missing); default: main
+    dry_run: str | None = None  # write the upload folder here and upload nothing
+    with_training_state: bool = False  # also publish the newest training checkpoints (safetensors + JSON)
+    license: str = (
+        "apache-2.0"  # the card's licence id (https://huggingface.co/docs/hub/repositories-licenses)
+    )
+    seed: int = 0  # seed of samples.png
+
+
+def vqgen_version() -> str:
+    try:
+        return importlib.metadata.version("vqgen")
+    except importlib.metadata.PackageNotFoundError:  # a source checkout: read pyproject.toml
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M)
+        return found.group(1) if found else "unknown"
+
+
+def _read_json(path: Path, key: str | None = None) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    data = data.get(key, {}) if key and isinstance(data, dict) else data
+    return data if isinstance(data, dict) else {}
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    for name in MODEL_FILES:
+        shutil.copyfile(src / name, dst / name)
+
+
+def _newest_checkpoint(folder: Path) -> Path | None:
+    for path in reversed(ckpt.list_checkpoints(folder)):
+        if ckpt.verify_checkpoint(path) is None:
+            return path
+    return None
+
+
+def _copy_training_state(run_dirs: dict[str, Path], out: Path) -> dict[str, str]:
+    """The newest intact checkpoint of each stage (and its run_config.json) under out/training_state/."""
+    placed = {}
+    for kind, run_dir in run_dirs.items():
+        newest = _newest_checkpoint(run_dir)
+        if newest is None:
+            continue
+        dst = out / "training_state" / kind
+        shutil.copytree(newest, dst / newest.name)
+        if (run_dir / "run_config.json").is_file():
+            shutil.copyfile(run_dir / "run_config.json", dst / "run_config.json")
+        placed[kind] = f"training_state/{kind}/{newest.name}"
+    if not placed:
+        where = " or ".join(str(d / ckpt.CHECKPOINT_DIR) for d in run_dirs.values())
+        raise UserError(f"--with-training-state: no intact checkpoint under {where}")
+    return placed
+
+
+def _sample_grid(pipe: Pipeline, seed: int) -> tuple[Image.Image, str]:
+    """samples.png: SAMPLES_PER_CLASS per row, a row per class (at most 10), and its caption for the card."""
+    k = pipe.prior.config.num_classes
+    if k:
+        classes = min(k, 10)
+        labels = torch.arange(classes).repeat_interleave(SAMPLES_PER_CLASS).tolist()
+        codes, _ = pipe.sample_codes(len(labels), labels, seed=seed)
+        caption = f"Samples from the published weights: seed {seed}, guidance scale 3, one row per class" + (
+            f" (the first {classes} of {k})." if classes < k else "."
+        )
+    else:
+        codes, _ = pipe.sample_codes(8 * SAMPLES_PER_CLASS, seed=seed)
+        caption = f"Samples from the published weights: seed {seed}."
+    return M.image_grid(pipe.decode(codes), nrow=SAMPLES_PER_CLASS), caption
+
+
+def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
+    """Write the folder that `push` uploads into `out` (created; must not exist). Returns its files, sorted."""
+    folders = locate(cfg.run, cfg.prior)
+    pipe = Pipeline(load_tokenizer(folders.tokenizer), load_prior(folders.prior), folders.class_names)
+    out.mkdir(parents=True)
+    _copy_model(folders.tokenizer, out / "tokenizer")
+    _copy_model(folders.prior, out / "prior")
+    tokenizer_config, prior_config = (
+        _read_json(out / "tokenizer/config.json"),
+        _read_json(out / "prior/config.json"),
+    )
+    component_card("tokenizer", cfg.repo_id, tokenizer_config).save(out / "tokenizer" / "README.md")
+    component_card("prior", cfg.repo_id, prior_config).save(out / "prior" / "README.md")
+    grid, caption = _sample_grid(pipe, cfg.seed)
+    M.save_png(grid, out / "samples.png")
+    run_dirs = {"tokenizer": folders.tokenizer.parent, "prior": folders.prior}
+    state = _copy_training_state(run_dirs, out) if cfg.with_training_state else None
+    index = {
+        "format": INDEX_FORMAT, "vqgen_version": vqgen_version(), "tokenizer": "tokenizer", "prior": "prior",
+        "prior_type": prior_config.get("prior_type"), "tokenizer_fingerprint": pipe.tokenizer.fingerprint(),
+        "class_names": folders.class_names, "samples": "samples.png", "training_state": state,
+    }  # fmt: skip
+    M.write_json(index, out / INDEX_FILE)
+    files = sorted([str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] + ["README.md"])
+    inputs = CardInputs(
+        repo_id=cfg.repo_id, tokenizer_config=tokenizer_config, prior_config=prior_config,
+        tokenizer_metrics=_read_json(run_dirs["tokenizer"] / "metrics.json", "tokenizer"),
+        prior_metrics=_read_json(folders.prior / "metrics.json", "prior"),
+        tokenizer_run=_read_json(run_dirs["tokenizer"] / "run_config.json"),
+        prior_run=_read_json(folders.prior / "run_config.json"),
+        class_names=folders.class_names, license=cfg.license, samples_caption=caption, training_state=state,
+        files=tuple(files),
+    )  # fmt: skip
+    card = build_card(inputs)
+    try:
+        check_card(card, eval_results(inputs))
+    except ValueError as exc:
+        raise UserError(f"the generated model card does not round-trip: {one_line(exc)}") from None
+    card.save(out / "README.md")
+    return files
+
+
+def _check(cfg: PushConfig) -> None:
+    if "/" not in cfg.repo_id:
+        raise UserError(f"--repo-id {cfg.repo_id!r}: give the full Hub id, USER/NAME or ORG/NAME")
+    check_hub_id(cfg.repo_id, "--repo-id")
+    if not Path(cfg.run).is_dir():
+        raise UserError(f"{cfg.run}: no such run folder")
+
+
+def run_push(cfg: PushConfig) -> dict:
+    """Build the upload folder; with dry_run keep it there, else upload it. Returns what was done."""
+    _check(cfg)
+    if cfg.dry_run:
+        out = Path(cfg.dry_run)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--dry-run {out} already exists; choose a new folder (nothing is overwritten)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) / "upload"
+        try:  # built beside OUT and moved into place: a failed build leaves nothing behind
+            files = build_upload_folder(cfg, tmp)
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        return {"folder": str(out), "files": files, "uploaded": False}
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise UserError(
+            "no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (or use --dry-run OUT)"
+        )
+    ensure_hub_reachable(f"push to {cfg.repo_id}")
+    with tempfile.TemporaryDirectory(prefix="vqgen-push-") as tmp:
+        folder = Path(tmp) / "upload"
+        files = build_upload_folder(cfg, folder)
+        return {**_upload(cfg, folder), "files": files, "uploaded": True}
+
+
+def _redacted(exc: BaseException) -> str:
+    """one_line(exc) with the token blanked out, should a library ever echo it in an error."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return one_line(exc).replace(token, "***") if token else one_line(exc)
+
+
+def _upload(cfg: PushConfig, folder: Path) -> dict:
+    """Validate the card on the Hub, create the repo (and branch), and commit the folder as the new contents."""
+    from huggingface_hub import HfApi, ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    try:
+        card.validate()  # huggingface_hub's own card validation: the Hub checks the YAML metadata
+    except ValueError as exc:
+        raise UserError(f"the Hugging Face Hub rejected the model card: {_redacted(exc)}") from None
+    except Exception as exc:
+        raise UserError(f"could not validate the model card on the Hub: {_redacted(exc)}") from None
+    api = HfApi()
+    prior_type = _read_json(folder / INDEX_FILE).get("prior_type")
+    try:
+        url = api.create_repo(cfg.repo_id, private=cfg.private, exist_ok=True)
+        if cfg.revision:
+            api.create_branch(cfg.repo_id, branch=cfg.revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=cfg.repo_id, folder_path=folder, revision=cfg.revision, delete_patterns=["*"],
+            commit_message=f"vqgen push: tokenizer + {prior_type} prior",
+        )  # fmt: skip
+    except Exception as exc:
+        raise UserError(f"push to {cfg.repo_id} failed: {_redacted(exc)}") from None
+    return {"url": str(url), "commit": info.oid, "revision": cfg.revision or "main"}
