@@ -8,6 +8,7 @@ Shared by `tokenizer_speed.py`, `sampling.py`, `prior_training.py` and `run_all.
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import platform
 import statistics
@@ -347,3 +348,10 @@ def markdown_table(title: str, rows: list[dict], extra: list[tuple[str, str, str
             ]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
+
+
+def save_result(result: dict, path: Path) -> None:
+    """Write a benchmark's result as indented JSON (creating its folder) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path}")

@@ -9,7 +9,6 @@ top of the weights, optimizer state and batch. `benchmarks/run_all.py` runs `pri
 """
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from measure import (  # noqa: E402
     markdown_table,
     measure_runs,
     result_row,
+    save_result,
     state_mib,
 )
 from sampling import GRID, NUM_CLASSES, VOCAB, build  # noqa: E402
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"torch {machine['torch']}, {machine['torch_threads']} threads, {device}, batch {args.batch}\n")
     print(markdown_table("prior training step", rows, TRAIN_COLUMNS))
     result = {"machine": machine, "results": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    save_result(result, args.json)
     return result
 
 

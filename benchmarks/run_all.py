@@ -23,7 +23,6 @@ reset before the call). The JSON also records the machine: processor, GPU, torch
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -48,6 +47,7 @@ from measure import (  # noqa: E402
     nominal_bf16_tflops,
     peak_matmul_tflops,
     result_row,
+    save_result,
 )
 from prior_training import TRAIN_COLUMNS as PRIOR_TRAIN_COLUMNS  # noqa: E402
 from prior_training import prior_training_rows  # noqa: E402
@@ -318,9 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             "\nthe machine was busy before the run: these numbers are lower bounds; rerun on a quiet machine"
         )
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {json_path}")
+    save_result(result, json_path)
     return result
 
 

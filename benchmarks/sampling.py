@@ -10,7 +10,6 @@ JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `b
 """
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict
@@ -23,7 +22,15 @@ for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
         sys.path.insert(0, str(path))
 
 import torch  # noqa: E402
-from measure import Timing, add_ratios, machine_info, markdown_table, measure_runs, result_row  # noqa: E402
+from measure import (  # noqa: E402
+    Timing,
+    add_ratios,
+    machine_info,
+    markdown_table,
+    measure_runs,
+    result_row,
+    save_result,
+)
 
 from priors import PRIORS, Prior  # noqa: E402
 
@@ -125,9 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             "\nthe machine was busy: these numbers are lower bounds, and torch threads that share cores with other"
             " processes slow down badly (compare --threads 1)"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    save_result(result, args.json)
     return result
 
 

@@ -16,7 +16,6 @@ what one call adds on top of the weights, optimizer state and inputs (measure.Pe
 """
 
 import argparse
-import json
 import sys
 from functools import partial
 from pathlib import Path
@@ -40,6 +39,7 @@ from measure import (  # noqa: E402
     markdown_table,
     measure_runs,
     result_row,
+    save_result,
     state_mib,
 )
 
@@ -269,9 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tokenizer_train": train,
         "codec": codec,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    save_result(result, args.json)
     return result
 
 

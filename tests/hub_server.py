@@ -142,6 +142,20 @@ class StandInHub:
             return None, (404, {"X-Error-Code": "RepoNotFound"}, {"error": "Repository not found"})
         return repo, None
 
+    def _revision(self, repo_id: str, rev: str):
+        """(repo, commit id, None), or (None, None, the 404 answer) for an unknown repo or revision."""
+        found, error = self._repo(repo_id)
+        if error:
+            return None, None, error
+        oid = found.resolve(rev)
+        if oid is None:
+            return (
+                None,
+                None,
+                (404, {"X-Error-Code": "RevisionNotFound"}, {"error": f"Invalid rev id: {rev}"}),
+            )
+        return found, oid, None
+
     def _validate(self, handler, body: bytes):
         """Both callers (ModelCard.validate and upload_folder's README check) accept this JSON answer."""
         from huggingface_hub import ModelCard
@@ -215,12 +229,9 @@ class StandInHub:
         )
 
     def _info(self, handler, body: bytes, repo: str, rev: str):
-        found, error = self._repo(repo)
+        found, oid, error = self._revision(repo, rev)
         if error:
             return error
-        oid = found.resolve(rev)
-        if oid is None:
-            return 404, {"X-Error-Code": "RevisionNotFound"}, {"error": f"Invalid rev id: {rev}"}
         siblings = [{"rfilename": p} for p in sorted(found.commits[oid])]
         return (
             200,
@@ -229,12 +240,9 @@ class StandInHub:
         )
 
     def _tree(self, handler, body: bytes, repo: str, rev: str, path: str = ""):
-        found, error = self._repo(repo)
+        found, oid, error = self._revision(repo, rev)
         if error:
             return error
-        oid = found.resolve(rev)
-        if oid is None:
-            return 404, {"X-Error-Code": "RevisionNotFound"}, {"error": f"Invalid rev id: {rev}"}
         prefix = path.strip("/")
         entries = [
             {"type": "file", "path": p, "size": len(c), "oid": blob_id(c)}
