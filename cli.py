@@ -1,4 +1,4 @@
-"""vqgen command line: thin typed commands that parse options and delegate to stages/.
+"""vqgen command line: thin typed commands that parse options and delegate to vqgen.stages.
 
     python cli.py tokenize --run runs/demo            # stage one on the embedded MNIST digits
     python cli.py train-prior --prior gru --codes runs/demo/codes
@@ -15,10 +15,31 @@ from typing import Annotated, Optional
 
 import typer
 
-if __package__ in (None, ""):  # `python cli.py` from any working directory
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stages.errors import UserError  # noqa: E402
+def _run_from_clone() -> None:
+    """`python cli.py ...` in a clone: load this folder as the package `vqgen` (and only under that name: the
+    folder leaves sys.path, so `stages` or `priors` never shadow a user's modules), then run its CLI."""
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    spec = importlib.util.spec_from_file_location(
+        "vqgen", here / "__init__.py", submodule_search_locations=[str(here)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["vqgen"] = package
+    spec.loader.exec_module(package)
+    from vqgen.cli import main as package_main
+
+    package_main()
+    raise SystemExit(0)
+
+
+if __name__ == "__main__" and not __package__:
+    _run_from_clone()
+
+from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 
 app = typer.Typer(
     help="vqgen: a VQ-VAE tokenizer and swappable autoregressive priors, in one pipeline.",
@@ -130,11 +151,11 @@ def tokenize(
     max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage one: train the VQ-VAE tokenizer, evaluate it, and encode the dataset into code grids."""
-    from stages.data import DataConfig
-    from stages.quantizer import QuantizerConfig
-    from stages.tokenize import TokenizeConfig, run_tokenize
-    from stages.tokenizer import TokenizerConfig
-    from stages.trainer import TrainConfig
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.tokenizer.model import TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.training.trainer import TrainConfig
 
     cfg = TokenizeConfig(
         run_dir=str(run),
@@ -197,9 +218,9 @@ def train_prior(
     max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage two: train an autoregressive prior on the tokenizer's code grids."""
-    from stages.options import split_assignments
-    from stages.train_prior import PriorTrainConfig, run_train_prior
-    from stages.trainer import TrainConfig
+    from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
+    from vqgen.stages.core.options import split_assignments
+    from vqgen.stages.training.trainer import TrainConfig
 
     try:
         options = split_assignments(prior_opt, "--prior-opt")
@@ -248,7 +269,7 @@ def generate(
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
     cfg_scale: Annotated[
         float, typer.Option(help="Classifier-free guidance scale for conditional priors (1 = off).")
-    ] = 3.0,
+    ] = DEFAULT_CFG_SCALE,
     seed: Seed = 0,
     out: Annotated[
         Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")
@@ -262,20 +283,22 @@ def generate(
     ] = False,
 ) -> None:
     """Sample code grids from a prior and decode them into a PNG grid and individual images."""
-    from stages.generate import GenerateConfig, run_generate
+    from vqgen.stages.commands.generate import GenerateConfig, run_generate
 
     prior_dir = str(prior or "runs/demo/prior-gru")
     if source:  # both models from one place; the grid goes to ./generated.png unless --out says otherwise
-        from stages.pipeline import generate_sources
+        from vqgen.stages.artifacts.published import generate_sources
 
         prior_dir, tokenizer = generate_sources(source, str(prior) if prior else None, tokenizer, revision)
         out = out or Path("generated.png")
     elif revision:
         raise UserError("--revision applies to --from only")
+    from vqgen.stages.sampling.config import SamplingConfig
+
     cfg = GenerateConfig(
-        prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n, temperature=temperature, top_k=top_k,
-        top_p=top_p, cfg_scale=cfg_scale, seed=seed, out=str(out) if out else None, overwrite=overwrite,
-        batch_size=batch_size, resume=resume,
+        prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n,
+        sampling=SamplingConfig(temperature, top_k, top_p, cfg_scale), seed=seed, out=str(out) if out else None,
+        overwrite=overwrite, batch_size=batch_size, resume=resume,
     )  # fmt: skip
     r = run_generate(cfg)
     speed = f", {r['tokens_per_s']:,.0f} tokens/s sampling" if r["sampled"] else ""
@@ -305,7 +328,7 @@ def push(
     license: Annotated[str, typer.Option(help="Licence id for the model card.")] = "apache-2.0",
 ) -> None:
     """Publish a run's tokenizer, prior and model card as one Hugging Face Hub repo (token: HF_TOKEN or login)."""
-    from stages.push import PushConfig, run_push
+    from vqgen.stages.commands.push import PushConfig, run_push
 
     cfg = PushConfig(
         run=str(run), repo_id=repo_id, prior=prior, private=private, revision=revision,
@@ -348,7 +371,7 @@ def evaluate(
     n_samples: Annotated[int, typer.Option(min=1, help="Images sampled per prior.")] = 1000,
     cfg_scale: Annotated[
         float, typer.Option(help="Classifier-free guidance for class-conditional priors (as generate).")
-    ] = 3.0,
+    ] = DEFAULT_CFG_SCALE,
     seed: Seed = 0,
     features: Annotated[
         FeatureChoice, typer.Option(help="FID features: Inception if it loads (auto), else the classifier.")
@@ -368,7 +391,7 @@ def evaluate(
 ) -> None:
     """Evaluate a run: tokenizer reconstruction and rFID, and every prior's NLL, gFID, precision/recall and class
     accuracy; writes RUN/eval/metrics.json and report.md. With --compare, one table and a quality-vs-speed plot."""
-    from stages.evaluate import CompareConfig, EvaluateConfig, run_compare, run_evaluate
+    from vqgen.stages.commands.evaluate import CompareConfig, EvaluateConfig, run_compare, run_evaluate
 
     if folders and not compare:
         raise UserError("folders given without --compare; evaluate one run with --run RUN")
@@ -397,7 +420,7 @@ def _list(registry) -> None:
 @app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""
-    from priors import PRIORS
+    from vqgen.stages.core.registry import PRIORS
 
     _list(PRIORS)
 
@@ -405,14 +428,14 @@ def priors() -> None:
 @app.command()
 def plugins() -> None:
     """List every available training plugin and where it comes from."""
-    from plugins import PLUGINS
+    from vqgen.stages.core.registry import PLUGINS
 
     _list(PLUGINS)
 
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
-    from stages.trainer import TrainingStopped
+    from vqgen.stages.training.trainer import TrainingStopped
 
     interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"
     try:
@@ -431,7 +454,7 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except OSError as exc:  # a full disk or a read-only folder: one line; any other OSError is a bug of ours
-        from stages.errors import environment_error
+        from vqgen.stages.core.errors import environment_error
 
         message = environment_error(exc)
         if message is None:

@@ -14,7 +14,6 @@ writes JSON (default benchmarks/results/gan_quality.json).
 """
 
 import argparse
-import gzip
 import json
 import shlex
 import statistics
@@ -24,14 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from stages.hub import load_tokenizer  # noqa: E402
-from stages.tokenize import evaluate_tokenizer  # noqa: E402
+from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
+from vqgen.stages.data.eval_images import read_idx  # noqa: E402
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 
 METRICS = ("psnr", "ssim", "sharpness_ratio", "edge_sharpness_ratio")
 
@@ -41,9 +39,7 @@ def load_mnist_test(folder: Path) -> torch.Tensor:
     path = Path(folder) / "t10k-images-idx3-ubyte.gz"
     if not path.is_file():
         sys.exit(f"error: {path} not found; pass --mnist-test FOLDER")
-    with gzip.open(path) as f:
-        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    return torch.from_numpy(raw.copy())
+    return torch.from_numpy(read_idx(path).copy())[:, None]
 
 
 def train(run_dir: Path, steps: int | None, seed: int, extra: list[str]) -> float:
@@ -63,7 +59,7 @@ def train(run_dir: Path, steps: int | None, seed: int, extra: list[str]) -> floa
 def evaluate(run_dir: Path, pixels: torch.Tensor) -> dict:
     """Test-split metrics of a finished run, plus what its training history says about stability."""
     model = load_tokenizer(run_dir / "tokenizer")
-    scores = evaluate_tokenizer(model, pixels)
+    scores, _ = evaluate_tokenizer(model, pixels)
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     last = history[-1] if history else {}
     run_config = json.loads((run_dir / "run_config.json").read_text())

@@ -10,9 +10,7 @@ Prints a markdown table and writes JSON (default RUN/prior_quality.json).
 """
 
 import argparse
-import gzip
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,22 +18,23 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from priors import load_prior  # noqa: E402
-from stages.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
-from stages.data import DataConfig, load_image_splits, to_float  # noqa: E402
-from stages.generate import check_pair  # noqa: E402
-from stages.hub import load_tokenizer  # noqa: E402
-from stages.tokenize import pixel_tensor  # noqa: E402
-from stages.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer  # noqa: E402
+from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
+from vqgen.stages.data.eval_images import read_idx  # noqa: E402
+from vqgen.stages.data.images import (  # noqa: E402
+    DataConfig,
+    load_image_splits,
+    pixel_tensor,  # noqa: E402
+    to_float,
+)
+from vqgen.stages.evaluation.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
+from vqgen.stages.sampling.sampler import check_pair  # noqa: E402
 
 
 def mnist_test(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    x = read_idx(folder / "t10k-images-idx3-ubyte.gz")[:, None]
+    y = read_idx(folder / "t10k-labels-idx1-ubyte.gz")
     return to_float(torch.from_numpy(x.copy())), torch.from_numpy(y.astype(np.int64))
 
 

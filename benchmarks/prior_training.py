@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+for path in (ROOT / "benchmarks",):  # run as a script from anywhere
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -33,8 +33,8 @@ from measure import (  # noqa: E402
 )
 from sampling import GRID, NUM_CLASSES, VOCAB, build  # noqa: E402
 from tokenizer_speed import CLIP_GRAD, LR  # noqa: E402
-
-from priors import PRIORS, Prior  # noqa: E402
+from vqgen.priors import Prior  # noqa: E402
+from vqgen.stages.core.registry import PRIORS  # noqa: E402
 
 BATCH = 64
 TRAIN_COLUMNS = [("weights+optimizer MiB", "state_mib", ".1f"), ("params", "params", ",")]

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+for path in (ROOT / "benchmarks",):  # run as a script from anywhere
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -53,9 +53,8 @@ from prior_training import TRAIN_COLUMNS as PRIOR_TRAIN_COLUMNS  # noqa: E402
 from prior_training import prior_training_rows  # noqa: E402
 from sampling import SAMPLING_COLUMNS, bench_prior  # noqa: E402
 from tokenizer_speed import codec_rows, quantizer_rows, tokenizer_train_rows  # noqa: E402
-
-from priors import PRIORS  # noqa: E402
-from stages.errors import UserError  # noqa: E402
+from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.core.registry import PRIORS  # noqa: E402
 
 PRECISIONS = ["fp32", "bf16"]
 

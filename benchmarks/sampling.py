@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import get_type_hints
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+for path in (ROOT / "benchmarks",):  # run as a script from anywhere
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -31,8 +31,8 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
-
-from priors import PRIORS, Prior  # noqa: E402
+from vqgen.priors import Prior  # noqa: E402
+from vqgen.stages.core.registry import PRIORS  # noqa: E402
 
 BATCH, VOCAB, NUM_CLASSES, GRID = 16, 512, 10, 7
 SAMPLING_COLUMNS = [

@@ -12,14 +12,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from prior_quality import mnist_test  # noqa: E402
-
-from stages.data import to_uint8  # noqa: E402
-from stages.hub import load_tokenizer  # noqa: E402
-from stages.tokenize import evaluate_tokenizer  # noqa: E402
+from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
+from vqgen.stages.data.images import to_uint8  # noqa: E402
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -31,13 +29,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     images, _ = mnist_test(args.mnist_test)
-    metrics = evaluate_tokenizer(load_tokenizer(args.tokenizer), to_uint8(images))
+    metrics, _ = evaluate_tokenizer(load_tokenizer(args.tokenizer), to_uint8(images))
     print("| PSNR (dB) | SSIM | MSE | codebook usage | perplexity | dead codes | images/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     m = metrics
     print(
         f"| {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mse']:.5f} | {m['codebook_usage']:.1%} | {m['perplexity']:.0f} "
-        f"| {m['dead_codes']} | {m['eval_images_per_s']:.0f} |"
+        f"| {m['dead_codes']} | {m['images_per_s']:.0f} |"
     )
     out = args.json or args.tokenizer.parent / "mnist_test_metrics.json"
     out.write_text(json.dumps(metrics, indent=2))

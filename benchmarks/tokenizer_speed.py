@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):  # run as a script from anywhere
+for path in (ROOT / "benchmarks",):  # run as a script from anywhere
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -42,9 +42,8 @@ from measure import (  # noqa: E402
     save_result,
     state_mib,
 )
-
-from stages.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
-from stages.tokenizer import VQVAE, TokenizerConfig  # noqa: E402
+from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
 
 IMAGE_SIZE = 28
 LR, CLIP_GRAD = 2e-3, 1.0  # stages/trainer.py TrainConfig defaults (lr, clip_grad)

@@ -1,67 +1,19 @@
-"""Training plugins, found through a registry. Third-party packages add plugins through the entry-point group
-`vqgen.plugins`:
+"""Training plugins: the contract (`base.py`) and the built-in plugins.
+
+This package knows no host: it imports torch and its own contract only, raises plain ValueError/OSError, and gets
+host services through the `PluginContext` it is handed. The host (`vqgen.stages`) finds plugins by name in
+`BUILTIN_PLUGINS` and in the entry-point group `vqgen.plugins`, through which third-party packages add their own:
 
     [project.entry-points."vqgen.plugins"]
     my_plugin = "my_package.my_plugin:MyPlugin"
 """
 
-from dataclasses import is_dataclass
+from vqgen.plugins.base import PluginContext, PluginLoss, TrainingPlugin
 
-from plugins.base import PluginContext, PluginLoss, TrainingPlugin, parse_plugin_options
-from stages.errors import UserError, one_line
-from stages.registry import Registry
+# name -> "module:Class", imported on first use.
+BUILTIN_PLUGINS = {
+    "gan": "vqgen.plugins.gan:GANPlugin",
+    "perceptual": "vqgen.plugins.perceptual:PerceptualPlugin",
+}
 
-PLUGINS: Registry[TrainingPlugin] = Registry(
-    kind="plugin",
-    group="vqgen.plugins",
-    base=TrainingPlugin,
-    builtins={"gan": "plugins.gan:GANPlugin", "perceptual": "plugins.perceptual:PerceptualPlugin"},
-)
-register_plugin = PLUGINS.register
-
-
-def parse_option_flags(flags: list[str]) -> dict[str, dict[str, str]]:
-    """["gan.weight=0.8", ...] -> {"gan": {"weight": "0.8"}}."""
-    out: dict[str, dict[str, str]] = {}
-    for flag in flags:
-        name, dot, rest = flag.partition(".")
-        key, eq, value = rest.partition("=")
-        if not dot or not eq or not key:
-            raise UserError(
-                f"--plugin-opt {flag!r} must look like NAME.OPTION=VALUE, for example gan.weight=0.8"
-            )
-        out.setdefault(name, {})[key] = value
-    return out
-
-
-def build_plugins(names: list[str], option_flags: list[str], stage: str) -> list[TrainingPlugin]:
-    """Instantiate the named plugins with their options; every error is a one-line UserError."""
-    options = parse_option_flags(option_flags)
-    for name in options:
-        if name not in names:
-            raise UserError(f"--plugin-opt given for {name!r}, which is not enabled; add --plugin {name}")
-    plugins = []
-    for name in dict.fromkeys(names):
-        cls = PLUGINS.get(name)
-        if not is_dataclass(cls.config_class):
-            raise UserError(
-                f"plugin {name!r} ({cls.__module__}) has no dataclass config_class; fix the plugin"
-            )
-        if stage not in cls.stages:
-            raise UserError(f"plugin {name!r} works in stages {', '.join(cls.stages)}, not in {stage!r}")
-        try:
-            config = parse_plugin_options(name, cls.config_class, options.get(name, {}))
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"plugin {name!r}: {exc}") from None
-        try:
-            plugin = cls(config)
-        except Exception as exc:  # right types, but no plugin: a negative size, an unknown loss name, ...
-            raise UserError(
-                f"plugin {name!r}: these options make no valid plugin ({one_line(exc)})"
-            ) from None
-        plugin.name = name
-        plugins.append(plugin)
-    return plugins
-
-
-__all__ = ["PLUGINS", "PluginContext", "PluginLoss", "TrainingPlugin", "build_plugins", "register_plugin"]
+__all__ = ["BUILTIN_PLUGINS", "PluginContext", "PluginLoss", "TrainingPlugin"]

@@ -21,10 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from plugins import PluginContext, PluginLoss, TrainingPlugin, register_plugin
-from stages import checkpoint as ckpt
-from stages.errors import UserError
+from vqgen.plugins.base import PluginContext, PluginLoss, TrainingPlugin
 
 
 @dataclass
@@ -124,7 +121,6 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-@register_plugin("gan")
 class GANPlugin(TrainingPlugin):
     """VQGAN-style adversarial loss with a PatchGAN discriminator (see the module docstring)."""
 
@@ -137,8 +133,8 @@ class GANPlugin(TrainingPlugin):
         cfg, acc = self.config, ctx.accelerator
         model_cfg = acc.unwrap_model(ctx.model).config
         if PatchDiscriminator.output_size(model_cfg.image_size, cfg.layers) < 1:
-            raise UserError(
-                f"gan: {cfg.layers} discriminator layers are too many for {model_cfg.image_size}px images; "
+            raise ValueError(
+                f"{cfg.layers} discriminator layers are too many for {model_cfg.image_size}px images; "
                 "lower --plugin-opt gan.layers"
             )
         with torch.random.fork_rng(devices=[]):  # the tokenizer's random stream stays as without the plugin
@@ -255,35 +251,26 @@ class GANPlugin(TrainingPlugin):
         for group in self.opt.param_groups:
             group["lr"] = self.config.lr * self.lr_scale
 
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        disc = self.accelerator.unwrap_model(self.disc)
-        opt_tensors, opt_meta = ckpt.flatten_optimizer(self.opt.state_dict())
-        tensors = {
-            **ckpt.add_prefix(disc.state_dict(), "disc"),
-            **ckpt.add_prefix(opt_tensors, "optim"),
+    def state_dict(self) -> dict:
+        return {
+            "disc": self.accelerator.unwrap_model(self.disc).state_dict(),
+            "optim": self.opt.state_dict(),
             "lecam_ema": self.lecam_ema,
-        }
-        meta = {
-            "optimizer": opt_meta,
             "lr_scale": self.lr_scale,
             "lecam_ready": self.lecam_ready,
             "events": dict(self.events),
             "saturated_run": self.saturated_run,
         }
-        return tensors, meta
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint or a rollback snapshot. What only ever goes one way survives a rollback to an
         older snapshot: the learning-rate scale keeps its lowest value and event counts their highest."""
-        if not tensors:  # resuming a run that was trained without this plugin: start it fresh
+        if not state:  # resuming a run that was trained without this plugin: start it fresh
             return
-        disc = self.accelerator.unwrap_model(self.disc)
-        disc.load_state_dict(ckpt.split_prefix(tensors, "disc"))
-        self.opt.load_state_dict(
-            ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
-        )
-        self.lecam_ema.copy_(tensors["lecam_ema"])
-        self.lecam_ready = meta["lecam_ready"]
-        self.saturated_run = meta["saturated_run"]
-        self.lr_scale = min(self.lr_scale, meta["lr_scale"])
-        self.events = {k: max(self.events.get(k, 0), meta["events"].get(k, 0)) for k in self.EVENTS}
+        self.accelerator.unwrap_model(self.disc).load_state_dict(state["disc"])
+        self.opt.load_state_dict(state["optim"])
+        self.lecam_ema.copy_(state["lecam_ema"])
+        self.lecam_ready = state["lecam_ready"]
+        self.saturated_run = state["saturated_run"]
+        self.lr_scale = min(self.lr_scale, state["lr_scale"])
+        self.events = {k: max(self.events.get(k, 0), state["events"].get(k, 0)) for k in self.EVENTS}

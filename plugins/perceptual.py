@@ -7,7 +7,7 @@ summed over channels and averaged over space; the five layers are summed. Grey i
 
 Weights are read from safetensors only: the VGG16 convolutions under torchvision's names (`features.0.weight`,
 ..., as in the Hub repo timm/vgg16.tv_in1k), optionally LPIPS's lin layers (`lin0.model.1.weight`, ...,
-shape (1, C, 1, 1)). They cannot be fetched offline: then `setup` stops with a one-line UserError.
+shape (1, C, 1, 1)). They cannot be fetched offline: then `setup` raises OSError, which the host reports in one line.
 """
 
 from dataclasses import dataclass
@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from plugins import PluginContext, PluginLoss, TrainingPlugin, register_plugin
-from stages.errors import UserError
+from vqgen.plugins.base import PluginContext, PluginLoss, TrainingPlugin
 
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 TAPS = (3, 8, 15, 22, 29)  # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in `features`
@@ -91,21 +89,12 @@ def _unit(f: torch.Tensor) -> torch.Tensor:
     return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
 
 
-def _weights_file(ref: str, what: str) -> Path:
+def _weights_file(ctx: PluginContext, ref: str, what: str) -> Path:
     """A local .safetensors file, a folder holding model.safetensors, or a Hub repo's model.safetensors."""
-    from stages.hub import _hub_file
-
-    local = Path(ref).expanduser()
-    if local.is_file():
-        return local
-    if local.is_dir():
-        return local / "model.safetensors"
-    if ref.startswith((".", "/", "~")) or ref.endswith(".safetensors"):
-        raise UserError(f"perceptual: no {what} at {ref}; {_FIX}")
     try:
-        return _hub_file(ref, "model.safetensors")
-    except UserError as exc:
-        raise UserError(f"perceptual: cannot load the {what} from the Hub ({exc}); {_FIX}") from None
+        return ctx.weights_file(ref)
+    except OSError as exc:
+        raise OSError(f"cannot load the {what} from {ref} ({exc}); {_FIX}") from None
 
 
 _FIX = (
@@ -120,10 +109,9 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # missing, truncated or not safetensors
-        raise UserError(f"perceptual: cannot read the {what} {path} ({type(exc).__name__}: {exc})") from None
+        raise OSError(f"cannot read the {what} {path} ({type(exc).__name__}: {exc})") from None
 
 
-@register_plugin("perceptual")
 class PerceptualPlugin(TrainingPlugin):
     """Adds `weight * LPIPS(recon, images)` to the tokenizer's loss."""
 
@@ -134,17 +122,17 @@ class PerceptualPlugin(TrainingPlugin):
     def setup(self, ctx: PluginContext) -> None:
         cfg = self.config
         lpips = LPIPS()
-        vgg = _load(_weights_file(cfg.weights, "VGG16 weights"), "VGG16 weights")
+        vgg = _load(_weights_file(ctx, cfg.weights, "VGG16 weights"), "VGG16 weights")
         vgg = {k: v for k, v in vgg.items() if k.startswith("features.")}  # drop a classifier head
         try:
             lpips.vgg.load_state_dict(vgg)
             if cfg.lin_weights:
-                lin = _load(_weights_file(cfg.lin_weights, "LPIPS lin weights"), "LPIPS lin weights")
+                lin = _load(_weights_file(ctx, cfg.lin_weights, "LPIPS lin weights"), "LPIPS lin weights")
                 for k, param in enumerate(lpips.lins):
                     param.copy_(lin[f"lin{k}.model.1.weight"])
         except (RuntimeError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise UserError(f"perceptual: the weights do not fit VGG16/LPIPS ({first})") from None
+            raise ValueError(f"the weights do not fit VGG16/LPIPS ({first})") from None
         self.lpips = lpips.to(ctx.accelerator.device).eval()
 
     def loss(self, ctx: PluginContext, batch: torch.Tensor, out, step: int) -> PluginLoss:

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-
-from priors import register_prior
-from priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 
 
 @dataclass
@@ -34,7 +32,6 @@ class GRUSamplingState:
     position: int  # raster position whose logits the next call returns
 
 
-@register_prior("gru")
 class GRUPrior(Prior):
     def __init__(self, config: GRUPriorConfig):
         super().__init__(config)

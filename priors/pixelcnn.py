@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from priors import register_prior
-from priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 
 
 @dataclass
@@ -122,7 +120,6 @@ class PixelCNNSamplingState:
     position: int  # raster position whose logits the next call returns
 
 
-@register_prior("pixelcnn")
 class PixelCNNPrior(Prior):
     def __init__(self, config: PixelCNNPriorConfig):
         super().__init__(config)

@@ -22,9 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-from priors import register_prior
-from priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 
 
 @dataclass
@@ -70,7 +68,6 @@ class TransformerSamplingState:
     position: int  # sequence position of the token the next call feeds
 
 
-@register_prior("transformer")
 class TransformerPrior(Prior):
     def __init__(self, config: TransformerPriorConfig):
         super().__init__(config)

@@ -24,7 +24,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     """60 embedded digits (6 per class) as (N, 28, 28) uint8 and labels."""
     from datasets import Dataset
 
-    ds = Dataset.from_parquet(str(ROOT / "stages" / "assets" / "mnist5k-heldout.parquet"))
+    ds = Dataset.from_parquet(str(ROOT / "stages" / "data" / "assets" / "mnist5k-heldout.parquet"))
     labels = np.array(ds["label"])
     keep = np.concatenate([np.flatnonzero(labels == d)[:6] for d in range(10)])
     images = np.stack([np.array(ds[int(i)]["image"]) for i in keep])

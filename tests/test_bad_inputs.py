@@ -23,13 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import vqgen.cli as cli  # noqa: E402
 from conftest import ROOT, TINY_TOKENIZER_FLAGS, run_cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-import cli  # noqa: E402
 
 SOURCE_DIRS = ("stages", "priors", "plugins", "benchmarks")
 GRU_FLAGS = ["--prior-opt", "embed_dim=8", "--prior-opt", "hidden_size=8", "--prior-opt", "num_layers=1"]
@@ -160,8 +157,8 @@ def world(tmp_path_factory, digits) -> World:
     (bad / "tok-pickle-only").mkdir()
     shutil.copy(tokenizer / "config.json", bad / "tok-pickle-only")
     (bad / "tok-pickle-only" / "pytorch_model.bin").write_bytes(b"\x80\x04pickled")
-    from stages.quantizer import QuantizerConfig
-    from stages.tokenizer import VQVAE, TokenizerConfig
+    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 
     small = TokenizerConfig(
         base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8, code_dim=4)
@@ -315,10 +312,12 @@ def test_some_unreadable_images_are_skipped_and_counted(world):
 
 def fake_entry_points(monkeypatch, **targets: str) -> None:
     """Make the prior registry see entry points NAME = TARGET (as if a package declaring them were installed)."""
-    from priors import PRIORS
+    from vqgen.stages.core.registry import PRIORS
 
     eps = [EntryPoint(name, target, "vqgen.priors") for name, target in targets.items()]
-    monkeypatch.setattr("stages.registry.entry_points", lambda group: eps if group == "vqgen.priors" else [])
+    monkeypatch.setattr(
+        "vqgen.stages.core.registry.entry_points", lambda group: eps if group == "vqgen.priors" else []
+    )
     monkeypatch.setattr(PRIORS, "_entries", dict(PRIORS._entries))
     monkeypatch.setattr(PRIORS, "_classes", dict(PRIORS._classes))
     monkeypatch.setattr(PRIORS, "_entry_points_read", False)
@@ -330,8 +329,12 @@ def fake_entry_points(monkeypatch, **targets: str) -> None:
         pytest.param(
             "no_such_module_xyz:Prior", ("failed to load", "ModuleNotFoundError"), id="does-not-import"
         ),
-        pytest.param("priors.gru:NoSuchClass", ("failed to load", "AttributeError"), id="no-such-attribute"),
-        pytest.param("collections:OrderedDict", ("does not subclass priors.base.Prior",), id="not-a-prior"),
+        pytest.param(
+            "vqgen.priors.gru:NoSuchClass", ("failed to load", "AttributeError"), id="no-such-attribute"
+        ),
+        pytest.param(
+            "collections:OrderedDict", ("does not subclass vqgen.priors.base.Prior",), id="not-a-prior"
+        ),
     ],
 )
 def test_broken_entry_point(world, tmp_path, monkeypatch, target, fragments):
@@ -342,7 +345,7 @@ def test_broken_entry_point(world, tmp_path, monkeypatch, target, fragments):
 
 
 def test_entry_point_with_a_path_for_a_name_is_refused(world, tmp_path, monkeypatch):
-    fake_entry_points(monkeypatch, **{"../../escape": "priors.gru:GRUPrior"})
+    fake_entry_points(monkeypatch, **{"../../escape": "vqgen.priors.gru:GRUPrior"})
     args = ["train-prior", "--prior", "../../escape", "--codes", world.run / "codes", *GRU_FLAGS]
     expect_error(world, *args, fragments=("not a valid name",))
     assert not (world.run.parent.parent / "escape").exists()
@@ -394,7 +397,9 @@ def no_space(path, *args, **kwargs) -> None:
 
 
 def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
-    monkeypatch.setattr("stages.checkpoint.save_file", lambda tensors, path, *a, **k: no_space(path))
+    monkeypatch.setattr(
+        "vqgen.stages.training.checkpoint.save_file", lambda tensors, path, *a, **k: no_space(path)
+    )
     run = tmp_path / "run"
     answer = call_cli("tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "2",
                       "--checkpoint-every", "1")  # fmt: skip
@@ -462,9 +467,8 @@ def test_no_pickle_when_loading_user_files(world, monkeypatch):
 
     for target in ("torch.load", "pickle.load", "pickle.loads"):
         monkeypatch.setattr(target, refuse)
-    from priors import load_prior
-    from stages.checkpoint import list_checkpoints, read_checkpoint
-    from stages.hub import load_tokenizer
+    from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+    from vqgen.stages.training.checkpoint import list_checkpoints, read_checkpoint
 
     assert pickle.loads is refuse and torch.load is refuse
     load_tokenizer(world.run / "tokenizer")

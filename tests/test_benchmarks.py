@@ -15,8 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import run_all  # noqa: E402
 import tokenizer_speed  # noqa: E402
 from measure import Timing  # noqa: E402
-
-from priors import PRIORS  # noqa: E402
+from vqgen.stages.core.registry import PRIORS  # noqa: E402
 
 
 def positive(value) -> bool:

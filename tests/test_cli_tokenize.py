@@ -33,7 +33,7 @@ def test_tokenize_writes_a_complete_run(tmp_path, image_folder):
         "codebook_usage",
         "perplexity",
         "dead_codes",
-        "eval_images_per_s",
+        "images_per_s",
         "wall_seconds",
     ):
         assert key in metrics
@@ -134,10 +134,9 @@ def test_two_process_accelerate_launch(tmp_path, image_folder):
 
 def test_large_datasets_are_read_batch_by_batch_with_the_same_batches(image_folder):
     import torch
-
-    from stages.data import DataConfig, load_image_splits
-    from stages.tokenize import TokenizerTask
-    from stages.tokenizer import VQVAE, TokenizerConfig
+    from vqgen.stages.commands.tokenize import TokenizerTask
+    from vqgen.stages.data.images import DataConfig, load_image_splits
+    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
 
     splits = load_image_splits(DataConfig(dataset=str(image_folder)))
     model = VQVAE(TokenizerConfig())

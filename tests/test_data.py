@@ -6,9 +6,8 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
-from stages.data import DataConfig, load_image_splits, to_array
-from stages.errors import UserError
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.data.images import DataConfig, load_image_splits, to_array
 
 
 def test_embedded_default_is_real_mnist_with_a_heldout_split():

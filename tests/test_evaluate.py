@@ -6,7 +6,6 @@ import json
 import math
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,12 @@ from conftest import assert_user_error, run_cli
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from stages import fid  # noqa: E402
-from stages import metrics as M  # noqa: E402
-from stages.errors import UserError  # noqa: E402
-from stages.evaluate import CompareConfig, EvaluateConfig, read_idx, run_compare, run_evaluate  # noqa: E402
+from vqgen.stages.commands.evaluate import CompareConfig, EvaluateConfig, run_compare, run_evaluate  # noqa: E402
+from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.data.eval_images import read_idx  # noqa: E402
+from vqgen.stages.evaluation import fid  # noqa: E402
+from vqgen.stages.evaluation import metrics as M  # noqa: E402
 
 TINY_EVAL = {
     "n_samples": 20,
@@ -97,7 +95,7 @@ def no_inception(device):
 
 
 def test_auto_features_fall_back_to_the_classifier(monkeypatch):
-    from stages.classifier import Classifier, ClassifierConfig
+    from vqgen.stages.evaluation.classifier import Classifier, ClassifierConfig
 
     monkeypatch.setattr(fid, "inception_space", no_inception)
     lines = []
@@ -123,12 +121,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, image_folder):
     """A tokenizer (3 steps) and a gru and a transformer prior (3 steps each) on 60 digits, in process."""
-    from stages.data import DataConfig
-    from stages.quantizer import QuantizerConfig
-    from stages.tokenize import TokenizeConfig, run_tokenize
-    from stages.tokenizer import TokenizerConfig
-    from stages.train_prior import PriorTrainConfig, run_train_prior
-    from stages.trainer import TrainConfig
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.tokenizer.model import TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.training.trainer import TrainConfig
 
     run = tmp_path_factory.mktemp("eval") / "run"
     model = TokenizerConfig(

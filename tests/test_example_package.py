@@ -25,8 +25,7 @@ def installed():
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    from plugins import PLUGINS
-    from priors import PRIORS
+    from vqgen.stages.core.registry import PLUGINS, PRIORS
 
     PRIORS.refresh()
     PLUGINS.refresh()
@@ -79,11 +78,10 @@ def test_example_prior_and_plugin_run_through_the_cli(installed, tmp_path, image
 
 def test_markov_prior_passes_the_contract(installed):
     import torch
-
-    from priors import PRIORS
+    from vqgen.stages.core.registry import PRIORS
 
     cls = PRIORS.get("markov")
-    from stages.train_prior import prior_config_class
+    from vqgen.stages.commands.train_prior import prior_config_class
 
     prior = cls(prior_config_class(cls)(vocab_size=5, grid_height=2, grid_width=3, num_classes=2))
     with torch.no_grad():

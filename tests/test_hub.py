@@ -18,13 +18,12 @@ from hub_server import StandInHub
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
-
-from priors import PRIORS, load_prior
-from stages import checkpoint as ckpt
-from stages.errors import UserError
-from stages.hub import load_tokenizer
-from stages.pipeline import Pipeline
-from stages.push import PushConfig, run_push
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.commands.push import PushConfig, run_push
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.registry import PRIORS
+from vqgen.stages.pipeline import Pipeline
+from vqgen.stages.training import checkpoint as ckpt
 
 FAKE_TOKEN = "hf_vqgenStandInToken7c1e9a0b5d3f"  # recognisable, so that a leak anywhere is found
 PUBLISHED = {  # the documented layout of a published folder (stages/push.py, README "Hugging Face Hub")
@@ -42,12 +41,12 @@ TINY_PRIORS = {  # architecture fields of the built-ins; a third-party prior is 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, image_folder) -> Path:
     """A tiny trained run, in-process: tokenizer (3 steps) + gru prior (3 steps), checkpoints at steps 2 and 3."""
-    from stages.data import DataConfig
-    from stages.quantizer import QuantizerConfig
-    from stages.tokenize import TokenizeConfig, run_tokenize
-    from stages.tokenizer import TokenizerConfig
-    from stages.train_prior import PriorTrainConfig, run_train_prior
-    from stages.trainer import TrainConfig
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.tokenizer.model import TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.training.trainer import TrainConfig
 
     root = tmp_path_factory.mktemp("hub") / "run"
     train = dict(steps=3, batch_size=8, sample_every=0, checkpoint_every=2)
@@ -74,8 +73,8 @@ def files_of(folder: Path) -> set[str]:
 
 def tiny_tokenizer():
     """A tiny tokenizer (16 codes, 7x7 grid) whose codebook and EMA buffers have moved from their initial values."""
-    from stages.quantizer import QuantizerConfig
-    from stages.tokenizer import VQVAE, TokenizerConfig
+    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=16, code_dim=4, init="sample")
@@ -355,7 +354,7 @@ def test_push_without_a_token_or_network_is_one_line(run, tmp_path, monkeypatch)
 
 def test_pipeline_generate_gives_the_images_generate_writes(run, tmp_path):
     """Same seed, same chunks: `Pipeline.generate` returns the very images `cli.py generate` writes to disk."""
-    from stages.generate import GenerateConfig, run_generate
+    from vqgen.stages.commands.generate import GenerateConfig, run_generate
 
     out = tmp_path / "gen" / "grid.png"
     run_generate(

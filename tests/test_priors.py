@@ -6,12 +6,12 @@ from typing import get_type_hints
 
 import pytest
 import torch
+import vqgen
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import priors
-from priors import PRIORS, Prior, PriorConfig, register_prior
-from priors.base import draw, filter_logits
+from vqgen.priors import Prior, PriorConfig
+from vqgen.priors.base import draw, filter_logits
+from vqgen.stages.core.registry import PRIORS, register_prior
 
 NAMES = PRIORS.names()  # built-ins and any installed through the entry-point group
 BUILT_IN = {"gru", "pixelcnn", "transformer"}  # architectures that see every earlier position and learn fast
@@ -187,7 +187,7 @@ def test_save_load_round_trip(name, tmp_path):
 
     cls = PRIORS.get(name)
     codes, labels = codes_and_labels(2)
-    for loaded in (cls.from_pretrained(tmp_path), priors.load_prior(tmp_path)):
+    for loaded in (cls.from_pretrained(tmp_path), vqgen.load_prior(tmp_path)):
         assert type(loaded) is cls
         assert type(loaded.config) is type(model.config) and loaded.config == model.config
         loaded.eval()

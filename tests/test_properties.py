@@ -5,7 +5,6 @@ runs in seconds; each property states what must hold for every input, not for a 
 """
 
 import json
-import sys
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,21 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from plugins import build_plugins  # noqa: E402
-from plugins.gan import GANConfig  # noqa: E402
-from priors.gru import GRUPriorConfig  # noqa: E402
-from priors.pixelcnn import PixelCNNPriorConfig  # noqa: E402
-from priors.transformer import TransformerPriorConfig  # noqa: E402
-from stages.errors import UserError  # noqa: E402
-from stages.hub import build_config  # noqa: E402
-from stages.metrics import codebook_stats  # noqa: E402
-from stages.options import parse_options, split_assignments  # noqa: E402
-from stages.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
-from stages.tokenizer import TokenizerConfig  # noqa: E402
-from stages.train_prior import build_prior, read_codes_meta  # noqa: E402
+from vqgen.plugins.gan import GANConfig  # noqa: E402
+from vqgen.priors.gru import GRUPriorConfig  # noqa: E402
+from vqgen.priors.pixelcnn import PixelCNNPriorConfig  # noqa: E402
+from vqgen.priors.transformer import TransformerPriorConfig  # noqa: E402
+from vqgen.stages.artifacts.codes import read_codes_meta  # noqa: E402
+from vqgen.stages.artifacts.models import build_config  # noqa: E402
+from vqgen.stages.commands.train_prior import build_prior  # noqa: E402
+from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.core.options import parse_options, split_assignments  # noqa: E402
+from vqgen.stages.evaluation.metrics import codebook_stats  # noqa: E402
+from vqgen.stages.tokenizer.model import TokenizerConfig  # noqa: E402
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
+from vqgen.stages.training.plugins import build_plugins  # noqa: E402
 
 FAST = settings(max_examples=30, deadline=None, derandomize=True, database=None)
 

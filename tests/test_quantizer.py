@@ -5,9 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from stages.metrics import codebook_stats
-from stages.quantizer import QuantizerConfig, VectorQuantizer, kmeans
+from vqgen.stages.evaluation.metrics import codebook_stats
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer, kmeans
 
 
 def make(in_ch=4, **kw) -> VectorQuantizer:

@@ -23,16 +23,12 @@ import torch
 from conftest import ROOT, TINY_TOKENIZER_FLAGS
 from safetensors.torch import load_file
 from test_cli_priors import TINY_PRIOR_OPTIONS
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from cli import app  # noqa: E402
-from plugins.base import PluginLoss, TrainingPlugin  # noqa: E402
-from priors import PRIORS  # noqa: E402
-from stages import checkpoint as ckpt  # noqa: E402
-from stages.errors import UserError  # noqa: E402
-from stages.trainer import TrainConfig, Trainer, TrainingStopped  # noqa: E402
+from vqgen.cli import app
+from vqgen.plugins.base import PluginLoss, TrainingPlugin  # noqa: E402
+from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.core.registry import PRIORS  # noqa: E402
+from vqgen.stages.training import checkpoint as ckpt  # noqa: E402
+from vqgen.stages.training.trainer import TrainConfig, Trainer, TrainingStopped  # noqa: E402
 
 STEPS = 12  # 54 training examples in batches of 8: 6 steps per epoch, so every run crosses an epoch boundary
 BATCHES_PER_EPOCH = 54 // 8
@@ -348,7 +344,7 @@ def test_generate_killed_after_the_first_chunk_resumes_to_the_same_files(tmp_pat
 
 
 def test_generate_crash_mid_chunk_then_resume(tmp_path, gru_prior, monkeypatch):
-    from stages import metrics as M
+    from vqgen.stages.commands import generate as M  # where generate looks up save_png
 
     args = ["generate", "--prior", str(gru_prior), "--n", "60", "--batch-size", "16", "--label", "3"]
     out, reference = tmp_path / "crashed.png", tmp_path / "crashed-ref" / "crashed.png"
@@ -356,7 +352,7 @@ def test_generate_crash_mid_chunk_then_resume(tmp_path, gru_prior, monkeypatch):
 
     def crash_at_image_20(image, path):
         if len(written) == 20:  # in the middle of the second chunk, with a half-written temporary file
-            Path(path).with_name(f".{Path(path).name}.tmp").write_bytes(b"\x89PNG partial")
+            Path(path).with_name(f".{Path(path).name}.k1ll3d.tmp").write_bytes(b"\x89PNG partial")
             raise RuntimeError("killed")
         written.append(path)
         save_png(image, path)

@@ -4,10 +4,9 @@ configuration errors, metrics."""
 import numpy as np
 import pytest
 import torch
-
-from stages import metrics as M
-from stages.quantizer import QuantizerConfig
-from stages.tokenizer import VQVAE, TokenizerConfig
+from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 
 
 def tiny(**kw) -> VQVAE:

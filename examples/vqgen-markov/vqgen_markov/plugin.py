@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from plugins.base import PluginLoss, TrainingPlugin
+from vqgen.plugins.base import PluginLoss, TrainingPlugin
 
 
 @dataclass

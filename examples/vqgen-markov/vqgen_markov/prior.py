@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-
-from priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from stages.errors import UserError
+from vqgen.stages.core.errors import UserError
 
 RUN_MARKERS = (
     "run_config.json",

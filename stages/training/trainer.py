@@ -28,10 +28,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-
-from plugins.base import PluginContext, TrainingPlugin
-from stages import checkpoint as ckpt
-from stages.errors import UserError
+from vqgen.plugins.base import PluginContext, TrainingPlugin
+from vqgen.stages.artifacts.hub import weights_file
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.training import checkpoint as ckpt
 
 
 @dataclass
@@ -133,9 +133,14 @@ class Trainer:
             task.num_examples(), config.batch_size, config.seed,
             self.accelerator.process_index, self.accelerator.num_processes,
         )  # fmt: skip
-        self.ctx = PluginContext(self.accelerator, self.model, task.stage, config.steps, config.seed)
+        self.ctx = PluginContext(
+            self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
+        )
         for plugin in self.plugins:
-            plugin.setup(self.ctx)
+            try:
+                plugin.setup(self.ctx)
+            except (ValueError, OSError) as exc:  # the plugin's plain errors: one line for the user
+                raise UserError(f"plugin {plugin.name!r}: {' '.join(str(exc).split())}") from None
         self.step, self.lr_scale = 0, 1.0
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
         self._snapshot: dict | None = None
@@ -239,8 +244,8 @@ class Trainer:
         snap = self._snapshot
         self.accelerator.unwrap_model(self.model).load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
-        for plugin, (tensors, meta) in zip(self.plugins, snap["plugins"]):
-            plugin.load_state_dict(tensors, meta)
+        for plugin, state in zip(self.plugins, snap["plugins"]):
+            plugin.load_state_dict(state)
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
@@ -363,13 +368,13 @@ class Trainer:
         path = None
         if acc.is_main_process:
             tensors = ckpt.add_prefix(acc.unwrap_model(self.model).state_dict(), "model")
-            opt_tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+            opt_tensors, opt_meta = ckpt.flatten_state(self.optimizer.state_dict())
             rng_tensors, rng_meta = ckpt.rng_state()
             tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
             tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
             plugin_meta = {}
             for plugin in self.plugins:
-                p_tensors, p_meta = plugin.state_dict()
+                p_tensors, p_meta = ckpt.flatten_state(plugin.state_dict())
                 tensors.update(ckpt.add_prefix(p_tensors, f"plugin.{plugin.name}"))
                 plugin_meta[plugin.name] = p_meta
             meta = {
@@ -404,11 +409,12 @@ class Trainer:
             tensors, meta = ckpt.read_checkpoint(path)
             self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.split_prefix(tensors, "model"))
             self.optimizer.load_state_dict(
-                ckpt.unflatten_optimizer(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+                ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
             )
             for plugin in self.plugins:
+                skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
                 plugin.load_state_dict(
-                    ckpt.split_prefix(tensors, f"plugin.{plugin.name}"), meta["plugins"].get(plugin.name, {})
+                    ckpt.unflatten_state(ckpt.split_prefix(tensors, f"plugin.{plugin.name}"), skeleton)
                 )
             if self.accelerator.process_index == 0:
                 ckpt.set_rng_state(ckpt.split_prefix(tensors, "rng"), meta["rng"])

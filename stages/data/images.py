@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-
-from stages.errors import UserError
+from vqgen.stages.core.errors import UserError
 
 EMBEDDED = "mnist5k"
 ASSETS = Path(__file__).parent / "assets"
@@ -166,8 +165,7 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
 
 def load_hub(cfg: DataConfig) -> ImageSplits:
     from datasets import ClassLabel, load_dataset
-
-    from stages.hub import ensure_hub_reachable
+    from vqgen.stages.artifacts.hub import ensure_hub_reachable
 
     ensure_hub_reachable(f"--dataset {cfg.dataset}")
 
@@ -217,7 +215,7 @@ def load_image_splits(cfg: DataConfig) -> ImageSplits:
     path = Path(cfg.dataset).expanduser()
     if path.exists():
         return load_folder(path, cfg)
-    from stages.hub import check_hub_id, looks_local
+    from vqgen.stages.artifacts.hub import check_hub_id, looks_local
 
     if looks_local(cfg.dataset):
         raise UserError(f"--dataset {cfg.dataset}: no such folder")
@@ -233,3 +231,8 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float in [-1, 1] -> uint8."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def pixel_tensor(ds) -> torch.Tensor:
+    """The whole uint8 pixel column (N, C, S, S) of a prepared split."""
+    return torch.from_numpy(np.asarray(ds.with_format("numpy")[:]["pixels"], dtype=np.uint8))

@@ -4,14 +4,13 @@ Images are float tensors (B, C, H, W) in [-1, 1]; metrics are computed on the [0
 averaged over images.
 """
 
-import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from vqgen.stages.core.files import save_png
 
 
 def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,24 +102,6 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> Image.Image:
     return Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def write_json(data: dict, path: Path) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def scatter_plot(points: list[tuple[float, float, str]], xlabel: str, ylabel: str, path: Path) -> None:
     """A labelled scatter plot of (x, y, name) points as a PNG: with matplotlib when it is installed (the `plot`
     extra), otherwise drawn with PIL, so that no plotting library is required."""
@@ -140,11 +121,7 @@ def scatter_plot(points: list[tuple[float, float, str]], xlabel: str, ylabel: st
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def _pil_scatter(points: list[tuple[float, float, str]], xlabel: str, ylabel: str) -> Image.Image:

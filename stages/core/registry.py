@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
-from stages.errors import UserError, one_line
+from vqgen.stages.core.errors import UserError, one_line
 
 T = TypeVar("T")
 # A name is also part of a folder name (prior-NAME), so it holds no '/' and cannot be '..'.
@@ -32,7 +32,7 @@ class Registry(Generic[T]):
         self._entry_points_read = False
 
     def register(self, name: str):
-        """Class decorator: `@register_prior("gru")`. A name that is already taken is an error."""
+        """Class decorator, `@register_prior("mine")`, for a class defined in-process; a taken name is an error."""
 
         if not VALID_NAME.match(name):
             raise ValueError(f"{self.kind} name {name!r} must be letters, digits, '_', '.' or '-'")
@@ -106,3 +106,22 @@ class Registry(Generic[T]):
     def entries(self) -> list[RegistryEntry]:
         self._read_entry_points()
         return [self._entries[n] for n in sorted(self._entries)]
+
+
+def _priors() -> Registry:
+    from vqgen.priors import BUILTIN_PRIORS, Prior
+
+    return Registry(kind="prior", group="vqgen.priors", base=Prior, builtins=BUILTIN_PRIORS)
+
+
+def _plugins() -> Registry:
+    from vqgen.plugins import BUILTIN_PLUGINS, TrainingPlugin
+
+    return Registry(kind="plugin", group="vqgen.plugins", base=TrainingPlugin, builtins=BUILTIN_PLUGINS)
+
+
+# The host's registries: built-ins named by the bottom packages, third-party entries read from entry points.
+PRIORS: Registry = _priors()
+PLUGINS: Registry = _plugins()
+register_prior = PRIORS.register  # in-process registration (a notebook): `@register_prior("mine")`
+register_plugin = PLUGINS.register

@@ -15,17 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vqgen.stages.artifacts.codes import write_codes
+from vqgen.stages.artifacts.models import save_model
+from vqgen.stages.artifacts.runs import prepare_run_dir
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import write_json
+from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
+from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
+from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+from vqgen.stages.training.plugins import build_plugins
+from vqgen.stages.training.trainer import TrainConfig, Trainer
 
-from plugins import build_plugins
-from stages import metrics as M
-from stages.data import DataConfig, ImageSplits, load_image_splits, to_float
-from stages.errors import UserError
-from stages.hub import save_model
-from stages.runs import prepare_run_dir
-from stages.tokenizer import VQVAE, TokenizerConfig
-from stages.trainer import TrainConfig, Trainer
-
-CODES_META = "vqgen.json"
 IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in memory while training
 
 
@@ -41,11 +42,6 @@ class TokenizeConfig:
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
-
-
-def pixel_tensor(ds) -> torch.Tensor:
-    """The whole uint8 pixel column (N, C, S, S) of a prepared split."""
-    return torch.from_numpy(np.asarray(ds.with_format("numpy")[:]["pixels"], dtype=np.uint8))
 
 
 class TokenizerTask:
@@ -97,50 +93,6 @@ def model_config(model) -> TokenizerConfig:
 
 
 @torch.no_grad()
-def save_reconstruction_grid(model: VQVAE, images: torch.Tensor, path: Path) -> None:
-    """Top row(s): inputs; bottom row(s): reconstructions."""
-    model.eval()
-    device = next(model.parameters()).device
-    recon = model.decode(model.encode(images.to(device))).cpu()
-    n = images.shape[0]
-    M.save_png(M.image_grid(torch.cat([images, recon]), nrow=min(n, 8) if n > 8 else n), path)
-
-
-@torch.no_grad()
-def evaluate_tokenizer(model: VQVAE, pixels: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
-    """PSNR, SSIM, MSE, codebook usage, perplexity, dead codes and encode+decode images/s over (N, C, S, S) uint8."""
-    model.eval()
-    device = next(model.parameters()).device
-    k = model.config.quantizer.codebook_size
-    counts = torch.zeros(k, dtype=torch.long)
-    psnr, ssim, mse, sharp, sharp_ref = [], [], [], [], []
-    edge_sums = torch.zeros(2)
-    start = time.perf_counter()
-    for i in range(0, pixels.shape[0], batch_size):
-        x = to_float(pixels[i : i + batch_size]).to(device)
-        codes = model.encode(x)
-        recon = model.decode(codes)
-        counts += torch.bincount(codes.flatten().cpu(), minlength=k)
-        psnr.append(M.psnr_per_image(recon, x).cpu())
-        ssim.append(M.ssim_per_image(recon, x).cpu())
-        mse.append(M.mse_per_image(recon, x).cpu())
-        sharp.append(M.gradient_magnitude(recon).cpu())
-        sharp_ref.append(M.gradient_magnitude(x).cpu())
-        edge_sums += M.edge_gradient_sums(recon, x).cpu()
-    seconds = time.perf_counter() - start
-    return {
-        "psnr": float(torch.cat(psnr).mean()),
-        "ssim": float(torch.cat(ssim).mean()),
-        "mse": float(torch.cat(mse).mean()),
-        "sharpness_ratio": float(torch.cat(sharp).mean() / torch.cat(sharp_ref).mean()),
-        "edge_sharpness_ratio": float(edge_sums[0] / edge_sums[1].clamp_min(1e-12)),
-        **M.codebook_stats(counts),
-        "eval_images": int(pixels.shape[0]),
-        "eval_images_per_s": pixels.shape[0] / seconds,
-    }
-
-
-@torch.no_grad()
 def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (N, h, w) and labels (N,) for a prepared split; each process encodes its own contiguous shard."""
     from accelerate.utils import gather_object
@@ -164,17 +116,12 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
 
 
 def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int, accelerator) -> dict:
-    """Encode both splits and save them with `datasets` (save_to_disk) beside a vqgen.json description."""
-    from datasets import Array2D, Dataset, DatasetDict, Features, Value
-
+    """Encode both splits and write them as the run's codes dataset (vqgen.stages.artifacts.codes)."""
+    encoded = {
+        name: encode_split(model, ds, batch_size, accelerator)
+        for name, ds in (("train", splits.train), ("validation", splits.heldout))
+    }
     g = model.config.grid_size
-    features = Features({"codes": Array2D((g, g), "int32"), "label": Value("int64")})
-    parts = {}
-    for name, ds in (("train", splits.train), ("validation", splits.heldout)):
-        codes, labels = encode_split(model, ds, batch_size, accelerator)
-        parts[name] = Dataset.from_dict(
-            {"codes": codes.int().numpy(), "label": labels.numpy()}, features=features
-        )
     meta = {
         "tokenizer": "../tokenizer",
         "tokenizer_fingerprint": model.fingerprint(),
@@ -185,9 +132,7 @@ def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int
         "class_names": splits.class_names,
     }
     if accelerator.is_main_process:
-        out = Path(run_dir) / "codes"
-        DatasetDict(parts).save_to_disk(str(out))
-        M.write_json(meta, out / CODES_META)
+        write_codes(Path(run_dir) / "codes", encoded, meta)
     return meta
 
 
@@ -219,7 +164,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
     if cfg.tokenizer:
-        from stages.hub import load_tokenizer
+        from vqgen.stages.artifacts.models import load_tokenizer
 
         model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
         train_images_per_s = None
@@ -243,7 +188,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
             run_dir / "samples" / "recon_final.png",
         )
-        results = evaluate_tokenizer(model, pixel_tensor(splits.heldout), cfg.eval_batch_size)
+        results, _ = evaluate_tokenizer(model, pixel_tensor(splits.heldout), cfg.eval_batch_size)
     meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
     if accelerator.is_main_process:
         results.update(
@@ -254,7 +199,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             fingerprint=meta["tokenizer_fingerprint"],
             eval_split="held-out",
         )
-        M.write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
-        M.write_json(asdict(cfg), run_dir / "run_config.json")
+        write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
+        write_json(asdict(cfg), run_dir / "run_config.json")
     accelerator.wait_for_everyone()
     return results

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from stages.data import to_float
-from stages.errors import UserError
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.data.images import to_float
 
 INCEPTION = "inception-v3"
 
@@ -45,7 +44,7 @@ def extract_features(space: FeatureSpace, images: torch.Tensor, batch_size: int 
 
 
 def classifier_space(classifier, name: str, device: torch.device) -> FeatureSpace:
-    """The penultimate layer of a stages.classifier.Classifier as a feature space."""
+    """The penultimate layer of a vqgen.stages.evaluation.classifier.Classifier as a feature space."""
     classifier = classifier.to(device).eval()
     return FeatureSpace(name, classifier.config.feature_dim, classifier.features, torch.device(device))
 

@@ -15,8 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
-
-from stages.quantizer import QuantizerConfig, VectorQuantizer
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
 
 
 @dataclass

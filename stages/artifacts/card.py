@@ -171,7 +171,7 @@ A two-stage image generator made with vqgen: a VQ-VAE tokenizer that turns
 ## Use
 
 ```python
-from stages.pipeline import Pipeline  # vqgen
+from vqgen.stages.pipeline import Pipeline  # vqgen
 
 pipe = Pipeline.from_pretrained("{inputs.repo_id}")
 images = pipe.generate(n=8{label_arg}, seed=0)  # a list of PIL images
@@ -198,7 +198,7 @@ Prior:
 {layout}
 
 `vqgen.json` says which folder holds which model; each model folder loads on its own with
-`stages.hub.load_tokenizer` or `priors.load_prior`.
+`vqgen.load_tokenizer` or `vqgen.load_prior`.
 {resume}
 ## Training configuration
 
@@ -224,7 +224,7 @@ def build_card(inputs: CardInputs) -> ModelCard:
 def component_card(kind: str, repo_id: str, config: dict) -> ModelCard:
     """The short README.md of the `tokenizer/` or `prior/` subfolder, pointing to the root card."""
     what = "VQ-VAE tokenizer" if kind == "tokenizer" else f"`{config.get('prior_type', '?')}` prior"
-    loader = "stages.hub.load_tokenizer" if kind == "tokenizer" else "priors.load_prior"
+    loader = "vqgen.load_tokenizer" if kind == "tokenizer" else "vqgen.load_prior"
     data = ModelCardData(
         library_name="vqgen",
         tags=["vqgen", "image-tokenizer" if kind == "tokenizer" else "autoregressive-prior"],

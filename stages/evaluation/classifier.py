@@ -5,7 +5,11 @@ config.json + model.safetensors. Its penultimate layer also serves as the featur
 datasets where Inception features are unavailable or meaningless (as for MNIST FID in TF-GAN's examples).
 """
 
+import json
 import math
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
+from vqgen.stages.core.files import write_json
+from vqgen.stages.data.images import to_float
+from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 
 
 @dataclass
@@ -105,9 +112,52 @@ def load_or_train(
     """The classifier cached at `path`, trained and saved there first if it is not."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
-        from stages.hub import load_model
+        from vqgen.stages.artifacts.models import load_model
 
         return load_model(Classifier, path, "classifier")  # safetensors only, config.json checked
     model = train_classifier(images, labels, config, epochs=epochs)
     model.save_pretrained(str(path))
     return model
+
+
+def eval_classifier(
+    run: Path, data: EvalData, cfg: EvaluateConfig, log: Callable[[str], None]
+) -> tuple[Classifier | None, dict]:
+    """The run's classifier, trained on its labelled training images once and cached in RUN/eval-classifier
+    (retrained when the cache was made with other settings); None for an unlabelled dataset."""
+    keep = data.train_labels >= 0
+    if len(data.class_names) < 2 or int(keep.sum()) < 2:
+        return None, {}
+    path = run / "eval-classifier"
+    settings = {
+        "dataset": data.dataset_tag,
+        "epochs": cfg.classifier_epochs,
+        "width": cfg.classifier_width,
+        "train_images": int(keep.sum()),
+        "num_classes": len(data.class_names),
+    }
+    info_file = path / "training.json"
+    cached = json.loads(info_file.read_text()) if info_file.is_file() else None
+    if cached != settings:
+        if path.exists():
+            log(f"classifier: the cache in {path} was made with other settings; retraining")
+            shutil.rmtree(path)
+        log(f"classifier: training on {settings['train_images']} images ({cfg.classifier_epochs} epochs)...")
+    config = ClassifierConfig(
+        num_classes=len(data.class_names),
+        channels=data.train.shape[1],
+        image_size=data.train.shape[-1],
+        width=cfg.classifier_width,
+    )
+    start = time.perf_counter()
+    model = load_or_train(
+        path, to_float(data.train[keep]), data.train_labels[keep], config, cfg.classifier_epochs
+    )
+    if cached != settings:
+        write_json(settings, info_file)
+    labelled = data.eval_labels >= 0
+    eval_acc = (
+        accuracy(model, to_float(data.eval[labelled]), data.eval_labels[labelled]) if labelled.any() else None
+    )
+    info = {**settings, "path": str(path), "seconds": time.perf_counter() - start, "eval_accuracy": eval_acc}
+    return model, info

@@ -26,29 +26,41 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_DIR = "checkpoints"
+TENSOR, INT_KEYS = "__tensor__", "__int_keys__"  # markers in a flattened state's JSON skeleton
 
 
-def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state_dict into tensors ("optim.<param>.<name>") and JSON (param groups, scalars)."""
+def flatten_state(state: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Plain torch state (nested dicts and lists of tensors and JSON values: a module's or an optimizer's
+    state_dict, a plugin's state) -> (its tensors by dotted path, a JSON skeleton that names them).
+    Dicts with integer keys (an optimizer's per-parameter state) keep them through `unflatten_state`."""
     tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in state["state"].items():
-        for name, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+    def walk(value: Any, path: str) -> Any:
+        if torch.is_tensor(value):
+            tensors[path] = value.detach().cpu().contiguous()
+            return {TENSOR: path}
+        if isinstance(value, dict):
+            node = {str(k): walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+            int_keys = bool(value) and all(isinstance(k, int) for k in value)
+            return {INT_KEYS: node} if int_keys else node
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
+        return value
+
+    return tensors, walk(state, "")
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    for pid, values in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
+def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
+    """The inverse of `flatten_state`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {TENSOR}:
+            return tensors[skeleton[TENSOR]]
+        if set(skeleton) == {INT_KEYS}:
+            return {int(k): unflatten_state(tensors, v) for k, v in skeleton[INT_KEYS].items()}
+        return {k: unflatten_state(tensors, v) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(tensors, v) for v in skeleton]
+    return skeleton
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

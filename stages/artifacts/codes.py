@@ -1,0 +1,101 @@
+"""The codes dataset: the one interface between the two stages, and the one file that reads and writes it.
+
+    RUN/codes/             a datasets.DatasetDict saved with save_to_disk: splits `train` and `validation`, each
+                           with `codes` (H x W int32) and `label` (int64, -1 = unlabelled)
+    RUN/codes/codes.json   what a prior is built from: vocab_size, grid_height, grid_width, num_classes,
+                           tokenizer_fingerprint, class_names, and `tokenizer` (the tokenizer folder, relative)
+
+(Runs written before vqgen 0.2 call codes.json `vqgen.json`; they are still read.)
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from vqgen.stages.core.errors import UserError, one_line, read_json_object
+from vqgen.stages.core.files import write_json
+
+CODES_META = "codes.json"
+LEGACY_META = "vqgen.json"
+META_FIELDS = {
+    "vocab_size": int,
+    "grid_height": int,
+    "grid_width": int,
+    "num_classes": int,
+    "tokenizer_fingerprint": str,
+}
+
+
+@dataclass
+class CodeSplits:
+    train_codes: torch.Tensor  # (N, H, W) long
+    train_labels: torch.Tensor  # (N,) long, -1 where unlabelled
+    val_codes: torch.Tensor
+    val_labels: torch.Tensor
+    meta: dict  # codes.json: vocab_size, grid_height, grid_width, num_classes, tokenizer_fingerprint, ...
+
+
+def load_codes(path: Path) -> CodeSplits:
+    from datasets import load_from_disk
+
+    path = Path(path)
+    found = meta_file(path)
+    if found is None:
+        raise UserError(
+            f"--codes {path}: no {CODES_META} here; give the codes folder written by `vqgen tokenize`"
+        )
+    meta = read_codes_meta(found)
+    try:
+        dd = load_from_disk(str(path))
+        if not {"train", "validation"} <= set(dd):
+            raise ValueError(f"splits {sorted(dd)}, expected train and validation")
+    except Exception as exc:
+        raise UserError(f"--codes {path}: cannot read the codes dataset ({one_line(exc)})") from None
+
+    def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = dd[split].with_format("numpy")[:]
+        return torch.as_tensor(np.asarray(rows["codes"]), dtype=torch.long), torch.as_tensor(
+            np.asarray(rows["label"]), dtype=torch.long
+        )
+
+    return CodeSplits(*arrays("train"), *arrays("validation"), meta)
+
+
+def read_codes_meta(meta_file: Path) -> dict:
+    """codes.json, checked: valid JSON holding every field a prior is built from, each of the right type."""
+    meta = read_json_object(meta_file, f"--codes: {meta_file}")
+    for key, kind in META_FIELDS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise UserError(
+                f"--codes: {meta_file} field {key} should be a {'non-negative int' if kind is int else kind.__name__}, "
+                f"got {json.dumps(value)}; rewrite the codes with `cli.py tokenize`"
+            )
+    if not isinstance(meta.get("tokenizer", ""), str):
+        raise UserError(f"--codes: {meta_file} field tokenizer should be a relative path (str)")
+    return meta
+
+
+def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], meta: dict) -> None:
+    """Save {split: ((N, H, W) codes, (N,) labels)} and the description `meta` (see the module docstring)."""
+    from datasets import Array2D, Dataset, DatasetDict, Features, Value
+
+    features = Features(
+        {"codes": Array2D((meta["grid_height"], meta["grid_width"]), "int32"), "label": Value("int64")}
+    )
+    parts = {
+        name: Dataset.from_dict({"codes": codes.int().numpy(), "label": labels.numpy()}, features=features)
+        for name, (codes, labels) in splits.items()
+    }
+    DatasetDict(parts).save_to_disk(str(folder))
+    write_json(meta, Path(folder) / CODES_META)
+
+
+def meta_file(folder: Path) -> Path | None:
+    """The codes description in `folder`, or None when it holds none."""
+    for name in (CODES_META, LEGACY_META):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None

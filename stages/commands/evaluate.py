@@ -1,0 +1,260 @@
+"""`cli.py evaluate`: every stage of a run measured by one command, offline, PyTorch only.
+
+    RUN/eval/metrics.json     every figure below, the settings, and the name of the feature space used
+    RUN/eval/report.md        the same as markdown tables (also printed)
+    RUN/eval/samples-*.png    the first generated images of each prior
+    RUN/eval-classifier/      the classifier that gives the features and the class accuracy (trained once, cached)
+
+The evaluation split is the run's held-out split, or `--test-images` (a folder of images, class subfolders = labels,
+or a folder with MNIST's idx files). On it:
+- tokenizer: PSNR, SSIM, L1, MSE, codebook usage, perplexity, dead codes, rFID (real vs reconstructed images);
+- every RUN/prior-*: NLL in bits per token and per image dimension on RUN/codes' held-out codes (and on the test
+  images' codes), and on `n_samples` images sampled with a fixed seed: gFID, precision and recall against the
+  evaluation split, the classifier's accuracy on the requested class (class-conditional priors), sampling tokens/s;
+- the floor: the same distances for real training images against the evaluation split (as many as each prior
+  samples, and as many as the split holds for rFID): what a perfect generator scores at that sample size.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import write_json, write_text
+from vqgen.stages.data.eval_images import load_test_images
+from vqgen.stages.data.images import (
+    EMBEDDED,
+    DataConfig,
+    load_image_splits,
+    pixel_tensor,
+)
+from vqgen.stages.evaluation import fid
+from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.evaluation.classifier import eval_classifier
+from vqgen.stages.evaluation.priors import evaluate_priors, floor
+from vqgen.stages.evaluation.report import prior_table, render_report, tokenizer_table
+from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
+
+Log = Callable[[str], None]
+
+
+# --- the run and its data ------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def run_data_config(run: Path) -> DataConfig:
+    """The data settings the run was made with (RUN/run_config.json), or a one-line error."""
+    if not run.is_dir():
+        raise UserError(f"--run {run}: no such run folder; create it with `cli.py tokenize --run {run}`")
+    if not (run / "tokenizer" / "model.safetensors").is_file():
+        raise UserError(
+            f"--run {run}: no trained tokenizer in {run / 'tokenizer'}; run `cli.py tokenize` first"
+        )
+    try:
+        data = json.loads((run / "run_config.json").read_text())["data"]
+        fields = DataConfig.__dataclass_fields__
+        return DataConfig(**{k: v for k, v in data.items() if k in fields})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--run {run}: cannot read the data settings in run_config.json ({exc})") from None
+
+
+def load_eval_data(cfg: EvaluateConfig, data_cfg: DataConfig) -> EvalData:
+    splits = load_image_splits(data_cfg)
+    labels = lambda ds: torch.as_tensor(np.asarray(ds.with_format("numpy")[:]["label"]), dtype=torch.long)  # noqa: E731
+    train, train_labels = pixel_tensor(splits.train), labels(splits.train)
+    if cfg.test_images:
+        images, image_labels = load_test_images(Path(cfg.test_images), data_cfg, splits.class_names)
+        name = f"test images {cfg.test_images}"
+    else:
+        images, image_labels = pixel_tensor(splits.heldout), labels(splits.heldout)
+        name = f"held-out split of {data_cfg.dataset}"
+    tag = (
+        EMBEDDED
+        if data_cfg.dataset == EMBEDDED
+        else Path(data_cfg.dataset.rstrip("/")).name.replace("/", "-")
+    )
+    return EvalData(train, train_labels, images, image_labels, name, tag, splits.class_names)
+
+
+# --- the classifier (features and class accuracy) ------------------------------------------------------------
+
+
+# --- tokenizer --------------------------------------------------------------------------------------------------
+
+
+# --- priors -----------------------------------------------------------------------------------------------------
+
+
+# --- the whole command -------------------------------------------------------------------------------------------
+
+
+def validate(cfg: EvaluateConfig) -> None:
+    if cfg.n_samples <= cfg.pr_k:
+        raise UserError(f"--n-samples must be more than {cfg.pr_k} (the precision/recall neighbours)")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.classifier_epochs < 1 or cfg.classifier_width < 1:
+        raise UserError("--classifier-epochs and --classifier-width must be at least 1")
+
+
+def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
+    """Evaluate RUN's tokenizer and priors; writes RUN/eval/metrics.json and report.md; returns the metrics."""
+    from vqgen.stages.artifacts.models import load_tokenizer
+
+    validate(cfg)
+    run = Path(cfg.run_dir)
+    data_cfg = run_data_config(run)
+    out = run / "eval"
+    if (out / "metrics.json").exists() and not cfg.overwrite:
+        raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(run / "tokenizer").to(device).eval()
+    data = load_eval_data(cfg, data_cfg)
+    if data.eval.shape[0] <= cfg.pr_k:
+        raise UserError(
+            f"the evaluation split has {data.eval.shape[0]} images; at least {cfg.pr_k + 1} are needed"
+        )
+    torch.manual_seed(cfg.seed)
+    classifier, clf_info = eval_classifier(run, data, cfg, log)
+    classifier = classifier.to(device) if classifier is not None else None
+    space = fid.choose_space(cfg.features, device, classifier, f"classifier-{data.dataset_tag}", log)
+    real_feats = fid.extract_features(space, data.eval, cfg.batch_size) if space is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"tokenizer: {data.eval.shape[0]} images of the {data.eval_name}...")
+    tok, eval_codes = evaluate_tokenizer(tokenizer, data.eval, cfg.batch_size, space, real_feats)
+    tok["fingerprint"] = tokenizer.fingerprint()
+    ctx = {
+        "device": device,
+        "space": space,
+        "classifier": classifier,
+        "real_feats": real_feats,
+        "eval_codes": eval_codes,
+        "eval_labels": data.eval_labels,
+    }
+    priors, skipped = evaluate_priors(run, tokenizer, ctx, cfg, log)
+    metrics = {
+        "run": str(run),
+        "features": space.name if space is not None else None,
+        "feature_dim": space.dim if space is not None else None,
+        "eval_split": data.eval_name,
+        "eval_images": int(data.eval.shape[0]),
+        "classifier": clf_info or None,
+        "floor": floor(data, space, real_feats, cfg),
+        "tokenizer": tok,
+        "priors": priors,
+        "skipped_priors": skipped,
+        "settings": asdict(cfg),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "seconds": time.perf_counter() - started,
+    }
+    report = render_report(metrics)
+    write_json(metrics, out / "metrics.json")
+    write_text(report, out / "report.md")
+    log(report)
+    return metrics
+
+
+# --- report and comparison -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompareConfig:
+    paths: list[str]  # run folders (all their priors) and RUN/prior-* folders
+    out: str | None = None  # default: RUN/eval when every path lies in one run
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # for runs not evaluated yet
+
+
+def compare_targets(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """(run, prior name) for every path; the name is None for a run folder (all of its priors)."""
+    targets = []
+    for p in map(Path, paths):
+        if (p / "tokenizer").is_dir():
+            targets.append((p, None))
+        elif p.name.startswith("prior-") and (p.parent / "tokenizer").is_dir():
+            targets.append((p.parent, p.name.removeprefix("prior-")))
+        else:
+            raise UserError(f"--compare {p}: neither a run folder (with tokenizer/) nor a RUN/prior-* folder")
+    return targets
+
+
+def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
+    """One side-by-side table (compare.md, compare.json) and a quality-vs-speed plot (compare.png) over the
+    priors named by cfg.paths; runs without RUN/eval/metrics.json (or all, with --overwrite) are evaluated first."""
+    if not cfg.paths:
+        raise UserError(
+            "--compare needs run or prior folders (or --run RUN to compare the priors of one run)"
+        )
+    targets = compare_targets(cfg.paths)
+    runs = list(dict.fromkeys(run for run, _ in targets))
+    if cfg.out is None and len(runs) > 1:
+        raise UserError("--out is needed to compare several runs (the folder for compare.md and compare.png)")
+    out = Path(cfg.out) if cfg.out else runs[0] / "eval"
+    if (out / "compare.md").exists() and not cfg.evaluate.overwrite:
+        raise UserError(f"{out / 'compare.md'} already exists; pass --overwrite or choose another --out")
+    evaluated = {}
+    for run in runs:
+        file = run / "eval" / "metrics.json"
+        if file.is_file() and not cfg.evaluate.overwrite:
+            log(f"using the evaluation in {file}")
+            evaluated[run] = json.loads(file.read_text())
+        else:
+            evaluated[run] = run_evaluate(replace(cfg.evaluate, run_dir=str(run)), log)
+    rows, seen = [], set()
+    for run, only in targets:
+        m = evaluated[run]
+        for name in [only] if only else list(m["priors"]):
+            if name not in m["priors"]:
+                why = m["skipped_priors"].get(
+                    f"prior-{name}", "not in that evaluation; evaluate again with --overwrite"
+                )
+                raise UserError(f"{run}/prior-{name}: no evaluation in {run}/eval/metrics.json ({why})")
+            if (run, name) not in seen:
+                seen.add((run, name))
+                label = name if len(runs) == 1 else f"{run.name}/{name}"
+                rows.append(
+                    {
+                        "name": label,
+                        "run": str(run),
+                        "features": m["features"],
+                        "floor_fid": m["floor"]["fid"],
+                        **m["priors"][name],
+                    }
+                )
+    if not rows:
+        raise UserError("nothing to compare: the runs have no evaluated priors")
+    spaces = sorted({str(r["features"] or "none") for r in rows})
+    if len(spaces) > 1:
+        raise UserError(
+            f"the evaluations used different features ({', '.join(spaces)}); evaluate again with "
+            "--overwrite and the same --features"
+        )
+    lines = [f"# Priors compared (features: {spaces[0]})", "", *prior_table(rows), ""]
+    if len(runs) > 1:
+        tok = [(run.name, evaluated[run]["tokenizer"], evaluated[run]["floor"]) for run in runs]
+        lines += ["## Tokenizers", "", *tokenizer_table(tok), ""]
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(text, out / "compare.md")
+    write_json({"features": spaces[0], "rows": rows}, out / "compare.json")
+    key = next((k for k in ("gfid", "class_accuracy") if all(r[k] is not None for r in rows)), None)
+    if key is not None:
+        ylabel = (
+            f"gFID ({spaces[0]}), lower is better" if key == "gfid" else "class accuracy, higher is better"
+        )
+        points = [(r["tokens_per_s"], r[key], r["name"]) for r in rows]
+        M.scatter_plot(points, "sampling tokens/s", ylabel, out / "compare.png")
+    log(text + (f"wrote {out / 'compare.md'}, compare.json" + (", compare.png" if key else "")))
+    return rows

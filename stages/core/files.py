@@ -1,0 +1,55 @@
+"""The one atomic file writer: every file vqgen writes (JSON, text, PNG, a model's files) goes through it.
+
+A file is written to a fresh temporary file in the same folder (`mkstemp`: an unpredictable name, created with
+O_EXCL, so a link placed there in advance is never followed), then renamed into place: a file under its final
+name is always whole, and a failed write leaves nothing behind.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+TMP_SUFFIX = ".tmp"  # temporary files are named .<final name>.<random>.tmp
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], fsync: bool = False) -> Path:
+    """Call `write(f)` on a temporary binary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    return write_bytes(text.encode(), path)
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Indented, key-sorted JSON with a final newline."""
+    return write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+
+
+def save_png(image, path: str | Path) -> Path:
+    """A PIL image (or a matplotlib figure) as a PNG."""
+    if hasattr(image, "savefig"):
+        return atomic_write(path, lambda f: image.savefig(f, format="png"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))

@@ -1,0 +1,154 @@
+"""The house plan holds: a test that reads every import of the package and fails when a layer reaches up.
+
+bottom   vqgen.priors, vqgen.plugins             their own contract and torch only: no vqgen.stages, not each other
+         vqgen.stages.tokenizer                  the stage-one model and its quantizers: nothing else of vqgen
+         vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
+middle   data, training, artifacts, sampling, evaluation     never the commands, the API or the CLI
+top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other; only vqgen.cli imports commands
+"""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = ("priors", "plugins", "stages")
+MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation")
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(("vqgen", *parts))
+
+
+def vqgen_imports(path: Path) -> set[str]:
+    """Every vqgen module a file imports, at any depth (lazy imports inside functions count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m == "vqgen" or m.startswith("vqgen.")}
+
+
+def forbidden(module: str, imported: str) -> str | None:
+    """Why `module` may not import `imported`, or None."""
+
+    def inside(name: str, room: str) -> bool:
+        return name == room or name.startswith(room + ".")
+
+    stages = "vqgen.stages"
+    depth = 3 if inside(module, stages) else 2
+    room = ".".join(module.split(".")[:depth])  # vqgen.priors, vqgen.stages.core, vqgen.stages.commands, ...
+    top = (f"{stages}.commands", f"{stages}.pipeline", "vqgen.cli")
+    if room in ("vqgen.priors", "vqgen.plugins"):
+        if imported != "vqgen" and not inside(imported, room):
+            return "a bottom package imports its own contract only"
+    elif room == f"{stages}.tokenizer":
+        if not inside(imported, room):
+            return "the tokenizer's model and quantizers are a bottom room"
+    elif room == f"{stages}.core":
+        if not any(inside(imported, r) for r in (room, "vqgen.priors", "vqgen.plugins")):
+            return "core is the host's bottom room"
+    elif room in {f"{stages}.{m}" for m in MIDDLE}:
+        if any(inside(imported, up) for up in top):
+            return "a middle room never imports the commands, the API or the CLI"
+    elif room in top[:2] and any(inside(imported, up) for up in top):
+        return "commands and the API never import each other"
+    return None
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    out = []
+    for folder in PACKAGE_DIRS:
+        for path in sorted((root / folder).rglob("*.py")):
+            module = module_name(path, root)
+            for imported in sorted(vqgen_imports(path)):
+                why = forbidden(module, imported)
+                if why:
+                    out.append(f"{module} imports {imported}: {why}")
+    return out
+
+
+def test_no_layer_reaches_up():
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    "module,imported",
+    [
+        ("vqgen.priors.gru", "vqgen.stages.core.errors"),
+        ("vqgen.plugins.gan", "vqgen.priors.base"),
+        ("vqgen.stages.tokenizer.model", "vqgen.stages.training.trainer"),
+        ("vqgen.stages.training.trainer", "vqgen.stages.commands.tokenize"),
+        ("vqgen.stages.commands.generate", "vqgen.stages.commands.tokenize"),
+        ("vqgen.stages.commands.push", "vqgen.stages.pipeline"),
+    ],
+)
+def test_the_layer_rule_catches_a_reach_up(module, imported):
+    assert forbidden(module, imported) is not None
+
+
+def test_a_prior_that_imports_the_host_fails_the_scan(tmp_path):
+    import shutil
+
+    for folder in PACKAGE_DIRS:
+        shutil.copytree(
+            ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "assets")
+        )
+    gru = tmp_path / "priors" / "gru.py"
+    gru.write_text("from vqgen.stages.core.errors import UserError\n" + gru.read_text())
+    found = violations(tmp_path)
+    assert found and all(v.startswith("vqgen.priors.gru imports vqgen.stages.core.errors") for v in found), (
+        found
+    )
+
+
+def test_imports_use_the_vqgen_names_only():
+    bare = ("stages", "priors", "plugins", "cli")
+    for path in [
+        ROOT / "cli.py",
+        *[p for d in (*PACKAGE_DIRS, "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")],
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not [n for n in names if n and n.split(".")[0] in bare], (path, names)
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_one_import_package_from_any_directory(tmp_path):
+    assert run_python("import vqgen.priors.base, vqgen.plugins.base, vqgen.stages", tmp_path).returncode == 0
+    for name in ("stages", "priors", "plugins", "cli"):
+        result = run_python(f"import {name}", tmp_path)
+        assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, name
+    help_text = subprocess.run(
+        [sys.executable, "-m", "vqgen", "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "train-prior" in help_text.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_vqgen_only(tmp_path):
+    """A built wheel holds vqgen/ (with its data files) and its dist-info, nothing else at the top level."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vqgen-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"vqgen", wheel.name.split("-py3")[0] + ".dist-info"}
+    for expected in ("vqgen/__init__.py", "vqgen/__main__.py", "vqgen/cli.py", "vqgen/priors/base.py",
+                     "vqgen/plugins/gan.py", "vqgen/stages/data/assets/mnist5k-train.parquet", "vqgen/stages/pipeline.py"):  # fmt: skip
+        assert expected in names, expected
+    assert not [n for n in names if n.startswith(("vqgen/tests/", "vqgen/benchmarks/", "vqgen/examples/"))]
