@@ -38,8 +38,20 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
+from vqgen.stages.core.cli_options import (  # noqa: E402
+    ConfigFile,
+    Overwrite,
+    PluginNames,
+    PluginOpts,
+    Resume,
+    Run,
+    Seed,
+    finish,
+    training_options,
+)
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
+from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
 app = typer.Typer(
     help="vqgen: a VQ-VAE tokenizer and swappable autoregressive priors, in one pipeline.",
@@ -47,12 +59,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Precision(str, Enum):
-    no = "no"
-    fp16 = "fp16"
-    bf16 = "bf16"
 
 
 class CodebookUpdate(str, Enum):
@@ -66,37 +72,11 @@ class CodebookInit(str, Enum):
     random = "random"
 
 
-Run = Annotated[
-    Path, typer.Option("--run", help="Run folder: checkpoints, samples, metrics and outputs go here.")
-]
-Steps = Annotated[int, typer.Option(min=1, help="Optimizer steps.")]
-Seed = Annotated[int, typer.Option(help="Random seed (data order, initialisation, sampling).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --run.")]
-Resume = Annotated[
-    bool, typer.Option("--resume", help="Continue the run in --run from its newest checkpoint.")
-]
-RecordDataOrder = Annotated[
-    bool,
-    typer.Option(
-        "--record-data-order", help="Debug: write every step's dataset indices to RUN/data_order.txt."
-    ),
-]
-MaxNonfinite = Annotated[
-    int,
-    typer.Option(
-        min=1, help="Stop after this many non-finite losses in a row (each one is skipped and rolled back)."
-    ),
-]
-PluginNames = Annotated[
-    list[str], typer.Option("--plugin", help="Enable a training plugin (repeatable), e.g. gan.")
-]
-PluginOpts = Annotated[
-    list[str], typer.Option("--plugin-opt", help="Plugin option NAME.OPTION=VALUE (repeatable).")
-]
-
-
 @app.command()
+@training_options(TOKENIZER_TRAINING)
 def tokenize(
+    train,
+    config: ConfigFile = None,
     run: Run = Path("runs/demo"),
     dataset: Annotated[
         str, typer.Option(help="'mnist5k' (embedded), a folder of images, or a Hub dataset id.")
@@ -113,14 +93,6 @@ def tokenize(
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
-    steps: Steps = 3200,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per process per micro-batch.")] = 64,
-    lr: Annotated[
-        float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")
-    ] = 2e-3,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
-    mixed_precision: Annotated[Precision, typer.Option(help="Mixed precision (accelerate).")] = Precision.no,
-    seed: Seed = 0,
     codebook_size: Annotated[int, typer.Option(help="Number of codes.")] = 512,
     code_dim: Annotated[
         int, typer.Option(min=1, help="Codebook vector size (low-dimensional projection).")
@@ -142,20 +114,14 @@ def tokenize(
     beta: Annotated[float, typer.Option(min=0.0, help="Commitment loss weight.")] = 0.25,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
-    sample_every: Annotated[int, typer.Option(min=0, help="Save a reconstruction grid every N steps.")] = 500,
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Save a checkpoint every N steps.")] = 500,
-    log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
-    record_data_order: RecordDataOrder = False,
-    max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage one: train the VQ-VAE tokenizer, evaluate it, and encode the dataset into code grids."""
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.data.images import DataConfig
     from vqgen.stages.tokenizer.model import TokenizerConfig
     from vqgen.stages.tokenizer.quantizer import QuantizerConfig
-    from vqgen.stages.training.trainer import TrainConfig
 
     cfg = TokenizeConfig(
         run_dir=str(run),
@@ -168,14 +134,10 @@ def tokenize(
                 cosine=cosine, init=codebook_init.value,
             ),
         ),
-        train=TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, grad_accum=grad_accum, mixed_precision=mixed_precision.value,
-            seed=seed, sample_every=sample_every, checkpoint_every=checkpoint_every, log_with=log_with,
-            record_data_order=record_data_order, max_nonfinite=max_nonfinite,
-        ),
+        train=train,
         tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
     )  # fmt: skip
-    results = run_tokenize(cfg)
+    results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(
             f"tokenizer: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, "
@@ -185,7 +147,10 @@ def tokenize(
 
 
 @app.command("train-prior")
+@training_options(PRIOR_TRAINING)
 def train_prior(
+    train,
+    config: ConfigFile = None,
     prior: Annotated[
         str, typer.Option(help="Prior to train: gru, pixelcnn, transformer, or an installed plugin prior.")
     ] = "gru",
@@ -198,29 +163,12 @@ def train_prior(
     prior_opt: Annotated[
         list[str], typer.Option("--prior-opt", help="Prior config field OPTION=VALUE (repeatable).")
     ] = [],  # noqa: B006
-    steps: Steps = 1200,
-    batch_size: Annotated[int, typer.Option(min=1, help="Code grids per process per micro-batch.")] = 64,
-    lr: Annotated[
-        float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")
-    ] = 2e-3,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = 0.01,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step.")] = 1,
-    mixed_precision: Annotated[Precision, typer.Option(help="Mixed precision (accelerate).")] = Precision.no,
-    seed: Seed = 0,
-    sample_every: Annotated[
-        int, typer.Option(min=0, help="Save a decoded sample grid every N steps.")
-    ] = 1000,
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Save a checkpoint every N steps.")] = 500,
-    log_with: Annotated[Optional[str], typer.Option(help="accelerate tracker: tensorboard or wandb.")] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
-    record_data_order: RecordDataOrder = False,
-    max_nonfinite: MaxNonfinite = 10,
 ) -> None:
     """Stage two: train an autoregressive prior on the tokenizer's code grids."""
     from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
     from vqgen.stages.core.options import split_assignments
-    from vqgen.stages.training.trainer import TrainConfig
 
     try:
         options = split_assignments(prior_opt, "--prior-opt")
@@ -228,15 +176,13 @@ def train_prior(
         raise UserError(str(exc)) from None
     cfg = PriorTrainConfig(
         codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options,
-        train=TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, grad_accum=grad_accum,
-            mixed_precision=mixed_precision.value, seed=seed, sample_every=sample_every,
-            checkpoint_every=checkpoint_every, log_with=log_with, record_data_order=record_data_order,
-            max_nonfinite=max_nonfinite,
-        ),
+        train=train,
         overwrite=overwrite, resume=resume,
     )  # fmt: skip
-    r = run_train_prior(cfg)
+    folder = (
+        out if out else codes.resolve().parent / f"prior-{prior}"
+    )  # where train-prior writes, as it decides
+    r = run_train_prior(finish(cfg, folder / "run_config.json"))
     if r:
         typer.echo(
             f"{prior}: validation NLL {r['val_bits_per_token']:.3f} bits/token, {r['val_bits_per_dim']:.4f} bits/dim "

@@ -174,7 +174,7 @@ def world(tmp_path_factory, digits) -> World:
         ("codes-missing-field", json.dumps({"vocab_size": 16})),
     ):
         (bad / name).mkdir()
-        (bad / name / "vqgen.json").write_text(meta)
+        (bad / name / "codes.json").write_text(meta)
     (bad / "all-unreadable" / "a").mkdir(parents=True)
     (bad / "all-unreadable" / "a" / "garbage.png").write_bytes(b"GIF89a but not really")
     (bad / "all-unreadable" / "a" / "truncated.png").write_bytes(png_bytes(images[0])[:60])
@@ -232,7 +232,7 @@ ROWS = [
     ("tokenizer-hub-id-with-dotdot", ["tokenize", "--run", "{new}", *TOK, "--tokenizer", "a/../b"],
      ["not a valid Hugging Face Hub id"]),
     # train-prior
-    ("codes-missing", ["train-prior", "--codes", "{bad}/missing", "--out", "{new}"], ["no vqgen.json"]),
+    ("codes-missing", ["train-prior", "--codes", "{bad}/missing", "--out", "{new}"], ["no codes.json"]),
     ("codes-meta-not-json", ["train-prior", "--codes", "{bad}/codes-not-json", "--out", "{new}"], ["not valid JSON"]),
     ("codes-meta-missing-field", ["train-prior", "--codes", "{bad}/codes-missing-field", "--out", "{new}"],
      ["field grid_height"]),

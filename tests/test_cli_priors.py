@@ -133,7 +133,7 @@ def test_train_prior_bad_input(run, tmp_path):
         ),
         "unknown prior",
     )
-    assert_user_error(run_cli("train-prior", "--codes", str(tmp_path)), "vqgen.json")
+    assert_user_error(run_cli("train-prior", "--codes", str(tmp_path)), "codes.json")
     bad_opt = run_cli(
         "train-prior",
         "--prior",

@@ -37,7 +37,7 @@ def test_tokenize_writes_a_complete_run(tmp_path, image_folder):
         "wall_seconds",
     ):
         assert key in metrics
-    meta = json.loads((run / "codes" / "vqgen.json").read_text())
+    meta = json.loads((run / "codes" / "codes.json").read_text())
     assert meta["vocab_size"] == 16 and meta["grid_height"] == 7 and meta["num_classes"] == 10
     from datasets import load_from_disk
 

@@ -299,13 +299,13 @@ def test_config_json_round_trips_and_bad_fields_are_user_errors(config_class, da
 @FAST
 @given(st.dictionaries(st.sampled_from([*META, "tokenizer", "extra"]), JSON, max_size=7))
 def test_codes_meta_is_checked(tmp_path_factory, meta):
-    """vqgen.json holding any JSON object: a meta with every field of the right type, or a UserError."""
-    path = tmp_path_factory.mktemp("meta") / "vqgen.json"
+    """codes.json holding any JSON object: a meta with every field of the right type, or a UserError."""
+    path = tmp_path_factory.mktemp("meta") / "codes.json"
     path.write_text(json.dumps(meta))
     try:
         read = read_codes_meta(path)
     except UserError as exc:
-        assert "vqgen.json" in str(exc)
+        assert "codes.json" in str(exc)
     else:
         assert all(type(read[k]) is int and read[k] >= 0 for k in META if k != "tokenizer_fingerprint")
         assert isinstance(read["tokenizer_fingerprint"], str) and isinstance(read.get("tokenizer", ""), str)

@@ -125,6 +125,35 @@ def _metrics_table(metrics: dict, table: list[tuple[str, str, str]]) -> str:
     return "\n".join(["| metric | value |", "|---|---:|", *rows]) if rows else "_not recorded by this run_"
 
 
+def _classes(names: list[str] | None) -> str:
+    """The class names, worth listing only when they are not 0, 1, ..."""
+    names = names or []
+    if not names or names == [str(i) for i in range(len(names))]:
+        return ""
+    return "\n\nClasses (label: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(names)) + "."
+
+
+def _training_state(places: dict[str, str]) -> str:
+    if not places:
+        return ""
+    listed = "\n".join(f"- `{path}`: the {kind}'s newest checkpoint" for kind, path in places.items())
+    return f"""
+## Training state
+
+The newest training checkpoints, in safetensors + JSON (model, optimizer, EMA and codebook buffers, plugin state
+such as a GAN discriminator, RNG states, step), so that training can be resumed or fine-tuned:
+
+{listed}
+
+Copy a `step_NNNNNNN` folder into the `checkpoints/` folder of a run (the tokenizer's run folder, or the prior's
+output folder) and run the same command with `--resume` (the configuration is below and in `run_config.json`).
+"""
+
+
+def _config_json(run: dict) -> str:
+    return json.dumps(redact_paths(run), indent=2, sort_keys=True) if run else "{}"
+
+
 def _body(inputs: CardInputs) -> str:
     tc, pc = inputs.tokenizer_config, inputs.prior_config
     q = tc.get("quantizer", {})
@@ -132,30 +161,10 @@ def _body(inputs: CardInputs) -> str:
     k = pc.get("num_classes", 0)
     _, _, dataset_name = dataset_of(inputs.tokenizer_run)
     conditioning = f"conditioned on {k} classes" if k else "unconditional"
-    names = inputs.class_names or []
-    classes = ""
-    if names and names != [
-        str(i) for i in range(len(names))
-    ]:  # worth listing only when they are not 0, 1, ...
-        classes = "\n\nClasses (label: name): " + ", ".join(f"{i}: {n}" for i, n in enumerate(names)) + "."
+    classes = _classes(inputs.class_names)
     label_arg, cli_label = (", labels=0", " --label 0") if k else ("", "")
     layout = "\n".join(f"- `{f}`" for f in inputs.files)
-    resume = ""
-    if inputs.training_state:
-        places = "\n".join(
-            f"- `{path}`: the {kind}'s newest checkpoint" for kind, path in inputs.training_state.items()
-        )
-        resume = f"""
-## Training state
-
-The newest training checkpoints, in safetensors + JSON (model, optimizer, EMA and codebook buffers, plugin state
-such as a GAN discriminator, RNG states, step), so that training can be resumed or fine-tuned:
-
-{places}
-
-Copy a `step_NNNNNNN` folder into the `checkpoints/` folder of a run (the tokenizer's run folder, or the prior's
-output folder) and run the same command with `--resume` (the configuration is below and in `run_config.json`).
-"""
+    resume = _training_state(inputs.training_state)
     return f"""
 # {inputs.repo_id.split("/")[-1]}
 
@@ -171,19 +180,19 @@ A two-stage image generator made with vqgen: a VQ-VAE tokenizer that turns
 ## Use
 
 ```python
-from vqgen.stages.pipeline import Pipeline  # vqgen
+from vqgen import Pipeline
 
 pipe = Pipeline.from_pretrained("{inputs.repo_id}")
 images = pipe.generate(n=8{label_arg}, seed=0)  # a list of PIL images
 ```
 
-or from the command line: `python cli.py generate --from {inputs.repo_id}{cli_label} --n 8 --out generated.png`.
+or from the command line: `vqgen generate --from {inputs.repo_id}{cli_label} --n 8 --out generated.png`.
 Loading reads only `config.json` and `model.safetensors` files (never pickles) and works offline from the Hub
 cache once downloaded.
 
 ## Metrics
 
-Measured on held-out images of the training data by `cli.py tokenize` and `cli.py train-prior`.
+Measured on held-out images of the training data by `vqgen tokenize` and `vqgen train-prior`.
 
 Tokenizer:
 
@@ -202,16 +211,16 @@ Prior:
 {resume}
 ## Training configuration
 
-Tokenizer (`cli.py tokenize`):
+Tokenizer (`vqgen tokenize`):
 
 ```json
-{json.dumps(redact_paths(inputs.tokenizer_run), indent=2, sort_keys=True) if inputs.tokenizer_run else "{}"}
+{_config_json(inputs.tokenizer_run)}
 ```
 
-Prior (`cli.py train-prior`):
+Prior (`vqgen train-prior`):
 
 ```json
-{json.dumps(redact_paths(inputs.prior_run), indent=2, sort_keys=True) if inputs.prior_run else "{}"}
+{_config_json(inputs.prior_run)}
 ```
 """
 

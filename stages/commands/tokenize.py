@@ -10,7 +10,7 @@ Run folder:
 """
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,9 @@ from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits,
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
-from vqgen.stages.training.trainer import TrainConfig, Trainer
+from vqgen.stages.training.trainer import Trainer
 
 IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in memory while training
 
@@ -35,7 +36,7 @@ class TokenizeConfig:
     run_dir: str = "runs/demo"
     data: DataConfig = field(default_factory=DataConfig)
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
     plugin_options: list[str] = field(default_factory=list)

@@ -9,7 +9,7 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
 import math
 import time
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,8 @@ from vqgen.stages.core.registry import PRIORS
 from vqgen.stages.evaluation.priors import evaluate_prior
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
-from vqgen.stages.training.trainer import TrainConfig, Trainer
+from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
+from vqgen.stages.training.trainer import Trainer
 
 
 @dataclass
@@ -32,9 +33,7 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=1200, lr=2e-3, batch_size=64, weight_decay=0.01)
-    )
+    train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False

@@ -20,9 +20,8 @@ import math
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -32,72 +31,10 @@ from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import checkpoint as ckpt
+from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask
+from vqgen.stages.training.data_order import EpochSampler
 
-
-@dataclass
-class TrainConfig:
-    steps: int = 3200  # optimizer steps
-    batch_size: int = 64  # per process and per micro-batch
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.02  # cosine decay ends at lr * min_lr_ratio
-    grad_accum: int = 1  # micro-batches per optimizer step
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
-    clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
-    seed: int = 0
-    log_every: int = 25
-    sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
-    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
-    rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
-    snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
-    record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt
-
-
-class TrainingStopped(Exception):
-    """The run cannot go on (diverged); the message says why and where its last good checkpoint is."""
-
-
-class TrainTask(Protocol):
-    stage: str
-    model: torch.nn.Module
-    progress_keys: tuple[str, ...]
-
-    def num_examples(self) -> int: ...
-
-    def get_batch(self, indices: torch.Tensor, device: torch.device) -> Any: ...
-
-    def compute_loss(
-        self, model: torch.nn.Module, batch: Any
-    ) -> tuple[torch.Tensor, Any, dict[str, float]]: ...
-
-    def save_samples(self, model: torch.nn.Module, step: int, run_dir: Path) -> None: ...
-
-
-class EpochSampler:
-    """Shuffled batches as a pure function of the global micro-batch index: epoch e is ordered by
-    randperm(n) seeded with seed + e, and process r of w takes slice r of every w consecutive batches."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.per_epoch = n // (batch_size * world)
-        if self.per_epoch == 0:
-            raise UserError(
-                f"the dataset has {n} examples, fewer than one batch of {batch_size} x {world} processes; "
-                "use a smaller --batch-size"
-            )
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def indices(self, micro_batch: int) -> torch.Tensor:
-        epoch, j = divmod(micro_batch, self.per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-        start = (j * self.world + self.rank) * self.bs
-        return self._perm[start : start + self.bs]
+__all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
 
 
 class Trainer:

@@ -1,0 +1,56 @@
+"""What a training run is given: the loop's settings, the contract a stage fulfils, and how a run stops."""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # no torch at import: the CLI reads these defaults for its --help
+    import torch
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3200  # optimizer steps
+    batch_size: int = 64  # per process and per micro-batch
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.02  # cosine decay ends at lr * min_lr_ratio
+    grad_accum: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
+    seed: int = 0
+    log_every: int = 25
+    sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
+    max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
+    snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
+    record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on (diverged); the message says why and where its last good checkpoint is."""
+
+
+class TrainTask(Protocol):
+    stage: str
+    model: "torch.nn.Module"
+    progress_keys: tuple[str, ...]
+
+    def num_examples(self) -> int: ...
+
+    def get_batch(self, indices: "torch.Tensor", device: "torch.device") -> Any: ...
+
+    def compute_loss(
+        self, model: "torch.nn.Module", batch: Any
+    ) -> tuple["torch.Tensor", Any, dict[str, float]]: ...
+
+    def save_samples(self, model: "torch.nn.Module", step: int, run_dir: Path) -> None: ...
+
+
+# Each stage's training defaults, declared once: the stage configs and the CLI's --help both read them.
+TOKENIZER_TRAINING = TrainConfig()
+PRIOR_TRAINING = replace(TrainConfig(), steps=1200, weight_decay=0.01, sample_every=1000)
