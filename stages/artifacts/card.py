@@ -154,7 +154,8 @@ def _config_json(run: dict) -> str:
     return json.dumps(redact_paths(run), indent=2, sort_keys=True) if run else "{}"
 
 
-def _body(inputs: CardInputs) -> str:
+def _intro(inputs: CardInputs) -> str:
+    """What the pipeline is, its samples, and how to use it."""
     tc, pc = inputs.tokenizer_config, inputs.prior_config
     q = tc.get("quantizer", {})
     grid = f"{pc.get('grid_height', '?')}x{pc.get('grid_width', '?')}"
@@ -163,8 +164,6 @@ def _body(inputs: CardInputs) -> str:
     conditioning = f"conditioned on {k} classes" if k else "unconditional"
     classes = _classes(inputs.class_names)
     label_arg, cli_label = (", labels=0", " --label 0") if k else ("", "")
-    layout = "\n".join(f"- `{f}`" for f in inputs.files)
-    resume = _training_state(inputs.training_state)
     return f"""
 # {inputs.repo_id.split("/")[-1]}
 
@@ -190,7 +189,14 @@ or from the command line: `vqgen generate --from {inputs.repo_id}{cli_label} --n
 Loading reads only `config.json` and `model.safetensors` files (never pickles) and works offline from the Hub
 cache once downloaded.
 
-## Metrics
+"""
+
+
+def _details(inputs: CardInputs) -> str:
+    """Metrics, the files, and the training configuration."""
+    layout = "\n".join(f"- `{f}`" for f in inputs.files)
+    resume = _training_state(inputs.training_state)
+    return f"""## Metrics
 
 Measured on held-out images of the training data by `vqgen tokenize` and `vqgen train-prior`.
 
@@ -223,6 +229,10 @@ Prior (`vqgen train-prior`):
 {_config_json(inputs.prior_run)}
 ```
 """
+
+
+def _body(inputs: CardInputs) -> str:
+    return _intro(inputs) + _details(inputs)
 
 
 def build_card(inputs: CardInputs) -> ModelCard:

@@ -190,6 +190,32 @@ def compare_targets(paths: list[str]) -> list[tuple[Path, str | None]]:
     return targets
 
 
+def _compare_rows(targets: list[tuple[Path, str | None]], evaluated: dict, multiple_runs: bool) -> list[dict]:
+    """One row per (run, prior) named by the targets, from each run's evaluation."""
+    rows, seen = [], set()
+    for run, only in targets:
+        m = evaluated[run]
+        for name in [only] if only else list(m["priors"]):
+            if name not in m["priors"]:
+                why = m["skipped_priors"].get(
+                    f"prior-{name}", "not in that evaluation; evaluate again with --overwrite"
+                )
+                raise UserError(f"{run}/prior-{name}: no evaluation in {run}/eval/metrics.json ({why})")
+            if (run, name) not in seen:
+                seen.add((run, name))
+                label = name if not multiple_runs else f"{run.name}/{name}"
+                rows.append(
+                    {
+                        "name": label,
+                        "run": str(run),
+                        "features": m["features"],
+                        "floor_fid": m["floor"]["fid"],
+                        **m["priors"][name],
+                    }
+                )
+    return rows
+
+
 def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
     """One side-by-side table (compare.md, compare.json) and a quality-vs-speed plot (compare.png) over the
     priors named by cfg.paths; runs without RUN/eval/metrics.json (or all, with --overwrite) are evaluated first."""
@@ -212,27 +238,7 @@ def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
             evaluated[run] = json.loads(file.read_text())
         else:
             evaluated[run] = run_evaluate(replace(cfg.evaluate, run_dir=str(run)), log)
-    rows, seen = [], set()
-    for run, only in targets:
-        m = evaluated[run]
-        for name in [only] if only else list(m["priors"]):
-            if name not in m["priors"]:
-                why = m["skipped_priors"].get(
-                    f"prior-{name}", "not in that evaluation; evaluate again with --overwrite"
-                )
-                raise UserError(f"{run}/prior-{name}: no evaluation in {run}/eval/metrics.json ({why})")
-            if (run, name) not in seen:
-                seen.add((run, name))
-                label = name if len(runs) == 1 else f"{run.name}/{name}"
-                rows.append(
-                    {
-                        "name": label,
-                        "run": str(run),
-                        "features": m["features"],
-                        "floor_fid": m["floor"]["fid"],
-                        **m["priors"][name],
-                    }
-                )
+    rows = _compare_rows(targets, evaluated, multiple_runs=len(runs) > 1)
     if not rows:
         raise UserError("nothing to compare: the runs have no evaluated priors")
     spaces = sorted({str(r["features"] or "none") for r in rows})
