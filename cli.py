@@ -214,8 +214,19 @@ def generate(
     top_k: Annotated[Optional[int], typer.Option(help="Keep the k most likely codes.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
     cfg_scale: Annotated[
-        float, typer.Option(help="Classifier-free guidance scale for conditional priors (1 = off).")
-    ] = DEFAULT_CFG_SCALE,
+        Optional[float],
+        typer.Option(
+            help=f"Classifier-free guidance (1 = off). Default: {DEFAULT_CFG_SCALE:g} for a conditional prior."
+        ),
+    ] = None,
+    cfg_schedule: Annotated[
+        str, typer.Option(help="Guidance over the positions: constant, linear (ramps up) or power.")
+    ] = "constant",
+    cfg_power: Annotated[float, typer.Option(help="Exponent of the power schedule.")] = 1.0,
+    cfg_interval: Annotated[
+        tuple[float, float],
+        typer.Option(help="Guide only positions whose fraction of the grid lies in [LO, HI)."),
+    ] = (0.0, 1.0),
     seed: Seed = 0,
     out: Annotated[
         Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")
@@ -243,7 +254,7 @@ def generate(
 
     cfg = GenerateConfig(
         prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n,
-        sampling=SamplingConfig(temperature, top_k, top_p, cfg_scale), seed=seed, out=str(out) if out else None,
+        sampling=SamplingConfig(temperature, top_k, top_p, cfg_scale, cfg_schedule, cfg_power, cfg_interval), seed=seed, out=str(out) if out else None,
         overwrite=overwrite, batch_size=batch_size, resume=resume,
     )  # fmt: skip
     r = run_generate(cfg)

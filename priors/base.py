@@ -69,6 +69,36 @@ def filter_logits(
     return logits
 
 
+GUIDANCE_SCHEDULES = ("constant", "linear", "power")
+
+
+def guidance_scales(
+    cfg_scale: float,
+    seq_len: int,
+    schedule: str = "constant",
+    power: float = 1.0,
+    interval: tuple[float, float] = (0.0, 1.0),
+) -> list[float]:
+    """The guidance scale of every raster position t = 0..T-1. With r = (t + 1) / T:
+    constant: s; linear: 1 + (s - 1) r (weak guidance first, full at the end); power: 1 + (s - 1) r^power
+    (RAR's guidance_scale_pow, Yu et al. 2024, arXiv:2411.00776). Positions whose t / T lies outside
+    `interval` = [lo, hi) get no guidance (scale 1), as LlamaGen's cfg_interval (arXiv:2406.06525)."""
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"unknown guidance schedule {schedule!r}; choose {', '.join(GUIDANCE_SCHEDULES)}")
+    lo, hi = interval
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"guidance interval must satisfy 0 <= lo < hi <= 1, got {lo}, {hi}")
+    if not power > 0:
+        raise ValueError(f"guidance power must be > 0, got {power}")
+    scales = []
+    for t in range(seq_len):
+        r = (t + 1) / seq_len
+        ramp = {"constant": 1.0, "linear": r, "power": r**power}[schedule]
+        inside = lo <= t / seq_len < hi
+        scales.append(1.0 + (cfg_scale - 1.0) * ramp if inside else 1.0)
+    return scales
+
+
 def draw(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row from (B, V) filtered logits, by inverse-CDF sampling: one uniform number per row from
     `generator`, so that every sampler draws the same random numbers in the same order, which makes fast and
@@ -115,7 +145,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
 
     def _sampling_labels(
-        self, n: int, labels: torch.Tensor | None, cfg_scale: float
+        self, n: int, labels: torch.Tensor | None, cfg_scale: float | list[float]
     ) -> tuple[torch.Tensor | None, bool]:
         """Labels for the sampling batch; with guidance the batch is doubled: [conditional; null]."""
         if self.config.num_classes == 0:
@@ -130,7 +160,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
             raise ValueError(f"got {labels.shape[0]} labels for {n} samples")
         if not bool(((labels >= 0) & (labels < self.config.num_classes)).all()):
             raise ValueError(f"labels must lie in 0..{self.config.num_classes - 1}")
-        guided = cfg_scale != 1.0
+        guided = any(s != 1.0 for s in (cfg_scale if isinstance(cfg_scale, list) else [cfg_scale]))
         if guided:
             labels = torch.cat([labels, torch.full_like(labels, self.config.num_classes)])
         return labels, guided
@@ -149,18 +179,23 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         top_p: float | None = None,
         cfg_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        cfg_schedule: str = "constant",
+        cfg_power: float = 1.0,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
         """Sample `n` code grids (n, H, W) with the prior's cache. `labels`: (n,) or one label for all; None for an
-        unconditional sample. `cfg_scale` > 1 sharpens towards the label (classifier-free guidance)."""
+        unconditional sample. `cfg_scale` > 1 sharpens towards the label (classifier-free guidance), per position
+        as `guidance_scales` says; the conditional and unconditional halves run as one batch."""
         was_training = self.training
         self.eval()
-        cond, guided = self._sampling_labels(n, labels, cfg_scale)
+        scales = guidance_scales(cfg_scale, self.config.seq_len, cfg_schedule, cfg_power, cfg_interval)
+        cond, guided = self._sampling_labels(n, labels, scales)
         state = self.begin_sampling(cond, cond.shape[0] if cond is not None else n)
         out = torch.empty(n, self.config.seq_len, dtype=torch.long, device=self.device)
         prev = None
         for t in range(self.config.seq_len):
             logits, state = self.next_logits(state, prev)
-            tok = self._pick(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
+            tok = self._pick(logits, guided, scales[t], temperature, top_k, top_p, generator)
             out[:, t] = tok
             prev = torch.cat([tok, tok]) if guided else tok
         self.train(was_training)
@@ -176,12 +211,16 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         top_p: float | None = None,
         cfg_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        cfg_schedule: str = "constant",
+        cfg_power: float = 1.0,
+        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
         """Reference sampler: the full teacher-forced forward pass once per position, no cache. Same random draws
         as `sample`, so both return the same grids for the same generator state."""
         was_training = self.training
         self.eval()
-        cond, guided = self._sampling_labels(n, labels, cfg_scale)
+        scales = guidance_scales(cfg_scale, self.config.seq_len, cfg_schedule, cfg_power, cfg_interval)
+        cond, guided = self._sampling_labels(n, labels, scales)
         b = cond.shape[0] if cond is not None else n
         grid = torch.zeros(
             b, self.config.grid_height, self.config.grid_width, dtype=torch.long, device=self.device
@@ -189,7 +228,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         flat = grid.view(b, -1)
         for t in range(self.config.seq_len):
             logits = self.forward(grid, cond).logits.reshape(b, -1, self.config.vocab_size)[:, t]
-            tok = self._pick(logits, guided, cfg_scale, temperature, top_k, top_p, generator)
+            tok = self._pick(logits, guided, scales[t], temperature, top_k, top_p, generator)
             flat[:, t] = torch.cat([tok, tok]) if guided else tok
         self.train(was_training)
         return grid[:n].clone()

@@ -107,7 +107,7 @@ def manifest_settings(
         "tokenizer": tokenizer.fingerprint(),
         "n": n,
         "labels": hashlib.sha256(label_bytes).hexdigest()[:16] if labels is not None else None,
-        **asdict(cfg.sampling),
+        **json.loads(json.dumps(asdict(cfg.sampling))),  # as the manifest holds them (tuples become lists)
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
     }
@@ -161,6 +161,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     tokenizer = load_tokenizer(tok_path)
     check_pair(prior, tokenizer)
     labels = validate(cfg, prior)
+    cfg.sampling = cfg.sampling.for_prior(prior)  # the guidance scale resolved, so the manifest records it
     n = cfg.n if labels is None else labels.numel()
     out = Path(cfg.out) if cfg.out else Path(cfg.prior) / "generated.png"
     folder, manifest = out.with_suffix(""), out.with_suffix(".json")

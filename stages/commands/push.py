@@ -103,14 +103,17 @@ def _copy_training_state(run_dirs: dict[str, Path], out: Path) -> dict[str, str]
 def _sample_grid(tokenizer, prior, seed: int) -> tuple[Image.Image, str]:
     """samples.png: SAMPLES_PER_CLASS per row, a row per class (at most 10), and its caption for the card."""
     k = prior.config.num_classes
-    sampling = SamplingConfig()
+    sampling = SamplingConfig().for_prior(prior)
     labels = class_grid_labels(min(k, 10), SAMPLES_PER_CLASS) if k else None
     n = labels.numel() if labels is not None else 8 * SAMPLES_PER_CLASS
     codes = torch.cat([g.cpu() for _, g in sample_chunks(prior, n, 100, labels, sampling, seed)])
     caption = f"Samples from the published weights: seed {seed}."
     if k:
         more = f" (the first {min(k, 10)} of {k})" if k > 10 else ""
-        caption = f"Samples from the published weights: seed {seed}, guidance scale {sampling.cfg_scale:g}, one row per class{more}."
+        caption = (
+            f"Samples from the published weights: seed {seed}, guidance scale {sampling.cfg_scale:g} "
+            f"({sampling.cfg_schedule}), one row per class{more}."
+        )
     return decode_grid(tokenizer, codes, nrow=SAMPLES_PER_CLASS), caption
 
 

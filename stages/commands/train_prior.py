@@ -21,7 +21,7 @@ from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
 from vqgen.stages.core.registry import PRIORS
 from vqgen.stages.evaluation.priors import evaluate_prior
-from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE
+from vqgen.stages.sampling.config import default_cfg_scale
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.trainer import Trainer
@@ -97,7 +97,7 @@ class PriorTask:
         grids = model.sample(
             n,
             labels=labels,
-            cfg_scale=DEFAULT_CFG_SCALE if self.conditional else 1.0,
+            cfg_scale=default_cfg_scale(model),
             generator=torch.Generator(device=model.device).manual_seed(0),
         )
         save_png(

@@ -15,7 +15,7 @@ from vqgen.stages.core.files import save_png
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
-from vqgen.stages.sampling.config import SamplingConfig
+from vqgen.stages.sampling.config import SamplingConfig, default_cfg_scale
 from vqgen.stages.sampling.sampler import check_pair, decode, sample_chunks
 
 Log = Callable[[str], None]
@@ -49,7 +49,7 @@ def sample_and_measure(prior, tokenizer, cfg: EvaluateConfig, space, classifier)
     features, class predictions and sampling speed, and the first 100 images for a preview grid."""
     k = prior.config.num_classes
     labels = torch.arange(cfg.n_samples) % k if k else None
-    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale)
+    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
     feats, preds, preview, seconds = [], [], [], 0.0
     start = time.perf_counter()
     for _, grids in sample_chunks(prior, cfg.n_samples, cfg.batch_size, labels, sampling, cfg.seed):

@@ -1,10 +1,17 @@
 """The sampling knobs, declared once with their defaults (no torch here: the CLI reads the defaults cheaply)."""
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from vqgen.stages.core.errors import UserError
 
 DEFAULT_CFG_SCALE = 3.0  # classifier-free guidance of conditional priors, everywhere a default is needed
+GUIDANCE_SCHEDULES = ("constant", "linear", "power")  # vqgen.priors.base.guidance_scales says what each does
+MAX_TEMPERATURE, MIN_TEMPERATURE = (
+    100.0,
+    1e-3,
+)  # outside this, softmax over- or underflows into NaN or a one-hot
+MAX_CFG_SCALE = 100.0  # |scale| above this makes cond - uncond overflow into non-finite logits
 
 
 @dataclass
@@ -12,18 +19,62 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance for conditional priors (1 = off)
+    # classifier-free guidance (1 = off); None = DEFAULT_CFG_SCALE for a conditional prior, 1 for an unconditional one
+    cfg_scale: float | None = None
+    cfg_schedule: str = (
+        "constant"  # how the scale varies over the raster positions: constant | linear | power
+    )
+    cfg_power: float = 1.0  # the exponent of the power schedule
+    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guidance only where position / T lies in [lo, hi)
 
     def validate(self) -> None:
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be > 0, got {self.temperature}")
+        t = self.temperature
+        if not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise UserError(f"--temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top-k must be at least 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        s = self.cfg_scale
+        if s is not None and not (math.isfinite(s) and abs(s) <= MAX_CFG_SCALE):
+            raise UserError(
+                f"--cfg-scale must be a number in [-{MAX_CFG_SCALE:g}, {MAX_CFG_SCALE:g}], got {s}"
+            )
+        if self.cfg_schedule not in GUIDANCE_SCHEDULES:
+            raise UserError(
+                f"--cfg-schedule {self.cfg_schedule!r} does not exist; choose {', '.join(GUIDANCE_SCHEDULES)}"
+            )
+        if not (math.isfinite(self.cfg_power) and 0 < self.cfg_power <= 100):
+            raise UserError(f"--cfg-power must lie in (0, 100], got {self.cfg_power}")
+        lo, hi = self.cfg_interval
+        if not 0.0 <= lo < hi <= 1.0:
+            raise UserError(f"--cfg-interval LO HI must satisfy 0 <= LO < HI <= 1, got {lo} {hi}")
 
     def for_prior(self, prior) -> "SamplingConfig":
-        """These settings, without guidance for an unconditional prior."""
-        if prior.config.num_classes:
-            return self
-        return SamplingConfig(self.temperature, self.top_k, self.top_p, 1.0)
+        """These settings with the guidance scale resolved for `prior`; guidance it cannot give is refused."""
+        c = prior.config
+        if self.cfg_scale is None:
+            return replace(self, cfg_scale=default_cfg_scale(prior))
+        if self.cfg_scale != 1.0 and not c.num_classes:
+            raise UserError(
+                "--cfg-scale: this prior is unconditional (trained without labels); leave guidance out"
+            )
+        if self.cfg_scale != 1.0 and not c.label_dropout > 0:
+            raise UserError(
+                "--cfg-scale: this prior was trained without label dropout (label_dropout 0), so it never learned "
+                "the unconditional model that guidance needs; sample with --cfg-scale 1"
+            )
+        return self
+
+    def prior_kwargs(self) -> dict:
+        """The keyword arguments of `Prior.sample` (after `for_prior`)."""
+        return dict(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, cfg_scale=self.cfg_scale,
+            cfg_schedule=self.cfg_schedule, cfg_power=self.cfg_power, cfg_interval=tuple(self.cfg_interval),
+        )  # fmt: skip
+
+
+def default_cfg_scale(prior) -> float:
+    """DEFAULT_CFG_SCALE for a prior that can be guided (class-conditional, trained with label dropout), else 1."""
+    c = prior.config
+    return DEFAULT_CFG_SCALE if c.num_classes and c.label_dropout > 0 else 1.0

@@ -77,7 +77,7 @@ def sample_chunk(
     lab = labels[lo:hi] if labels is not None else None
     s = sampling.for_prior(prior)
     generator = chunk_generator(seed, c, prior.device)
-    return prior.sample(hi - lo, lab, s.temperature, s.top_k, s.top_p, s.cfg_scale, generator)
+    return prior.sample(hi - lo, lab, generator=generator, **s.prior_kwargs())
 
 
 def sample_chunks(

@@ -1,0 +1,113 @@
+"""Every registered prior on a 16x16 grid (256 tokens): causality, cached == naive sampling under every guidance
+schedule, and a save/load round trip; the guidance schedules themselves; and their refusals."""
+
+from typing import get_type_hints
+
+import pytest
+import torch
+from vqgen.priors.base import GUIDANCE_SCHEDULES, guidance_scales
+from vqgen.stages.artifacts.models import load_prior
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.registry import PRIORS
+from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE, SamplingConfig
+
+G, V, K = 16, 32, 3  # grid side, vocabulary, classes
+TINY = {
+    "gru": dict(embed_dim=8, hidden_size=16, num_layers=1, dropout=0.0),
+    "pixelcnn": dict(channels=8, num_layers=3, head_channels=16),
+    "transformer": dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, attention_dropout=0),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=PRIORS.names(), scope="module")
+def prior(request):
+    cls = PRIORS.get(request.param)
+    config_cls = get_type_hints(cls.__init__)["config"]
+    torch.manual_seed(0)
+    common = dict(vocab_size=V, grid_height=G, grid_width=G, num_classes=K)
+    model = cls(config_cls(**common, **TINY.get(request.param, {}))).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_causal_on_a_long_grid(prior):
+    """Changing the code at one position changes no logit at or before it."""
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, V, (2, G, G), generator=g)
+    labels = torch.tensor([0, 2])
+    t = G * G // 2 + 3
+    changed = codes.clone().view(2, -1)
+    changed[:, t] = (changed[:, t] + 1) % V
+    with torch.no_grad():
+        a = prior(codes, labels).logits.reshape(2, G * G, V)
+        b = prior(changed.view(2, G, G), labels).logits.reshape(2, G * G, V)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-9)
+
+
+@pytest.mark.parametrize("schedule", GUIDANCE_SCHEDULES)
+def test_cached_equals_naive_on_a_long_grid(prior, schedule):
+    kwargs = dict(labels=torch.tensor([1, 2]), cfg_scale=2.0, cfg_schedule=schedule, cfg_power=2.0)
+    kwargs["cfg_interval"] = (0.1, 0.9) if schedule == "constant" else (0.0, 1.0)
+    fast = prior.sample(2, generator=torch.Generator().manual_seed(3), **kwargs)
+    slow = prior.sample_naive(2, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert fast.shape == (2, G, G) and torch.equal(fast, slow)
+
+
+def test_save_load_round_trip_on_a_long_grid(prior, tmp_path):
+    prior.float().save_pretrained(tmp_path)
+    loaded = load_prior(tmp_path)
+    codes = torch.randint(0, V, (2, G, G), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(
+            prior(codes, torch.tensor([0, 1])).logits, loaded(codes, torch.tensor([0, 1])).logits
+        )
+    prior.double()
+
+
+def test_guidance_schedules():
+    assert guidance_scales(3.0, 4) == [3.0] * 4
+    assert guidance_scales(3.0, 4, "linear") == [1.5, 2.0, 2.5, 3.0]
+    assert guidance_scales(3.0, 4, "power", power=2.0) == [1 + 2 * (r / 4) ** 2 for r in (1, 2, 3, 4)]
+    assert guidance_scales(3.0, 4, "constant", interval=(0.25, 0.75)) == [1.0, 3.0, 3.0, 1.0]
+    for bad in (dict(schedule="cosine"), dict(interval=(0.5, 0.5)), dict(power=0.0)):
+        with pytest.raises(ValueError):
+            guidance_scales(3.0, 4, **bad)
+
+
+class Config:
+    def __init__(self, num_classes, label_dropout):
+        self.num_classes, self.label_dropout = num_classes, label_dropout
+
+
+class Stub:
+    def __init__(self, num_classes=10, label_dropout=0.1):
+        self.config = Config(num_classes, label_dropout)
+
+
+def test_guidance_defaults_and_refusals():
+    assert SamplingConfig().for_prior(Stub()).cfg_scale == DEFAULT_CFG_SCALE
+    assert SamplingConfig().for_prior(Stub(num_classes=0)).cfg_scale == 1.0
+    assert SamplingConfig().for_prior(Stub(label_dropout=0.0)).cfg_scale == 1.0
+    with pytest.raises(UserError, match="unconditional"):
+        SamplingConfig(cfg_scale=2.0).for_prior(Stub(num_classes=0))
+    with pytest.raises(UserError, match="without label dropout"):
+        SamplingConfig(cfg_scale=2.0).for_prior(Stub(label_dropout=0.0))
+    for bad, fragment in (
+        (dict(cfg_schedule="cosine"), "--cfg-schedule 'cosine' does not exist"),
+        (dict(cfg_scale=float("nan")), "--cfg-scale must be a number"),
+        (dict(cfg_scale=1e300), "--cfg-scale must be a number"),
+        (dict(temperature=1e-300), "--temperature must lie in"),
+        (dict(cfg_interval=(0.8, 0.2)), "--cfg-interval"),
+    ):
+        with pytest.raises(UserError, match=fragment):
+            SamplingConfig(**bad).validate()
