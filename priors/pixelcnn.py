@@ -28,9 +28,18 @@ from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 class PixelCNNPriorConfig(PriorConfig):
     prior_type: str = "pixelcnn"
     channels: int = 64  # width C of both stacks; the gates work on 2C channels
-    num_layers: int = 6  # with kernel 3, 6 layers reach every earlier position of a 7x7 grid
+    # 0 = just enough layers to reach every earlier position of the grid (6 for 7x7, 15 for 16x16, 31 for 32x32 at
+    # kernel 3): each layer widens the reach by k // 2 rows and columns (see `layers_to_cover`)
+    num_layers: int = 0
     kernel_size: int = 3  # odd; each layer widens the receptive field by k // 2 rows and columns
     head_channels: int = 128  # hidden width of the ReLU -> 1x1 -> ReLU -> 1x1 output head
+
+
+def layers_to_cover(grid_height: int, grid_width: int, kernel_size: int) -> int:
+    """Layers whose receptive field reaches every earlier position of the grid: the vertical stack must reach
+    the first row and both outer columns, the horizontal stack the first column."""
+    reach = kernel_size // 2
+    return max(1, -(-(max(grid_height, grid_width) - 1) // reach))
 
 
 def gate(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -128,9 +137,8 @@ class PixelCNNPrior(Prior):
             raise ValueError(f"kernel_size must be odd, got {c.kernel_size}")
         num_labels = c.num_classes + 1  # classes + the null label (index num_classes; 0 when unconditional)
         self.embed = nn.Embedding(c.vocab_size, c.channels)
-        self.layers = nn.ModuleList(
-            GatedLayer(c.channels, c.kernel_size, num_labels) for _ in range(c.num_layers)
-        )
+        layers = c.num_layers or layers_to_cover(c.grid_height, c.grid_width, c.kernel_size)
+        self.layers = nn.ModuleList(GatedLayer(c.channels, c.kernel_size, num_labels) for _ in range(layers))
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Linear(c.channels, c.head_channels),

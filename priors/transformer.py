@@ -34,6 +34,9 @@ class TransformerPriorConfig(PriorConfig):
     intermediate_size: int = 256  # width of the SwiGLU MLP
     attention_dropout: float = 0.1  # training only
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; any `transformers` attention backend
+    # 2-D positions: learned row and column embeddings of the position being predicted, added to every input
+    # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is
+    pos_2d: bool = False
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -89,6 +92,18 @@ class TransformerPrior(Prior):
             attn_implementation=c.attn_implementation,
         )
         self.model = LlamaForCausalLM(llama)
+        if c.pos_2d:
+            self.row_embed = nn.Embedding(c.grid_height, c.hidden_size)
+            self.col_embed = nn.Embedding(c.grid_width, c.hidden_size)
+            for table in (self.row_embed, self.col_embed):
+                nn.init.normal_(table.weight, std=llama.initializer_range)
+
+    def _position(self, t: torch.Tensor | int) -> torch.Tensor | int:
+        """The 2-D embedding of raster position(s) t (the code being predicted), or 0 without pos_2d."""
+        if not self.config.pos_2d:
+            return 0
+        t = torch.as_tensor(t, device=self.row_embed.weight.device)
+        return self.row_embed(t // self.config.grid_width) + self.col_embed(t % self.config.grid_width)
 
     def _prefix(self, labels: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """(B, 1) first token: start for an unconditional prior, else the class token (null if no labels)."""
@@ -107,7 +122,8 @@ class TransformerPrior(Prior):
         b, h, w = codes.shape
         prefix = self._prefix(self.training_labels(labels), b)
         ids = torch.cat([prefix, codes.reshape(b, h * w)[:, :-1]], dim=1)  # (B, T): code t - 1 at t
-        hidden = self.model.model(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, d)
+        embeds = self.model.model.embed_tokens(ids) + self._position(torch.arange(h * w))  # (B, T, d)
+        hidden = self.model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (B, T, d)
         logits = self._code_logits(hidden).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))
 
@@ -148,6 +164,8 @@ class TransformerPrior(Prior):
     ) -> tuple[torch.Tensor, TransformerSamplingState]:
         llama, t = self.model.model, state.position
         x = llama.embed_tokens(state.prefix if prev is None else prev)  # (B, d)
+        if self.config.pos_2d:
+            x = x + self._position(t)
         b, heads, head_dim = x.shape[0], state.kv.shape[3], state.kv.shape[5]
         cos, sin = state.cos[t], state.sin[t]  # (hd,) each
         for n, w in enumerate(state.layers):
@@ -177,6 +195,8 @@ class TransformerPrior(Prior):
         """Sample n grids (n, H, W) with `transformers`' `generate`, special tokens suppressed, for comparison
         with `sample`. No guidance. `generate` draws from the global RNG: a `generator` seeds it for the call."""
         c = self.config
+        if c.pos_2d:
+            raise ValueError("sample_hf_generate knows no 2-D positions; use sample() with pos_2d")
         was_training = self.training
         self.eval()
         cond, _ = self._sampling_labels(n, labels, cfg_scale=1.0)

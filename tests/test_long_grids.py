@@ -111,3 +111,41 @@ def test_guidance_defaults_and_refusals():
     ):
         with pytest.raises(UserError, match=fragment):
             SamplingConfig(**bad).validate()
+
+
+def test_transformer_with_2d_positions_samples_as_its_forward_pass():
+    from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig
+
+    torch.manual_seed(0)
+    config = TransformerPriorConfig(
+        vocab_size=V, grid_height=G, grid_width=G, num_classes=K, pos_2d=True, **TINY["transformer"]
+    )
+    model = TransformerPrior(config).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kwargs = dict(labels=torch.tensor([0, 1]), cfg_scale=2.0, cfg_schedule="linear")
+    fast = model.sample(2, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(fast, model.sample_naive(2, generator=torch.Generator().manual_seed(5), **kwargs))
+
+
+def test_pixelcnn_layers_cover_the_grid():
+    """With the default number of layers, the logits of a position have a gradient from every earlier position
+    and from no later one (a structural check: influence through 15 gated layers is too small to see in values)."""
+    from vqgen.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig, layers_to_cover
+
+    assert [layers_to_cover(g, g, 3) for g in (7, 16, 32)] == [6, 15, 31]
+    torch.manual_seed(0)
+    config = PixelCNNPriorConfig(vocab_size=V, grid_height=G, grid_width=G, channels=4, head_channels=8)
+    model = PixelCNNPrior(config).double()
+    assert len(model.layers) == 15
+    inputs = {}
+    model.embed.register_forward_hook(
+        lambda module, args, out: inputs.setdefault("e", out.retain_grad() or out)
+    )
+    for ti, tj in [(G - 1, G - 1), (1, 0), (G - 1, 0)]:
+        inputs.clear()
+        model(torch.randint(0, V, (1, G, G))).logits[0, ti, tj].sum().backward()
+        seen = inputs["e"].grad[0].abs().sum(-1) != 0  # (H, W): positions the logits depend on
+        earlier = torch.arange(G * G).view(G, G) < ti * G + tj
+        assert bool(seen[earlier].all()) and not bool(seen[~earlier].any()), (ti, tj)
