@@ -38,7 +38,7 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
-from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.core.errors import UserError, redact  # noqa: E402
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 
 app = typer.Typer(
@@ -441,7 +441,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(2)
     except TrainingStopped as exc:
         typer.echo(f"error: {exc}", err=True)

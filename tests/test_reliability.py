@@ -237,3 +237,193 @@ def test_integer_and_bool_buffers_of_a_tokenizer_still_load(tmp_path):
     loaded = load_tokenizer(tmp_path / "tok")
     assert loaded.quantizer.steps.dtype == model.quantizer.steps.dtype
     assert loaded.fingerprint() == model.fingerprint()
+
+
+# --- 3. secrets never echoed -------------------------------------------------------------------------------------
+
+SECRET_TOKEN = "hf_SECRETtoken123456"
+
+
+def test_redact():
+    from vqgen.stages.core.errors import one_line, redact
+
+    assert redact(f"token {SECRET_TOKEN} sent") == "token *** sent"
+    assert SECRET_TOKEN not in redact(f"Authorization: Bearer {SECRET_TOKEN}")
+    assert redact("authorization: Basic dXNlcjpwYXNz") == "authorization: ***"
+    assert redact('{"Authorization": "Bearer abc.def"}') == '{"Authorization": "***"}'
+    assert redact("sent bearer abc.def here") == "sent bearer *** here"
+    assert redact("GET https://user:pass@hub.example/api") == "GET https://***@hub.example/api"
+    assert redact("http://me@127.0.0.1:8000/x") == "http://***@127.0.0.1:8000/x"
+    for kept in ("http://127.0.0.1:8000/a@b", "/home/me/hf_cache", "owner/name", "https://huggingface.co/x"):
+        assert redact(kept) == kept
+    assert SECRET_TOKEN not in one_line(ValueError(f"bad\ntoken {SECRET_TOKEN}"))
+    assert SECRET_TOKEN not in str(UserError(f"a message with {SECRET_TOKEN}"))
+
+
+@pytest.fixture
+def echo_hub():
+    """A stand-in Hub on 127.0.0.1 that answers every request with an error echoing the request's headers (in
+    the body, and in the X-Error-Message header that huggingface_hub puts into its exceptions)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            seen.append(dict(self.headers))
+            echoed = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+            body = json.dumps({"error": f"bad request {self.path} with headers {echoed}"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Error-Message", f"bad request with headers {echoed}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = do_PUT = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, seen
+    server.shutdown()
+
+
+def all_text_under(folder: Path) -> str:
+    return "".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("credentials", ["token", "endpoint"])
+def test_secrets_never_printed_or_written(tmp_path, image_folder, echo_hub, credentials):
+    """HF_TOKEN, and a user:password inside HF_ENDPOINT, never appear in what vqgen prints or writes, even from a
+    Hub that echoes every request header back in its error messages."""
+    port, seen = echo_hub
+    secret = SECRET_TOKEN if credentials == "token" else "secretpw"
+    endpoint = (
+        f"http://user:{secret}@127.0.0.1:{port}" if credentials == "endpoint" else f"http://127.0.0.1:{port}"
+    )
+    env = {"HF_ENDPOINT": endpoint, "HF_TOKEN": SECRET_TOKEN, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_IMPLICIT_TOKEN": "0", "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}  # fmt: skip
+    out = tmp_path / "out"
+    runs = [
+        run_cli("generate", "--from", "owner/name", "--out", str(out / "g.png"), env=env),
+        run_cli(
+            "tokenize",
+            "--tokenizer",
+            "owner/name",
+            "--run",
+            str(out / "run"),
+            "--dataset",
+            str(image_folder),
+            *TINY_TOKENIZER_FLAGS,
+            env=env,
+        ),  # fmt: skip
+        run_cli(
+            "tokenize",
+            "--dataset",
+            "owner/dataset",
+            "--run",
+            str(out / "run2"),
+            *TINY_TOKENIZER_FLAGS,
+            env=env,
+        ),  # fmt: skip
+    ]
+    assert seen, "the stand-in Hub was never asked"
+    if credentials == "token":
+        assert any(SECRET_TOKEN in str(h) for h in seen)  # the secret was really in play ...
+    for result in runs:
+        assert_user_error(result)
+        assert secret not in result.stdout + result.stderr, result.stderr  # ... and never shown
+        assert "Bearer" not in result.stderr or "***" in result.stderr
+    if out.exists():
+        assert secret not in all_text_under(out)
+
+
+def test_published_training_state_has_no_local_paths(tmp_path):
+    import torch
+    from vqgen.stages.commands.push import _copy_training_state
+    from vqgen.stages.training import checkpoint as ckpt
+
+    run, home = tmp_path / "run", str(Path.home())
+    config = {
+        "run_dir": str(run), "tokenizer": f"{home}/models/tok", "data": {"dataset": str(tmp_path / "digits")},
+        "codes": "../run/codes", "plugins": ["gan"], "seed": 0, "hub": "owner/name",
+    }  # fmt: skip
+    for folder in (run, run / "prior-gru"):
+        ckpt.write_checkpoint(folder, 2, {"w": torch.zeros(2)}, {}, keep=1)
+        (folder / "run_config.json").write_text(json.dumps(config))
+    out = tmp_path / "upload"
+    placed = _copy_training_state({"tokenizer": run, "prior": run / "prior-gru"}, out)
+    assert set(placed) == {"tokenizer", "prior"}
+    for kind in placed:
+        published = json.loads((out / "training_state" / kind / "run_config.json").read_text())
+        assert published == {
+            "run_dir": "run", "tokenizer": "tok", "data": {"dataset": "digits"}, "codes": "codes",
+            "plugins": ["gan"], "seed": 0, "hub": "owner/name",
+        }  # fmt: skip
+    text = all_text_under(out / "training_state")
+    assert str(tmp_path) not in text and home not in text
+
+
+# --- 4. images changed without a word ----------------------------------------------------------------------------
+
+
+def test_a_16_bit_png_keeps_its_gradient(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from vqgen.stages.data.images import to_array
+
+    ramp = np.tile(
+        np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1)
+    )  # left to right, black to white
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    with Image.open(tmp_path / "ramp.png") as image:
+        assert image.mode.startswith("I")
+        row = to_array(image, 32, 1)[0, 16]
+    assert len(np.unique(row)) > 2 and (np.diff(row.astype(int)) >= 0).all()
+    assert row[0] == 0 and row[-1] == 255
+    assert np.abs(row.astype(int) - (ramp[0] / 257).round()).max() <= 1  # divided by 257: 8-bit values kept
+    for mode in ("I", "I;16"):  # both modes PIL may give a 16-bit PNG, and in RGB as well
+        as_mode = (
+            Image.fromarray(ramp.astype(np.int32)).convert("I") if mode == "I" else Image.fromarray(ramp)
+        )
+        assert (to_array(as_mode, 32, 3)[:, 16] == row).all()
+
+
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (-3.0, 40.0)])
+def test_a_float_tiff_is_scaled_not_clipped(tmp_path, low, high):
+    import numpy as np
+    from PIL import Image
+    from vqgen.stages.data.images import to_array
+
+    ramp = np.tile(np.linspace(low, high, 32, dtype=np.float32), (32, 1))
+    Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tif")
+    with Image.open(tmp_path / "ramp.tif") as image:
+        assert image.mode == "F"
+        row = to_array(image, 32, 1)[0, 16]
+    assert row.max() == 255 and row.min() == 0 and len(np.unique(row)) > 16  # not black, not binarised
+    assert (np.diff(row.astype(int)) >= 0).all()
+    expected = ramp[0] * 255 if (low, high) == (0.0, 1.0) else (ramp[0] - low) / (high - low) * 255
+    assert np.abs(row.astype(int) - expected.round()).max() <= 1
+
+
+def test_a_folder_mixing_class_folders_and_loose_images_warns(tmp_path, image_folder, capsys):
+    import shutil
+
+    from vqgen.stages.data.images import DataConfig, load_image_splits
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(image_folder, mixed)
+    for i, png in enumerate(sorted((mixed / "3").glob("*.png"))[:2]):
+        shutil.copy(png, mixed / f"loose{i}.png")
+    splits = load_image_splits(DataConfig(str(mixed)))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 image(s) at its root have no class folder" in warnings[0], warnings
+    assert "read as unlabelled" in warnings[0]
+    assert splits.num_classes == 0  # as before, but no longer without a word
+    load_image_splits(DataConfig(str(image_folder)))  # a folder of class folders only: labelled, no warning
+    assert "warning" not in capsys.readouterr().err
