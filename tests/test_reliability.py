@@ -272,11 +272,14 @@ def echo_hub():
     class Echo(http.server.BaseHTTPRequestHandler):
         def answer(self):
             seen.append(dict(self.headers))
-            echoed = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+            first = sorted(
+                self.headers.items(), key=lambda kv: kv[0].lower() != "authorization"
+            )  # before any cut
+            echoed = "; ".join(f"{k}: {v}" for k, v in first)
             body = json.dumps({"error": f"bad request {self.path} with headers {echoed}"}).encode()
-            self.send_response(400)
+            self.send_response(401)  # its message names the URL too (with any user:password in it)
             self.send_header("Content-Type", "application/json")
-            self.send_header("X-Error-Message", f"bad request with headers {echoed}")
+            self.send_header("X-Error-Message", f"headers {echoed}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":

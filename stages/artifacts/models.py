@@ -230,7 +230,7 @@ def load_model(cls: type, path: str | Path, kind: str, config: dict | None = Non
     weights = local / WEIGHTS if local.is_dir() else _hub_file(str(path), WEIGHTS, **hub_kwargs)
     header = _read_header(path, weights)
     numel = sum(math.prod(shape) for shape, _ in header.values())
-    limits = dict(limit_tensors=2 * len(header) + 64, limit_numel=2 * numel + (1 << 20))
+    limits = dict(limit_tensors=2 * len(header) + 64, limit_numel=2 * numel + (1 << 22))
     try:
         try:
             skeleton = _guarded_build(cls, config, meta=True, **limits)

@@ -194,7 +194,7 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> Path:
 
 
 def _check_and_clear(path: Path, overwrite: bool, resume: bool) -> None:
-    contents = _contents(path)
+    contents = _contents(path) if path.is_dir() else []  # not there yet for a process that took no lock
     if contents:
         if resume:
             return
@@ -212,6 +212,7 @@ def _check_and_clear(path: Path, overwrite: bool, resume: bool) -> None:
     elif resume:
         raise UserError(f"--resume: {path} holds no run to continue")
     try:
+        path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
         probe.write_text("")
         probe.unlink()
