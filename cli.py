@@ -49,7 +49,7 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     finish,
     training_options,
 )
-from vqgen.stages.core.errors import UserError  # noqa: E402
+from vqgen.stages.core.errors import UserError, redact  # noqa: E402
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
@@ -398,7 +398,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(2)
     except TrainingStopped as exc:
         typer.echo(f"error: {exc}", err=True)

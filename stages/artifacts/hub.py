@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vqgen.stages.core.errors import UserError, one_line, read_json_object
+from vqgen.stages.core.errors import UserError, one_line, read_json_object, redact
 
 UNSAFE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHTS = "model.safetensors"
@@ -41,11 +41,12 @@ def ensure_hub_reachable(what: str) -> None:
         return
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
+    where = f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")  # never user:password
     try:
         socket.create_connection((url.hostname, port), timeout=5).close()
     except OSError as exc:
         raise UserError(
-            f"{what}: cannot reach the Hugging Face Hub at {url.scheme}://{url.netloc} ({exc.strerror or exc}); "
+            f"{what}: cannot reach the Hugging Face Hub at {where} ({redact(exc.strerror or exc)}); "
             "check your network, set HF_HUB_OFFLINE=1 to use the local cache, or pass a local path"
         ) from None
 
@@ -57,8 +58,8 @@ def _hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
     ensure_hub_reachable(repo_id)
     try:
         return Path(hf_hub_download(repo_id, filename, **hub_kwargs))
-    except Exception as exc:  # offline, unknown repo, missing file: one line (the token is never part of it)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except Exception as exc:  # offline, unknown repo, missing file: one line, redacted
+        first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         raise UserError(
             f"{repo_id}: could not fetch {filename} from the Hugging Face Hub ({first})"
         ) from None
@@ -119,7 +120,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
             raise unreachable from None
     try:
         return Path(snapshot_download(repo_id, **kwargs))
-    except Exception as exc:  # offline, unknown repo or revision: one line (the token is never part of it)
+    except Exception as exc:  # offline, unknown repo or revision: one line, redacted (one_line redacts)
         at = f" at revision {revision}" if revision else ""
         raise UserError(
             f"{repo_id}: could not fetch it{at} from the Hugging Face Hub ({one_line(exc)})"

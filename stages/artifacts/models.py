@@ -8,6 +8,7 @@ disk or a crash never leaves a half-written `model.safetensors` under its final 
 """
 
 import json
+import math
 import os
 import shutil
 import types
@@ -91,23 +92,167 @@ def config_class_of(cls: type) -> type:
     return hint
 
 
+class _TooLarge(Exception):
+    """Raised from inside a model's __init__ as soon as it has registered more than its weights file holds."""
+
+
+def _read_header(path: str | Path, weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{tensor name: (shape, dtype)} from the safetensors header alone: no tensor is read."""
+    import safetensors
+
+    try:
+        with safetensors.safe_open(str(weights), "pt") as f:
+            header = {}
+            for key in f.keys():  # noqa: SIM118 (a safe_open handle is no dict)
+                sl = f.get_slice(key)
+                header[key] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+            return header
+    except Exception as exc:  # truncated, corrupt, not a safetensors file
+        raise UserError(f"{path}: could not load {WEIGHTS} ({one_line(exc)})") from None
+
+
+_DTYPES = {  # torch dtype -> the safetensors header's name for it
+    "float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+}  # fmt: skip
+
+
+def _header_dtype(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return _DTYPES.get(name, name.upper())
+
+
+def _guarded_build(cls: type, config, limit_tensors: int, limit_numel: int, meta: bool):
+    """`cls(config)` (on the meta device when `meta`: no memory), aborted with _TooLarge as soon as it registers
+    more tensors or numbers than `limit_*`: a config.json edited to a million layers is refused after a few of
+    them instead of being built."""
+    import torch
+    from torch.nn.modules import module as nn_module
+
+    seen = [0, 0]
+
+    def count(module, name, tensor):
+        if tensor is None:
+            return
+        seen[0] += 1
+        seen[1] += tensor.numel()
+        if seen[0] > limit_tensors or seen[1] > limit_numel:
+            raise _TooLarge(f"{seen[0]} tensors holding {seen[1]} numbers so far")
+
+    hooks = (
+        nn_module.register_module_parameter_registration_hook(count),
+        nn_module.register_module_buffer_registration_hook(count),
+    )
+    try:
+        if meta:
+            with torch.device("meta"):
+                return cls(config)
+        return cls(config)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _tied_groups(model) -> list[list[str]]:
+    """State-dict names grouped by the tensor they share (tied weights are stored once in a safetensors file)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return list(groups.values())
+
+
+def _compare(path, model, header: dict) -> None:
+    """The model's state dict against the file's header: names, shapes and dtypes, each mismatch one line."""
+    state = model.state_dict(keep_vars=True)
+    missing, expected = [], set()
+    for group in _tied_groups(model):
+        present = [n for n in group if n in header]
+        expected.update(group)
+        if not present:
+            missing.append(group[0])
+    unexpected = sorted(set(header) - expected)
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    if missing or unexpected:
+        parts = ([f"missing tensor(s) {names(missing)}"] if missing else []) + (
+            [f"unexpected tensor(s) {names(unexpected)}"] if unexpected else []
+        )
+        raise UserError(
+            f"{path}: could not load {WEIGHTS} (it does not match config.json: {'; '.join(parts)})"
+        )
+    for name, (shape, dtype) in header.items():
+        want = state[name]
+        if tuple(want.shape) != shape:
+            raise UserError(
+                f"{path}: could not load {WEIGHTS} (size mismatch for {name}: the file holds shape {list(shape)}, "
+                f"config.json makes {list(want.shape)})"
+            )
+        if _header_dtype(want.dtype) != dtype:
+            raise UserError(
+                f"{path}: {WEIGHTS} tensor {name} is {dtype}, the model stores it as {_header_dtype(want.dtype)}; "
+                "vqgen loads float32 weights only (convert the file, or re-save the model with vqgen)"
+            )
+
+
+def _check_finite(path, weights: Path, header: dict) -> None:
+    """Every floating tensor of the file holds finite numbers only; read one tensor at a time."""
+    import safetensors
+    import torch
+
+    with safetensors.safe_open(str(weights), "pt") as f:
+        for name in header:
+            tensor = f.get_tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise UserError(
+                    f"{path}: {WEIGHTS} tensor {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                    "the weights are broken (a diverged training or a damaged file)"
+                )
+
+
 def load_model(cls: type, path: str | Path, kind: str, config: dict | None = None, **hub_kwargs):
-    """`cls(config)` with its weights, from a folder or Hub id: config.json (or `config`, already read from it)
-    checked against the config class, weights read from model.safetensors only and required to match the model's
-    parameters and buffers exactly."""
+    """`cls(config)` with its weights, from a folder or Hub id, checked before anything is built:
+
+    1. config.json (or `config`, already read from it) is checked field by field against the config class;
+    2. the safetensors header is read (names, shapes, dtypes; no tensor data);
+    3. the model is built on the meta device (no memory), aborted as soon as it registers more tensors or numbers
+       than twice what the file holds (a config.json edited to a million layers is refused at once);
+    4. its state dict is compared with the header: every name, shape and dtype must match (floating weights are
+       float32; integer and bool buffers keep the dtype the model gives them);
+    5. every floating tensor must be finite; only then is the model built for real and the weights loaded."""
     import safetensors.torch
 
     data = read_config(path, **hub_kwargs) if config is None else config
     config = build_config(config_class_of(cls), data, str(path))
-    try:
-        model = cls(config)
-    except Exception as exc:  # values of the right type that still make no model (a negative size, ...)
-        raise UserError(f"{path}: config.json does not describe a valid {kind} ({one_line(exc)})") from None
     local = Path(path).expanduser()
     weights = local / WEIGHTS if local.is_dir() else _hub_file(str(path), WEIGHTS, **hub_kwargs)
+    header = _read_header(path, weights)
+    numel = sum(math.prod(shape) for shape, _ in header.values())
+    limits = dict(limit_tensors=2 * len(header) + 64, limit_numel=2 * numel + (1 << 22))
+    try:
+        try:
+            skeleton = _guarded_build(cls, config, meta=True, **limits)
+        except _TooLarge:
+            raise
+        except Exception:  # a model whose __init__ needs real tensors: build it for real, still guarded
+            skeleton = None
+        _compare(path, skeleton or _guarded_build(cls, config, meta=False, **limits), header)
+        _check_finite(path, weights, header)
+        model = _guarded_build(cls, config, meta=False, **limits)
+    except _TooLarge as exc:
+        raise UserError(
+            f"{path}: config.json describes a {kind} far larger than {WEIGHTS} ({len(header)} tensors, {numel} "
+            f"numbers; building stopped at {exc}); was config.json edited, or the weights replaced?"
+        ) from None
+    except UserError:
+        raise
+    except Exception as exc:  # values of the right type that still make no model (a negative size, ...)
+        raise UserError(f"{path}: config.json does not describe a valid {kind} ({one_line(exc)})") from None
     try:
         safetensors.torch.load_model(model, str(weights), strict=True, device="cpu")
-    except Exception as exc:  # truncated, corrupt, or weights of another model
+    except Exception as exc:  # corrupt data past the header, or weights of another model
         raise UserError(f"{path}: could not load {WEIGHTS} ({one_line(exc)})") from None
     return model.eval()
 

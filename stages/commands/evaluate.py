@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vqgen.stages.artifacts.runs import hold_lock, locked_command
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json, write_text
 from vqgen.stages.data.eval_images import load_test_images
@@ -107,6 +108,7 @@ def validate(cfg: EvaluateConfig) -> None:
         raise UserError("--classifier-epochs and --classifier-width must be at least 1")
 
 
+@locked_command
 def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     """Evaluate RUN's tokenizer and priors; writes RUN/eval/metrics.json and report.md; returns the metrics."""
     from vqgen.stages.artifacts.models import load_tokenizer
@@ -115,6 +117,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     run = Path(cfg.run_dir)
     data_cfg = run_data_config(run)
     out = run / "eval"
+    hold_lock(out)  # RUN/eval stays locked while the command runs
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
     device = resolve_device(cfg.device)
@@ -216,6 +219,7 @@ def _compare_rows(targets: list[tuple[Path, str | None]], evaluated: dict, multi
     return rows
 
 
+@locked_command
 def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
     """One side-by-side table (compare.md, compare.json) and a quality-vs-speed plot (compare.png) over the
     priors named by cfg.paths; runs without RUN/eval/metrics.json (or all, with --overwrite) are evaluated first."""
@@ -228,6 +232,7 @@ def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
     if cfg.out is None and len(runs) > 1:
         raise UserError("--out is needed to compare several runs (the folder for compare.md and compare.png)")
     out = Path(cfg.out) if cfg.out else runs[0] / "eval"
+    hold_lock(out)
     if (out / "compare.md").exists() and not cfg.evaluate.overwrite:
         raise UserError(f"{out / 'compare.md'} already exists; pass --overwrite or choose another --out")
     evaluated = {}

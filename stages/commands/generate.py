@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.artifacts.runs import hold_lock, holds_files, locked_command
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.evaluation import metrics as M
@@ -115,7 +116,7 @@ def manifest_settings(
 
 def prepare_output(out: Path, folder: Path, manifest: Path, settings: dict, cfg: GenerateConfig) -> None:
     """Refuse to overwrite without --overwrite, check a --resume against the manifest, and write the manifest."""
-    exists = out.exists() or folder.exists() or manifest.exists()
+    exists = out.exists() or holds_files(folder) or manifest.exists()  # its lock file aside
     if cfg.resume:
         if not manifest.is_file():
             raise UserError(f"--resume: {manifest} does not exist, so there is no generation to continue")
@@ -154,6 +155,7 @@ def _remove_images(folder: Path) -> None:
             p.unlink()
 
 
+@locked_command
 def run_generate(cfg: GenerateConfig) -> dict:
     """Sample and decode cfg.n images chunk by chunk, writing each as soon as it exists (see the module docstring)."""
     prior = load_prior(cfg.prior)
@@ -170,6 +172,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
     prior.eval()
     tokenizer.eval()
     try:
+        hold_lock(folder)  # the output folder stays locked while the command runs
         prepare_output(out, folder, manifest, settings, cfg)
         chunks = [names[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
         todo = [c for c, chunk in enumerate(chunks) if not all((folder / name).is_file() for name in chunk)]

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 import vqgen
 from PIL import Image
-from vqgen.stages.artifacts.card import CardInputs, build_card, check_card, component_card, eval_results
+from vqgen.stages.artifacts.card import (
+    CardInputs,
+    build_card,
+    check_card,
+    component_card,
+    eval_results,
+    redact_paths,
+)
 from vqgen.stages.artifacts.hub import check_hub_id, ensure_hub_reachable
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
@@ -91,8 +98,8 @@ def _copy_training_state(run_dirs: dict[str, Path], out: Path) -> dict[str, str]
             continue
         dst = out / "training_state" / kind
         shutil.copytree(newest, dst / newest.name)
-        if (run_dir / "run_config.json").is_file():
-            shutil.copyfile(run_dir / "run_config.json", dst / "run_config.json")
+        if (run_dir / "run_config.json").is_file():  # published without local paths (their last part only)
+            write_json(redact_paths(_read_json(run_dir / "run_config.json")), dst / "run_config.json")
         placed[kind] = f"training_state/{kind}/{newest.name}"
     if not placed:
         where = " or ".join(str(d / ckpt.CHECKPOINT_DIR) for d in run_dirs.values())

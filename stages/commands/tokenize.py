@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from vqgen.stages.artifacts.codes import write_codes
 from vqgen.stages.artifacts.models import save_model
-from vqgen.stages.artifacts.runs import prepare_run_dir
+from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
@@ -152,6 +152,7 @@ def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> 
     return trainer.accelerator.unwrap_model(trainer.model), trainer, start_step
 
 
+@locked_command  # RUN stays locked while the command runs (stages/artifacts/runs.py)
 def run_tokenize(cfg: TokenizeConfig) -> dict:
     """The whole of stage one; returns the metrics written to RUN/metrics.json."""
     from accelerate import Accelerator

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
-from vqgen.stages.artifacts.runs import prepare_run_dir
+from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
@@ -105,6 +105,7 @@ class PriorTask:
         )
 
 
+@locked_command  # the prior folder stays locked while the command runs
 def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model

@@ -1,14 +1,46 @@
-"""The one exception type for a user's mistake: the CLI prints its message on one line and exits with code 2."""
+"""The one exception type for a user's mistake: the CLI prints its message on one line and exits with code 2.
+
+Every message that leaves the program goes through `redact`: a Hugging Face token, an `Authorization:` or
+`Bearer` value, or a user and password inside a URL is never printed, whatever a library put into its message.
+"""
+
+import re
+
+_SECRETS = (
+    # credentials inside a URL: scheme://user:password@host -> scheme://***@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*(?::[^/\s@]*)?@"), r"\1***@"),
+    # an Authorization header (any scheme) and a bare Bearer value
+    (
+        re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:(?:bearer|basic|token)\s+)?[^\s'\",;}]+"),
+        r"\1***",
+    ),
+    (re.compile(r"(?i)\b(bearer\s+)[^\s'\",;}]+"), r"\1***"),
+    # Hugging Face tokens (hf_..., and the api_org_... organisation tokens)
+    (re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{6,}"), "***"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret it may hold replaced by `***`: Hugging Face tokens, Authorization and Bearer
+    values, and the user:password part of URLs."""
+    text = str(text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class UserError(Exception):
-    """Bad input from the user: a wrong path, flag, value or a mismatched checkpoint. Never a bug of ours."""
+    """Bad input from the user: a wrong path, flag, value or a mismatched checkpoint. Never a bug of ours.
+    Its message is redacted (see `redact`) when it is made."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """`TypeName: message` squeezed onto one line and cut to `limit` characters, for wrapping a library's
     exception (often several lines long) into a UserError."""
-    text = " ".join(str(exc).split()) or "no details"
+    text = " ".join(redact(str(exc)).split()) or "no details"
     text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -2,8 +2,9 @@
 
 Every source becomes two `datasets.Dataset` splits (train, held-out) with a `pixels` column of uint8 arrays
 (C, S, S) and an integer `label` column (-1 where there is no label). Images are converted to the configured
-channels (RGBA and palette images are converted, not rejected), fitted inside S x S keeping their aspect ratio
-and padded to a square, once, by `Dataset.map` (cached on disk by `datasets`, memory-mapped rather than loaded).
+channels (RGBA and palette images are converted, not rejected; 16-bit and float images are scaled to 8 bits, never
+clipped: `to_8bit`), fitted inside S x S keeping their aspect ratio and padded to a square, once, by
+`Dataset.map` (cached on disk by `datasets`, memory-mapped rather than loaded).
 Unreadable images are skipped and counted; a source with no readable image is an error.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.errors import UserError, redact
 
 EMBEDDED = "mnist5k"
 ASSETS = Path(__file__).parent / "assets"
@@ -49,8 +50,37 @@ class ImageSplits:
         return len(self.class_names)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or float greyscale image as 8-bit "L", its range scaled rather than clipped (PIL's own `convert`
+    clips, so a 16-bit PNG came out nearly binary and a float TIFF in [0, 1] black):
+    - 16-bit (modes I;16*, and I, which PIL gives some 16-bit PNGs): 0..65535 -> 0..255, value / 257 rounded
+      (values outside 0..65535 are clipped to it first);
+    - float (mode F): an image whose values all lie in [0, 1] is scaled by 255; any other is scaled from its own
+      [min, max] to 0..255 (a constant image becomes 0); NaN counts as 0, infinities are clipped to the finite range.
+    Other modes are returned unchanged."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        values = np.clip(np.nan_to_num(values, nan=min(max(lo, 0.0), hi)), lo, hi)
+        if lo >= 0 and hi <= 1:
+            values = values * 255
+        else:
+            values = (values - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(values)
+    else:
+        return image
+    return Image.fromarray(np.round(values).astype(np.uint8), "L")
+
+
 def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """A PIL image -> (C, size, size) uint8: mode converted, fitted inside the square, padded with black."""
+    """A PIL image -> (C, size, size) uint8: mode converted (16-bit and float images scaled to 8 bits, see
+    `to_8bit`), fitted inside the square, padded with black."""
+    image = to_8bit(image)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
@@ -153,6 +183,14 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
         raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     parents = sorted({f.parent.relative_to(path).as_posix() for f in files})
     labelled = all(p != "." for p in parents)
+    if not labelled and len(parents) > 1:  # class folders beside loose images at the root
+        loose = sum(f.parent == path for f in files)
+        print(
+            f"warning: --dataset {path}: {loose} image(s) at its root have no class folder, so they have no label and "
+            f"the whole folder is read as unlabelled (its {len(parents) - 1} class folder(s) are not used as "
+            "labels); move them into a class folder, or out of the dataset, to keep the labels",
+            file=sys.stderr,
+        )
     class_names = parents if labelled else []
     labels = [parents.index(f.parent.relative_to(path).as_posix()) if labelled else -1 for f in files]
     ds = Dataset.from_dict({"image": [{"path": str(f), "bytes": None} for f in files], "label": labels})
@@ -173,7 +211,7 @@ def load_hub(cfg: DataConfig) -> ImageSplits:
         try:
             return load_dataset(cfg.dataset, split=split, revision=cfg.revision)
         except Exception as exc:  # offline, missing repo, missing split: one line, no retries stack
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"--dataset {cfg.dataset!r}: could not load split {split!r} from the Hugging Face Hub ({first}); "
                 "check the id and your network, or pass a local folder"
