@@ -149,3 +149,18 @@ def test_pixelcnn_layers_cover_the_grid():
         seen = inputs["e"].grad[0].abs().sum(-1) != 0  # (H, W): positions the logits depend on
         earlier = torch.arange(G * G).view(G, G) < ti * G + tj
         assert bool(seen[earlier].all()) and not bool(seen[~earlier].any()), (ti, tj)
+
+
+def test_long_grid_benchmark_runs_in_tiny_mode(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import long_grids
+
+    result = long_grids.main(["--tiny", "--json", str(tmp_path / "out.json")])
+    assert (tmp_path / "out.json").is_file()
+    for grid in result["results"].values():
+        cached = [r for r in grid["sampling"] if r["sampler"] == "cached"]
+        assert cached and all(r["same_as_naive"] for r in cached)
+        assert {r["prior"] for r in grid["train"]} == set(PRIORS.names())
