@@ -88,21 +88,25 @@ def tokenize(
     image_column: Annotated[str, typer.Option(help="Hub datasets: image column.")] = "image",
     label_column: Annotated[str, typer.Option(help="Hub datasets: label column ('' for none).")] = "label",
     revision: Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")] = None,
-    image_size: Annotated[int, typer.Option(help="Images are fitted and padded to this square size.")] = 28,
-    channels: Annotated[int, typer.Option(help="1 = grey, 3 = RGB.")] = 1,
+    image_size: Annotated[
+        int, typer.Option(min=4, max=4096, help="Images are fitted and padded to this square size.")
+    ] = 28,
+    channels: Annotated[int, typer.Option(min=1, max=3, help="1 = grey, 3 = RGB.")] = 1,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
-    codebook_size: Annotated[int, typer.Option(help="Number of codes.")] = 512,
+    codebook_size: Annotated[int, typer.Option(min=2, max=2**20, help="Number of codes.")] = 512,
     code_dim: Annotated[
-        int, typer.Option(min=1, help="Codebook vector size (low-dimensional projection).")
+        int, typer.Option(min=1, max=4096, help="Codebook vector size (low-dimensional projection).")
     ] = 16,
-    downsample: Annotated[int, typer.Option(help="Spatial downsampling factor (a power of two).")] = 4,
+    downsample: Annotated[
+        int, typer.Option(min=1, max=256, help="Spatial downsampling factor (a power of two).")
+    ] = 4,
     base_channels: Annotated[
-        int, typer.Option(min=1, help="Encoder width after the first downsampling.")
+        int, typer.Option(min=1, max=4096, help="Encoder width after the first downsampling.")
     ] = 32,
     res_blocks: Annotated[
-        int, typer.Option(min=0, help="Residual blocks on the code grid (encoder and decoder).")
+        int, typer.Option(min=0, max=64, help="Residual blocks on the code grid (encoder and decoder).")
     ] = 2,
     codebook_update: Annotated[
         CodebookUpdate, typer.Option(help="EMA or gradient codebook updates.")
@@ -111,7 +115,7 @@ def tokenize(
         CodebookInit, typer.Option(help="Codebook initialisation.")
     ] = CodebookInit.kmeans,
     cosine: Annotated[bool, typer.Option(help="l2-normalised (cosine) codes.")] = False,
-    beta: Annotated[float, typer.Option(min=0.0, help="Commitment loss weight.")] = 0.25,
+    beta: Annotated[float, typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")] = 0.25,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
     overwrite: Overwrite = False,
@@ -209,9 +213,9 @@ def generate(
     label: Annotated[
         list[int], typer.Option("--label", help="Class to sample (repeatable; default: a row per class).")
     ] = [],  # noqa: B006
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    n: Annotated[int, typer.Option("--n", min=1, max=10**8, help="Number of images.")] = 100,
     temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Keep the k most likely codes.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=1, help="Keep the k most likely codes.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
     cfg_scale: Annotated[
         Optional[float],
@@ -222,7 +226,9 @@ def generate(
     cfg_schedule: Annotated[
         str, typer.Option(help="Guidance over the positions: constant, linear (ramps up) or power.")
     ] = "constant",
-    cfg_power: Annotated[float, typer.Option(help="Exponent of the power schedule.")] = 1.0,
+    cfg_power: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Exponent of the power schedule.")
+    ] = 1.0,
     cfg_interval: Annotated[
         tuple[float, float],
         typer.Option(help="Guide only positions whose fraction of the grid lies in [LO, HI)."),
@@ -232,7 +238,10 @@ def generate(
         Optional[Path], typer.Option(help="Grid PNG (default: PRIOR/generated.png); images go beside it.")
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Images sampled, decoded and written per chunk (memory stays bounded).")
+        int,
+        typer.Option(
+            min=1, max=65536, help="Images sampled, decoded and written per chunk (memory stays bounded)."
+        ),
     ] = 100,
     overwrite: Overwrite = False,
     resume: Annotated[
@@ -325,20 +334,25 @@ def evaluate(
         Optional[Path],
         typer.Option(help="Evaluate on this folder of images or MNIST idx files, not the held-out split."),
     ] = None,
-    n_samples: Annotated[int, typer.Option(min=1, help="Images sampled per prior.")] = 1000,
+    n_samples: Annotated[int, typer.Option(min=1, max=10**7, help="Images sampled per prior.")] = 1000,
     cfg_scale: Annotated[
-        float, typer.Option(help="Classifier-free guidance for class-conditional priors (as generate).")
+        float,
+        typer.Option(
+            min=-100.0, max=100.0, help="Classifier-free guidance for class-conditional priors (as generate)."
+        ),
     ] = DEFAULT_CFG_SCALE,
     seed: Seed = 0,
     features: Annotated[
         FeatureChoice, typer.Option(help="FID features: Inception if it loads (auto), else the classifier.")
     ] = FeatureChoice.auto,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images or samples per batch.")] = 250,
+    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images or samples per batch.")] = 250,
     classifier_epochs: Annotated[
-        int, typer.Option(min=1, help="Training epochs of the feature classifier.")
+        int, typer.Option(min=1, max=10000, help="Training epochs of the feature classifier.")
     ] = 30,
-    classifier_width: Annotated[int, typer.Option(min=1, help="Width of the feature classifier.")] = 32,
+    classifier_width: Annotated[
+        int, typer.Option(min=1, max=4096, help="Width of the feature classifier.")
+    ] = 32,
     out: Annotated[
         Optional[Path], typer.Option(help="--compare: output folder (default RUN/eval for one run).")
     ] = None,

@@ -84,7 +84,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, imag
     "args,fragments",
     [
         (("--image-size", "30"), ("not divisible",)),
-        (("--codebook-size", "1"), ("at least 2",)),
+        (("--codebook-size", "1"), ("--codebook-size", "greater than or equal to 2")),
         (("--downsample", "3"), ("power of two",)),
         (("--plugin", "no-such-plugin"), ("unknown plugin", "no-such-plugin")),
         (("--dataset", "/definitely/missing/folder"), ("no such folder",)),

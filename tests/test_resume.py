@@ -340,7 +340,7 @@ def test_generate_killed_after_the_first_chunk_resumes_to_the_same_files(tmp_pat
 
     cli_in_process(*args, "--out", str(out), "--resume")
     cli_in_process(*args, "--out", str(reference))
-    assert files(out) == files(reference) and len(files(out)) == n + 2
+    assert files(out) == files(reference) and len(files(out)) == n + 2 + n // chunk  # + one record per chunk
 
 
 def test_generate_crash_mid_chunk_then_resume(tmp_path, gru_prior, monkeypatch):
@@ -368,8 +368,37 @@ def test_generate_crash_mid_chunk_then_resume(tmp_path, gru_prior, monkeypatch):
 
     cli_in_process(*args, "--out", str(out), "--resume")
     cli_in_process(*args, "--out", str(reference))
-    assert files(out) == files(reference) and len(files(out)) == 62
+    assert (
+        files(out) == files(reference) and len(files(out)) == 62 + 4
+    )  # 60 images, grid, manifest, 4 records
     assert json.loads(out.with_suffix(".json").read_text())["complete"] is True
     with pytest.raises(UserError, match="already complete"):
         cli_in_process(*args, "--out", str(out), "--resume")
     shutil.rmtree(reference.parent)
+
+
+def test_generate_resume_redoes_a_chunk_whose_image_was_damaged(tmp_path, gru_prior, monkeypatch):
+    """--resume keeps only images it can verify (size and sha256 in each chunk's record)."""
+    from vqgen.stages.commands import generate as G
+
+    args = ["generate", "--prior", str(gru_prior), "--n", "48", "--batch-size", "16", "--label", "2"]
+    out, reference = tmp_path / "damaged.png", tmp_path / "reference" / "damaged.png"
+    save_png, written = G.save_png, []
+
+    def crash_in_the_third_chunk(image, path):
+        if len(written) == 40:
+            raise RuntimeError("killed")
+        written.append(path)
+        save_png(image, path)
+
+    monkeypatch.setattr(G, "save_png", crash_in_the_third_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        cli_in_process(*args, "--out", str(out))
+    monkeypatch.setattr(G, "save_png", save_png)
+    folder = out.with_suffix("")
+    victim = folder / "00003_label2.png"  # chunk 0, complete and recorded
+    victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")  # same size, other bytes
+    (folder / "00020_label2.png").unlink()  # chunk 1, recorded, one image gone
+    cli_in_process(*args, "--out", str(out), "--resume")
+    cli_in_process(*args, "--out", str(reference))
+    assert files(out) == files(reference)

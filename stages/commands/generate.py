@@ -66,7 +66,27 @@ def validate(cfg: GenerateConfig, prior: Prior) -> torch.Tensor | None:
 
 GRID_MAX_PER_ROW = 10  # the grid PNG shows at most this many images per row ...
 GRID_MAX_ROWS = 10  # ... and this many rows, except with one row per class
-OWN_FILE = re.compile(r"\.?\d+(_label\d+)?\.png(\.\w+\.tmp)?")  # an image written here, or its temporary file
+# an image written here, its temporary file, or a chunk's record of what it wrote (and that record's temporary file)
+OWN_FILE = re.compile(r"(\.?\d+(_label\d+)?\.png|\.chunk-\d+\.json)(\.\w+\.tmp)?")
+
+
+def _record_path(folder: Path, c: int) -> Path:
+    return folder / f".chunk-{c:06d}.json"
+
+
+def _digest(path: Path) -> list:
+    data = path.read_bytes()
+    return [len(data), hashlib.sha256(data).hexdigest()]
+
+
+def chunk_intact(folder: Path, c: int, names: list[str]) -> bool:
+    """Whether chunk c's images are all there, each with the size and sha256 its record says: a resumed run
+    keeps only what it can verify, and redoes a chunk with a missing, truncated or altered image."""
+    try:
+        record = json.loads(_record_path(folder, c).read_text())
+        return all((folder / name).is_file() and record.get(name) == _digest(folder / name) for name in names)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def image_names(n: int, labels: torch.Tensor | None) -> list[str]:
@@ -175,7 +195,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         hold_lock(folder)  # the output folder stays locked while the command runs
         prepare_output(out, folder, manifest, settings, cfg)
         chunks = [names[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-        todo = [c for c, chunk in enumerate(chunks) if not all((folder / name).is_file() for name in chunk)]
+        todo = [c for c, chunk in enumerate(chunks) if not chunk_intact(folder, c, chunk)]
         done_images = n - sum(len(chunks[c]) for c in todo)
         seconds = _write_chunks(cfg, prior, tokenizer, labels, names, folder, todo, done_images)
         class_rows = labels is not None and not cfg.labels and n >= prior.config.num_classes
@@ -204,8 +224,10 @@ def _write_chunks(
         for c, grids in sample_chunks(prior, n, cfg.batch_size, labels, cfg.sampling, cfg.seed, todo):
             seconds += time.perf_counter() - start
             lo = c * cfg.batch_size
-            for name, image in zip(names[lo : lo + len(grids)], to_pil(decode(tokenizer, grids))):
+            written = names[lo : lo + len(grids)]
+            for name, image in zip(written, to_pil(decode(tokenizer, grids))):
                 save_png(image, folder / name)
+            write_json({name: _digest(folder / name) for name in written}, _record_path(folder, c))
             bar.update(len(grids))
             start = time.perf_counter()
     return seconds

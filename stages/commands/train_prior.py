@@ -115,6 +115,8 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
     out_dir = Path(cfg.out) if cfg.out else codes_dir.resolve().parent / f"prior-{cfg.prior}"
     tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
+    if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
+        raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     set_seed(cfg.train.seed)
     model = build_prior(cfg.prior, codes.meta, cfg.prior_options)

@@ -23,7 +23,10 @@ class Precision(str, Enum):
 Run = Annotated[
     Path, typer.Option("--run", help="Run folder: checkpoints, samples, metrics and outputs go here.")
 ]
-Seed = Annotated[int, typer.Option(help="Random seed (data order, initialisation, sampling).")]
+MAX_SEED = 2**32 - 1  # numpy and torch seeds are 32-bit on some paths: one range everywhere
+Seed = Annotated[
+    int, typer.Option(min=0, max=MAX_SEED, help="Random seed (data order, initialisation, sampling).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --run.")]
 Resume = Annotated[
     bool,
@@ -56,6 +59,16 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
         1,
     ),
 }
+# Largest sane values: beyond them a run is a typo (a learning rate of 1e5) or cannot be allocated.
+TRAIN_MAXIMA = {
+    "steps": 10**9,
+    "batch_size": 2**20,
+    "lr": 1.0,
+    "weight_decay": 10.0,
+    "grad_accum": 2**16,
+    "seed": MAX_SEED,
+}
+
 # Config field names whose command-line option is spelled otherwise.
 FLAG_OF_FIELD = {
     "run_dir": "run", "num_res_blocks": "res_blocks", "update": "codebook_update", "init": "codebook_init",

@@ -71,6 +71,10 @@ def environment_error(exc: OSError) -> str | None:
             f"{exc.strerror or 'no space left'}{where}; free some space and run again "
             "(training continues from its last complete checkpoint with --resume)"
         )
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename:
+        return f"{exc.filename}: a file stands where a folder is needed; choose another path"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"a path is too long{where}; choose a shorter one"
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{exc.strerror or 'not permitted'}{where}; choose a folder you can write to, or fix its permissions"
     return None
