@@ -430,3 +430,41 @@ def test_a_folder_mixing_class_folders_and_loose_images_warns(tmp_path, image_fo
     assert splits.num_classes == 0  # as before, but no longer without a word
     load_image_splits(DataConfig(str(image_folder)))  # a folder of class folders only: labelled, no warning
     assert "warning" not in capsys.readouterr().err
+
+
+# --- numbers in range, paths that stay inside their folders ----------------------------------------------------
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["tokenize", "--seed", "-1"], "--seed"),
+        (["tokenize", "--seed", str(2**32)], "--seed"),
+        (["tokenize", "--lr", "1e5"], "--lr"),
+        (["tokenize", "--image-size", "100000"], "--image-size"),
+        (["generate", "--n", str(10**12)], "--n"),
+        (["generate", "--cfg-power", "-1"], "--cfg-power"),
+        (["evaluate", "--n-samples", str(10**9)], "--n-samples"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line(args, fragment, tmp_path):
+    assert_user_error(run_cli(*args, cwd=tmp_path), fragment)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_a_file_where_a_folder_is_needed_is_one_line(tmp_path, image_folder):
+    (tmp_path / "file").write_text("")
+    result = run_cli("tokenize", "--dataset", str(image_folder), "--run", str(tmp_path / "file" / "run"))
+    assert_user_error(result, "file")
+
+
+def test_paths_in_index_files_stay_inside_their_folder(tmp_path):
+    from vqgen.stages.artifacts.published import INDEX_FILE, locate
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "config.json").write_text("{}")
+    pub = tmp_path / "published"
+    pub.mkdir()
+    (pub / INDEX_FILE).write_text(
+        json.dumps({"format": 1, "tokenizer": "../elsewhere", "prior": "../elsewhere"})
+    )
+    with pytest.raises(UserError, match="outside the folder"):
+        locate(pub)
