@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json, write_text
 from vqgen.stages.data.eval_images import load_test_images
@@ -44,14 +45,6 @@ Log = Callable[[str], None]
 
 
 # --- the run and its data ------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
 def run_data_config(run: Path) -> DataConfig:
     """The data settings the run was made with (RUN/run_config.json), or a one-line error."""
     if not run.is_dir():

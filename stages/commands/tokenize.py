@@ -50,6 +50,7 @@ class TokenizerTask:
 
     stage = "tokenizer"
     progress_keys = ("psnr", "usage", "perplexity")
+    channels_last = True  # the trainer converts the model (and get_batch the images) to NHWC on CUDA
 
     def __init__(self, model: VQVAE, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
         self.model = model
@@ -66,22 +67,29 @@ class TokenizerTask:
 
     def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
         if self.pixels is not None:
-            return to_float(self.pixels[indices]).to(device)
-        rows = self.dataset[indices.tolist()]["pixels"]
-        return to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
+            images = to_float(self.pixels[indices]).to(device)
+        else:
+            rows = self.dataset[indices.tolist()]["pixels"]
+            images = to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
+        if torch.device(device).type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def compute_loss(self, model, batch):
+        """The loss and the step's metrics, all tensors on the device: nothing is read back here (the trainer
+        reads the metrics at its log steps only)."""
         out = model(batch)
         loss = out.recon_loss + out.vq_loss
         with torch.no_grad():
-            used = out.codes.unique().numel() / model_config(model).quantizer.codebook_size
+            k = model_config(model).quantizer.codebook_size
+            hit = torch.zeros(k, device=out.codes.device).index_fill_(0, out.codes.reshape(-1), 1.0)
             metrics = {
-                "recon_loss": float(out.recon_loss),
-                "vq_loss": float(out.vq_loss),
-                "psnr": float(M.psnr_per_image(out.recon, batch).mean()),
-                "usage": used,
-                "perplexity": float(out.perplexity),
-                "dead_codes": float(out.dead_codes),
+                "recon_loss": out.recon_loss.detach(),
+                "vq_loss": out.vq_loss.detach(),
+                "psnr": M.psnr_per_image(out.recon.detach().float(), batch.float()).mean(),
+                "usage": hit.mean(),
+                "perplexity": out.perplexity.detach(),
+                "dead_codes": torch.as_tensor(out.dead_codes).detach(),
             }
         return loss, out, metrics
 
@@ -149,7 +157,7 @@ def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> 
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")
     trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), trainer, start_step
+    return trainer.unwrapped(), trainer, start_step
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:

@@ -87,7 +87,7 @@ class PriorTask:
     def compute_loss(self, model, batch):
         codes, labels = batch
         out = model(codes, labels)
-        return out.loss, out, {"bits_per_token": float(out.loss.detach()) / math.log(2)}
+        return out.loss, out, {"bits_per_token": out.loss.detach() / math.log(2)}  # read back at log steps
 
     def save_samples(self, model: Prior, step: int, run_dir: Path) -> None:
         if self.tokenizer is None:
@@ -126,7 +126,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     train_seconds = time.perf_counter() - started
     results: dict = {}
     if trainer.accelerator.is_main_process:
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trainer.unwrapped()
         save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None
