@@ -105,12 +105,12 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     from vqgen.stages.artifacts.models import load_tokenizer
 
     validate(cfg)
+    device = resolve_device(cfg.device)
     run = Path(cfg.run_dir)
     data_cfg = run_data_config(run)
     out = run / "eval"
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
-    device = resolve_device(cfg.device)
     started = time.perf_counter()
     tokenizer = load_tokenizer(run / "tokenizer").to(device).eval()
     data = load_eval_data(cfg, data_cfg)

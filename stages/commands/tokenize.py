@@ -18,6 +18,7 @@ import torch
 from vqgen.stages.artifacts.codes import write_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import prepare_run_dir
+from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
@@ -164,6 +165,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     """The whole of stage one; returns the metrics written to RUN/metrics.json."""
     from accelerate import Accelerator
 
+    check_device_name(cfg.train.device)
+    if cfg.train.device != "auto":
+        resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     try:
         cfg.model.image_size, cfg.model.channels = cfg.data.image_size, cfg.data.channels
         cfg.model.validate()
@@ -175,7 +179,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.tokenizer:
         from vqgen.stages.artifacts.models import load_tokenizer
 
-        model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
+        accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
+        model, history = load_tokenizer(cfg.tokenizer), []
         train_images_per_s = None
         model.to(accelerator.device)
     else:

@@ -16,6 +16,7 @@ import torch
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import prepare_run_dir
+from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
@@ -109,6 +110,9 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    check_device_name(cfg.train.device)
+    if cfg.train.device != "auto":
+        resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
     codes_dir = Path(cfg.codes)
     codes = load_codes(codes_dir)
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
@@ -119,6 +123,8 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer), cfg.train, out_dir)
+    if tokenizer is not None:
+        tokenizer.to(trainer.accelerator.device)  # the sample grids decode where the prior samples
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {trainer.resume()}")
     started = time.perf_counter()
