@@ -116,7 +116,7 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [image_grid(image[None], nrow=1, pad=0) for image in images]
 
 
-def compile_sampling_step(prior: Prior, warn=print) -> bool:
+def compile_sampling_step(prior: Prior, warn=print, backend: str | None = None) -> bool:
     """`--compile` for sampling: torch.compile the prior's per-token step (`next_logits`, called once per raster
     position) with $VQGEN_COMPILE_BACKEND (default inductor). A step that does not compile (at the first call, when
     torch traces it) falls back to the eager step for the whole run, with one warning line; the samples are the
@@ -126,7 +126,7 @@ def compile_sampling_step(prior: Prior, warn=print) -> bool:
 
     eager = prior.next_logits
     try:
-        compiled = torch.compile(eager, backend=compile_backend(), dynamic=True)
+        compiled = torch.compile(eager, backend=backend or compile_backend(), dynamic=True)
     except Exception as exc:  # noqa: BLE001 - any failure of the compiler means: sample eagerly
         warn(f"warning: --compile: the sampling step does not compile ({one_line(exc)}); sampling without it")
         return False
