@@ -76,9 +76,8 @@ class Trainer:
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
         refuse_unsupported_distribution(self.accelerator)
-        config.mixed_precision = str(
-            self.accelerator.mixed_precision
-        )  # the resolved value goes in run_config
+        # the value used (the flag, or accelerate's own setting) is what run_config.json and checkpoints record
+        config.mixed_precision = str(self.accelerator.mixed_precision)
         if config.log_with and not self.accelerator.log_with:
             raise UserError(
                 f"--log-with {config.log_with}: that tracker is not installed (pip install {config.log_with})"
@@ -117,9 +116,8 @@ class Trainer:
                 raise UserError(f"plugin {plugin.name!r}: {' '.join(str(exc).split())}") from None
         self.step, self.lr_scale = 0, 1.0
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
-        self.skipped_steps = (
-            0  # fp16: steps whose gradients overflowed, skipped by the GradScaler (not divergence)
-        )
+        # fp16: steps whose gradients overflowed, skipped by the GradScaler (not a divergence: no rollback)
+        self.skipped_steps = 0
         self._snapshot: dict | None = None
         self.history: list[dict[str, float]] = []
         self._consumed: list[torch.Tensor] = []  # the dataset indices of the current step's micro-batches
