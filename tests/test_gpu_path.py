@@ -191,11 +191,11 @@ def test_at_most_one_host_sync_per_step(splits, tmp_path, monkeypatch, stage):
         )  # fmt: skip
         prior = build_prior("gru", meta, {"embed_dim": "16", "hidden_size": "16", "num_layers": "1"})
         cfg = TrainConfig(
-            steps=40, batch_size=8, sample_every=0, log_every=1000, checkpoint_every=1000, snapshot_every=0,
+            steps=20, batch_size=8, sample_every=0, log_every=1000, checkpoint_every=1000, snapshot_every=0,
             mixed_precision="no",
         )  # fmt: skip
         trainer = Trainer(PriorTask(prior, codes), cfg, tmp_path)
-    warm_up, measured = 3, 30
+    warm_up, measured = 2, 15
     for _ in range(warm_up):  # k-means initialisation reads the device once, on the first step
         assert trainer.train_step(trainer.step) is not None
         trainer.step += 1
