@@ -167,11 +167,18 @@ class SyncCounter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-@pytest.mark.parametrize("stage", ["tokenizer", "prior"])
+@pytest.mark.parametrize("stage", ["tokenizer", "tokenizer, 2 micro-batches", "prior"])
 def test_at_most_one_host_sync_per_step(splits, tmp_path, monkeypatch, stage):
-    if stage == "tokenizer":
+    if stage.startswith("tokenizer"):
+        accum = 2 if "micro" in stage else 1
         trainer = make_trainer(
-            splits, tmp_path, steps=40, log_every=1000, checkpoint_every=1000, snapshot_every=0
+            splits,
+            tmp_path,
+            steps=20,
+            log_every=1000,
+            checkpoint_every=1000,
+            snapshot_every=0,
+            grad_accum=accum,
         )
     else:
         from vqgen.stages.artifacts.codes import CodeSplits
