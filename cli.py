@@ -40,6 +40,7 @@ if __name__ == "__main__" and not __package__:
 
 from vqgen.stages.core.cli_options import (  # noqa: E402
     ConfigFile,
+    Device,
     Overwrite,
     PluginNames,
     PluginOpts,
@@ -243,6 +244,14 @@ def generate(
             min=1, max=65536, help="Images sampled, decoded and written per chunk (memory stays bounded)."
         ),
     ] = 100,
+    device: Device = "auto",
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the prior's per-token step (falls back to eager, with a warning).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted generation with the same options.")
@@ -264,7 +273,7 @@ def generate(
     cfg = GenerateConfig(
         prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n,
         sampling=SamplingConfig(temperature, top_k, top_p, cfg_scale, cfg_schedule, cfg_power, cfg_interval), seed=seed, out=str(out) if out else None,
-        overwrite=overwrite, batch_size=batch_size, resume=resume,
+        overwrite=overwrite, batch_size=batch_size, resume=resume, device=device, compile=compile,
     )  # fmt: skip
     r = run_generate(cfg)
     speed = f", {r['tokens_per_s']:,.0f} tokens/s sampling" if r["sampled"] else ""
@@ -292,6 +301,7 @@ def push(
         bool, typer.Option("--with-training-state", help="Also publish the newest training checkpoints.")
     ] = False,
     license: Annotated[str, typer.Option(help="Licence id for the model card.")] = "apache-2.0",
+    device: Device = "auto",
 ) -> None:
     """Publish a run's tokenizer, prior and model card as one Hugging Face Hub repo (token: HF_TOKEN or login)."""
     from vqgen.stages.commands.push import PushConfig, run_push
@@ -299,6 +309,7 @@ def push(
     cfg = PushConfig(
         run=str(run), repo_id=repo_id, prior=prior, private=private, revision=revision,
         dry_run=str(dry_run) if dry_run else None, with_training_state=with_training_state, license=license,
+        device=device,
     )  # fmt: skip
     r = run_push(cfg)
     if r["uploaded"]:
@@ -345,7 +356,7 @@ def evaluate(
     features: Annotated[
         FeatureChoice, typer.Option(help="FID features: Inception if it loads (auto), else the classifier.")
     ] = FeatureChoice.auto,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images or samples per batch.")] = 250,
     classifier_epochs: Annotated[
         int, typer.Option(min=1, max=10000, help="Training epochs of the feature classifier.")

@@ -273,12 +273,26 @@ def state_mib(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = 
 
 
 def autocast(device: torch.device, precision: str):
-    """The context a step runs under: bf16 autocast (as accelerate's --mixed-precision bf16) or nothing (fp32)."""
+    """The context a step runs under: bf16 autocast (as accelerate's --mixed-precision bf16), TF32 matmuls and
+    convolutions in fp32 (CUDA; the same as fp32 elsewhere), or nothing (fp32)."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "tf32":
+        return tf32(True)
     if precision != "fp32":
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return contextlib.nullcontext()
+        raise ValueError(f"precision must be fp32, tf32 or bf16, got {precision!r}")
+    return tf32(False)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """fp32 matmuls and cuDNN convolutions on TF32 tensor cores (enabled) or in full fp32, restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 # --- rows and tables ------------------------------------------------------------------------------------------

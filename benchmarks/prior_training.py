@@ -33,14 +33,13 @@ from measure import (  # noqa: E402
 )
 from sampling import GRID, NUM_CLASSES, VOCAB, build  # noqa: E402
 from tokenizer_speed import CLIP_GRAD, LR  # noqa: E402
-from vqgen.priors import Prior  # noqa: E402
 from vqgen.stages.core.registry import PRIORS  # noqa: E402
 
 BATCH = 64
 TRAIN_COLUMNS = [("weights+optimizer MiB", "state_mib", ".1f"), ("params", "params", ",")]
 
 
-def prior_train_step(model: Prior, optimizer: torch.optim.Optimizer, codes, labels, precision: str):
+def prior_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, codes, labels, precision: str):
     """One training step: NLL of (B, H, W) codes given labels, backward, gradient clipping, AdamW step."""
 
     def step() -> None:
@@ -61,25 +60,34 @@ def prior_training_rows(
     timing: Timing,
     device: torch.device,
     grid: int = GRID,
+    compiled_precisions: list[str] = (),
+    compile_backend: str = "inductor",
 ) -> list[dict]:
-    """Tokens/s of each prior's training step in each precision; ratio against the prior's first precision.
-    A variant whose first step fails (say, bf16 in a kernel that lacks it) becomes a row with its error."""
+    """Tokens/s of each prior's training step in each precision (and, for `compiled_precisions`, torch.compile'd
+    with `compile_backend`); ratio against the prior's first precision, eager, at the same batch. A variant whose
+    first step fails (bf16 in a kernel that lacks it, a compile error) becomes a row with its error. On CUDA the
+    AdamW is the fused one, as the trainer's."""
     gen = torch.Generator().manual_seed(0)
     codes = torch.randint(0, VOCAB, (batch, grid, grid), generator=gen).to(device)  # (B, H, W)
     labels = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
     planned, failed, steps, states = [], {}, {}, {}
+    variants = [(p, False) for p in precisions] + [(p, True) for p in compiled_precisions]
+    backend = "" if compile_backend == "inductor" else f" ({compile_backend} backend)"
     for name in names:
-        for precision in precisions:
-            key, info = (
-                f"{name} {precision}",
-                {"prior": name, "precision": precision, "batch": batch, "grid": grid},
-            )
+        for precision, compiled in variants:
+            key = f"{name} {precision}{', torch.compile' + backend if compiled else ''}, batch {batch}"
+            info = {
+                "prior": name, "precision": precision, "batch": batch, "grid": grid,
+                "compiled": compile_backend if compiled else False,
+            }  # fmt: skip
             planned.append(key)
             model = build(name, device, grid).train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99))
-            step = prior_train_step(model, optimizer, codes, labels, precision)
+            fused = True if device.type == "cuda" else None
+            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), fused=fused)
             try:
-                step()  # the first warm-up step
+                runner = torch.compile(model, backend=compile_backend) if compiled else model
+                step = prior_train_step(runner, optimizer, codes, labels, precision)
+                step()  # the first warm-up step (and the compilation)
             except Exception as exc:  # noqa: BLE001 - reported as a row; the other variants go on
                 failed[key] = error_row(key, "tokens/s", exc, **info)
                 continue
@@ -92,7 +100,11 @@ def prior_training_rows(
             continue
         model, optimizer, info = states[key]
         row = result_row(
-            key, batch * grid * grid, "tokens/s", measured[key], f"{info['prior']} {precisions[0]}"
+            key,
+            batch * grid * grid,
+            "tokens/s",
+            measured[key],
+            f"{info['prior']} {precisions[0]}, batch {batch}",
         )
         row.update(
             info, params=sum(p.numel() for p in model.parameters()), state_mib=state_mib(model, optimizer)

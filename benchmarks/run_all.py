@@ -3,7 +3,7 @@
     python benchmarks/run_all.py                       # full suite on the CPU (a few minutes)
     python benchmarks/run_all.py --quick               # fewer timed calls, same sizes
     python benchmarks/run_all.py --tiny                # tiny sizes, seconds (what the tests run)
-    python benchmarks/run_all.py --device cuda         # one GPU, with and without torch.compile (< 5 minutes)
+    python benchmarks/run_all.py --device cuda         # one GPU, with and without torch.compile (not yet run)
 
 Sections, in order (each ratio is against a baseline row measured in the same run):
   peak_matmul      the machine's practical ceiling: a large square matmul in fp32 and bf16 (TFLOP/s);
@@ -11,10 +11,14 @@ Sections, in order (each ratio is against a baseline row measured in the same ru
                    vector-quantize-pytorch (tokenizer_speed.py);
   tokenizer_train  the default tokenizer's training step on 28x28 images (images/s) in fp32 and bf16 autocast,
                    eager and torch.compile'd, with its matmul/conv FLOPs (FlopCounterMode) as a fraction of the
-                   measured peak and, on a known GPU, of the data-sheet bf16 peak (tokenizer_speed.py);
+                   measured peak and, on a known GPU, of the data-sheet bf16 peak (tokenizer_speed.py); on CUDA at
+                   batch 32, 256 and 1024 in TF32, bf16 and bf16 + torch.compile, each against the plain
+                   straight-through VQ-VAE of the same size in the same setting (channels_last, fused AdamW);
   tokenizer_codec  encode and decode (images/s) (tokenizer_speed.py);
   prior_train      training step of each registered prior (tokens/s), 7x7 grid, vocab 512 (prior_training.py);
-  sampling         each prior's cached sampler vs its naive one (and `transformers` generate) (sampling.py).
+                   on CUDA at batch 16 and 256, fp32 (TF32 off), bf16 and bf16 + torch.compile;
+  sampling         each prior's cached sampler vs its naive one (and `transformers` generate) (sampling.py); on
+                   CUDA at batch 16 and 256, and with the per-token step torch.compile'd (`generate --compile`).
 
 Every figure is the median of repeated calls; the functions of a table take turns within each repeat, so that
 a change in the machine's load hits them alike. "peak MiB" is the working memory one call adds on top of the
@@ -23,6 +27,7 @@ reset before the call). The JSON also records the machine: processor, GPU, torch
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -41,6 +46,7 @@ from measure import (  # noqa: E402
     Measurement,
     Timing,
     add_ratios,
+    autocast,
     cpu_flags,
     machine_info,
     markdown_table,
@@ -66,22 +72,35 @@ class SuiteSizes:
     quantizer_batch: int  # images whose 7x7 grid of 64-d latents goes through the quantizer
     tokenizer_batches: list[int]  # 28x28 images per tokenizer step (and per encode / decode call)
     grid: int  # side of the priors' code grid (7: 28x28 images, downsampling 4)
-    prior_batch: int  # code grids per prior training step
-    sampling_batch: int  # grids sampled per call
+    prior_batches: list[int]  # code grids per prior training step
+    sampling_batches: list[int]  # grids sampled per call
 
 
 SIZES = {
-    "tiny": SuiteSizes(Timing(repeats=1, warmup=0), 256, 8, [8], grid=4, prior_batch=8, sampling_batch=2),
-    "quick": SuiteSizes(Timing(5, 1, budget_s=3), 1024, 64, [64], grid=7, prior_batch=64, sampling_batch=16),
-    "full": SuiteSizes(Timing(20, 2, budget_s=10), 2048, 64, [64], grid=7, prior_batch=64, sampling_batch=16),
+    "tiny": SuiteSizes(
+        Timing(repeats=1, warmup=0), 256, 8, [8], grid=4, prior_batches=[8], sampling_batches=[2]
+    ),
+    "quick": SuiteSizes(
+        Timing(5, 1, budget_s=3), 1024, 64, [64], grid=7, prior_batches=[64], sampling_batches=[16]
+    ),
+    "full": SuiteSizes(
+        Timing(20, 2, budget_s=10), 2048, 64, [64], grid=7, prior_batches=[64], sampling_batches=[16]
+    ),
 }
 
 
 def suite_sizes(mode: str, device: torch.device) -> SuiteSizes:
-    """The sizes of a mode; a GPU also gets a large tokenizer batch, since batch 64 leaves most of it idle."""
+    """The sizes of a mode; a GPU gets the batches the issue asks for (32 to 1024 images per tokenizer step, 16
+    and 256 grids for the priors), since batch 64 leaves most of it idle."""
     sizes = SIZES[mode]
     if device.type == "cuda" and mode != "tiny":
-        sizes = replace(sizes, matmul_n=8192, tokenizer_batches=[64, 1024])
+        sizes = replace(
+            sizes,
+            matmul_n=8192,
+            tokenizer_batches=[32, 256, 1024],
+            prior_batches=[16, 256],
+            sampling_batches=[16, 256],
+        )
     return sizes
 
 
@@ -89,10 +108,34 @@ def suite_sizes(mode: str, device: torch.device) -> SuiteSizes:
 class Suite:
     device: torch.device
     sizes: SuiteSizes
-    compile_precisions: list[str]  # precisions whose tokenizer step is also timed under torch.compile
+    compile_precisions: list[str]  # precisions whose training steps are also timed under torch.compile
     compile_backend: str  # torch.compile's backend: "inductor" (real kernels); "eager" only checks tracing
     priors: list[str]
     peaks: dict[str, float] = field(default_factory=dict)  # precision -> measured TFLOP/s (from peak_matmul)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def train_precisions(self) -> list[str]:
+        """The tokenizer step's eager precisions: on CUDA fp32 runs its matmuls and convolutions in TF32."""
+        return ["tf32", "bf16"] if self.cuda else PRECISIONS
+
+
+def make_suite(
+    mode: str, device: torch.device, compile_on: bool | None, backend: str, priors: list[str]
+) -> Suite:
+    """What a run measures: sizes by mode and device; torch.compile by default on CUDA (bf16), off on a CPU
+    (--compile compiles the fp32 step there, since bf16 is usually emulated on a CPU)."""
+    compile_on = compile_on if compile_on is not None else device.type == "cuda"
+    return Suite(
+        device=device,
+        sizes=suite_sizes(mode, device),
+        compile_precisions=(["bf16"] if device.type == "cuda" else ["fp32"]) if compile_on else [],
+        compile_backend=backend,
+        priors=priors,
+    )
 
 
 def section(title: str, rows: list[dict], notes: list[str] = (), columns: list[tuple] = ()) -> dict:
@@ -102,8 +145,12 @@ def section(title: str, rows: list[dict], notes: list[str] = (), columns: list[t
 
 def peak_matmul(s: Suite) -> dict:
     rows = []
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak = peak_matmul_tflops(s.device, dtype, s.sizes.matmul_n, s.sizes.timing.repeats)
+    kinds = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + (
+        [("tf32", torch.float32)] if s.cuda else []
+    )
+    for precision, dtype in kinds:
+        with autocast(s.device, precision) if precision != "bf16" else contextlib.nullcontext():
+            peak = peak_matmul_tflops(s.device, dtype, s.sizes.matmul_n, s.sizes.timing.repeats)
         s.peaks[precision] = peak["tflops"]
         n = peak["n"]
         m = Measurement(peak["median_s"], peak["repeats"], None)
@@ -130,9 +177,11 @@ def quantizer(s: Suite) -> dict:
 
 
 def tokenizer_train(s: Suite) -> dict:
-    variants = [(p, False) for p in PRECISIONS] + [(p, True) for p in s.compile_precisions]
+    variants = [(p, False) for p in s.train_precisions] + [(p, True) for p in s.compile_precisions]
     z = s.sizes
-    rows = tokenizer_train_rows(z.tokenizer_batches, variants, z.timing, s.device, s.compile_backend)
+    rows = tokenizer_train_rows(
+        z.tokenizer_batches, variants, z.timing, s.device, s.compile_backend, plain_baseline=s.cuda
+    )
     nominal = nominal_bf16_tflops(s.device)
     columns = [
         ("TFLOP/s", "achieved_tflops", ".4g"),
@@ -161,6 +210,12 @@ def tokenizer_train(s: Suite) -> dict:
         )
     if s.compile_precisions:
         notes.append("torch.compile rows exclude the compilation (it runs before the timed calls)")
+    if s.cuda:
+        notes.append(
+            "each vqgen row's ratio is against the plain straight-through VQ-VAE of the same size at the same batch, "
+            "precision and compilation (same encoder and decoder; channels_last, fused AdamW); tf32 = fp32 with "
+            "TF32 matmuls and convolutions"
+        )
     return section("tokenizer training step (28x28, default config)", rows, notes, columns)
 
 
@@ -173,23 +228,38 @@ def tokenizer_codec(s: Suite) -> dict:
 
 def prior_train(s: Suite) -> dict:
     z = s.sizes
-    rows = prior_training_rows(s.priors, z.prior_batch, PRECISIONS, z.timing, s.device, z.grid)
-    title = f"prior training step (batch {z.prior_batch}, {z.grid}x{z.grid} grid, vocab 512, 10 classes)"
-    return section(title, rows, columns=PRIOR_TRAIN_COLUMNS)
+    rows = [
+        row
+        for batch in z.prior_batches
+        for row in prior_training_rows(
+            s.priors, batch, PRECISIONS, z.timing, s.device, z.grid, s.compile_precisions, s.compile_backend
+        )
+    ]
+    batches = ", ".join(map(str, z.prior_batches))
+    title = f"prior training step (batch {batches}, {z.grid}x{z.grid} grid, vocab 512, 10 classes)"
+    notes = ["ratios are against the same prior in fp32, eager, at the same batch"]
+    return section(title, rows, notes, columns=PRIOR_TRAIN_COLUMNS)
 
 
 def sampling(s: Suite) -> dict:
     z = s.sizes
+    backend = s.compile_backend if s.compile_precisions else None
     rows = [
-        row for name in s.priors for row in bench_prior(name, z.timing, z.sampling_batch, s.device, z.grid)
+        row
+        for batch in z.sampling_batches
+        for name in s.priors
+        for row in bench_prior(name, z.timing, batch, s.device, z.grid, backend)
     ]
     notes = ["the naive sampler runs the full forward pass once per position; ratios are against it"]
-    if s.device.type == "cuda":
+    if backend:
+        notes.append("`cached, torch.compile`: the prior's per-token step compiled, as `generate --compile`")
+    if s.cuda:
         notes.append(
             "on a GPU, cached and naive samplers may differ in the last bits and so draw other grids"
         )
+    batches = ", ".join(map(str, z.sampling_batches))
     return section(
-        f"sampling (batch {z.sampling_batch}, {z.grid}x{z.grid} grid, untrained weights)",
+        f"sampling (batch {batches}, {z.grid}x{z.grid} grid, untrained weights)",
         rows,
         notes,
         SAMPLING_COLUMNS,
@@ -243,7 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="also time the tokenizer step under torch.compile (default: on for cuda, in bf16; off for cpu; "
+        help="also time the training steps and the sampling step under torch.compile (default: on for cuda, in bf16; off for cpu; "
         "on a CPU --compile compiles the fp32 step, since bf16 is usually emulated there)",
     )
     parser.add_argument(
@@ -276,14 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("--device cuda, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    compile_on = args.compile if args.compile is not None else device.type == "cuda"
-    suite = Suite(
-        device=device,
-        sizes=suite_sizes(mode, device),
-        compile_precisions=(["bf16"] if device.type == "cuda" else ["fp32"]) if compile_on else [],
-        compile_backend=args.compile_backend,
-        priors=args.priors or PRIORS.names(),
-    )
+    suite = make_suite(mode, device, args.compile, args.compile_backend, args.priors or PRIORS.names())
     json_path = args.json or ROOT / "benchmarks" / "results" / (
         "suite"
         + ("" if mode == "full" else f"-{mode}")

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from measure import (  # noqa: E402
     Timing,
     add_ratios,
+    error_row,
     machine_info,
     markdown_table,
     measure_runs,
@@ -58,8 +59,11 @@ def bench_prior(
     batch: int = BATCH,
     device: torch.device | str = "cpu",
     grid: int = GRID,
+    compile_backend: str | None = None,
 ) -> list[dict]:
     """Tokens/s (median) of each sampler of one prior: one row per sampler, ratios against the naive sampler.
+    With `compile_backend`, also the cached sampler with its per-token step torch.compile'd (`generate
+    --compile`: vqgen.stages.sampling.sampler.compile_sampling_step) on a second copy of the same weights.
     The samplers take turns within each repeat, so that a change in the machine's load hits all of them alike;
     with a time budget, the naive sampler, the slow one, gets fewer timed calls."""
     device = torch.device(device)
@@ -75,6 +79,18 @@ def bench_prior(
     }
     if hasattr(model, "sample_hf_generate"):  # it seeds the global RNG from a CPU generator
         runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
+    compile_failed = None
+    if compile_backend:
+        from vqgen.stages.sampling.sampler import compile_sampling_step
+
+        twin, warnings = build(name, device, grid), []
+        compile_sampling_step(twin, warn=warnings.append, backend=compile_backend)
+        compiled_run = seeded_run(twin.sample)
+        compiled_run()  # compiles here, before the timed calls
+        if warnings:
+            compile_failed = warnings[0]
+        else:
+            runs[f"{name} cached, torch.compile"] = compiled_run
     measured = measure_runs(runs, timing, device)
     params = sum(p.numel() for p in model.parameters())
     same = bool(torch.equal(runs[f"{name} cached"](), runs[f"{name} naive (baseline)"]()))
@@ -85,6 +101,9 @@ def bench_prior(
         if key == f"{name} cached":
             row["same_as_naive"] = same  # the cached sampler draws exactly the naive sampler's grids
         rows.append(row)
+    if compile_failed:
+        rows.append({**error_row(f"{name} cached, torch.compile", "tokens/s", RuntimeError(compile_failed)),
+                     "prior": name, "batch": batch, "grid": grid})  # fmt: skip
     hf = measured.get(f"{name} transformers generate")
     if hf is not None:  # cached sampler / transformers' generate, both timed in this run
         rows[0]["over_hf_generate"] = hf.median_s / measured[f"{name} cached"].median_s

@@ -43,7 +43,7 @@ from measure import (  # noqa: E402
     state_mib,
 )
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizer  # noqa: E402
 
 IMAGE_SIZE = 28
 LR, CLIP_GRAD = 2e-3, 1.0  # stages/trainer.py TrainConfig defaults (lr, clip_grad)
@@ -71,6 +71,28 @@ class PlainVQ(nn.Module):
         loss = F.mse_loss(quant, flat.detach()) + self.beta * F.mse_loss(flat, quant.detach())
         quant = flat + (quant - flat).detach()
         return quant.view(z.shape[0], z.shape[2], z.shape[3], -1).permute(0, 3, 1, 2), loss
+
+
+class PlainQuantizer(nn.Module):
+    """PlainVQ at the encoder's width, answering as the VQ-VAE's quantizer does: the baseline VQ-VAE of the same
+    size (same encoder and decoder, a textbook straight-through bottleneck of the same codebook size)."""
+
+    def __init__(self, channels: int, codebook_size: int):
+        super().__init__()
+        self.vq = PlainVQ(codebook_size, channels)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        z_q, loss = self.vq(z)
+        zero = z.new_zeros(())
+        codes = z.new_zeros(z.shape[0], z.shape[2], z.shape[3], dtype=torch.long)  # not needed for speed
+        return QuantizerOutput(z_q, codes, loss, zero, zero)
+
+
+def plain_vqvae(config: TokenizerConfig) -> VQVAE:
+    """The default tokenizer with its quantizer replaced by a plain straight-through layer (PlainQuantizer)."""
+    model = VQVAE(config)
+    model.quantizer = PlainQuantizer(config.latent_channels, config.quantizer.codebook_size)
+    return model
 
 
 def _quantizer_step(layer: nn.Module, x: torch.Tensor) -> None:
@@ -137,12 +159,28 @@ def tokenizer_train_step(
         with autocast(device, precision):
             out = model(images)
             loss = out.recon_loss + out.vq_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD)
-        optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, CLIP_GRAD)
+            optimizer.step()
 
     return step
+
+
+PLAIN_NAME = "plain ST VQ-VAE"
+
+
+def _train_setup(plain: bool, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A default-size tokenizer (ours, or the plain baseline) and its AdamW, placed as the trainer places them: on
+    CUDA the convolutions in channels_last and the fused AdamW."""
+    torch.manual_seed(0)
+    config = TokenizerConfig(image_size=IMAGE_SIZE)
+    model = (plain_vqvae(config) if plain else VQVAE(config)).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), fused=True if cuda else None)
+    return model, optimizer
 
 
 def tokenizer_train_rows(
@@ -151,40 +189,50 @@ def tokenizer_train_rows(
     timing: Timing,
     device: torch.device,
     compile_backend: str = "inductor",
+    plain_baseline: bool = False,
 ) -> list[dict]:
     """Images/s of the default tokenizer's training step for each batch size x variant (precision, compiled),
     all timed interleaved; ratios against the first variant of the same batch size (fp32 eager by default).
-    A compile that fails becomes a row with its error instead of stopping the run. `compile_backend` "eager" or
-    "aot_eager" checks that the model compiles without generating kernels (quick, for tests)."""
+    With `plain_baseline`, every variant is also timed on the plain straight-through VQ-VAE of the same size
+    (`plain_vqvae`), and each of our rows is compared with the plain row of the same batch, precision and
+    compilation instead. A compile that fails becomes a row with its error instead of stopping the run.
+    `compile_backend` "eager" or "aot_eager" checks that the model compiles without generating kernels (quick,
+    for tests)."""
     planned, failed, steps, states = [], {}, {}, {}
     for batch in batches:
         images = random_images(batch, device)
-        baseline, flops = None, None
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        first, flops = None, {}
         for precision, compiled in variants:
             backend = "" if compile_backend == "inductor" else f" ({compile_backend} backend)"
-            name = f"train step {precision}{', torch.compile' + backend if compiled else ''}, batch {batch}"
-            planned.append(name)
-            torch.manual_seed(0)
-            model = VQVAE(TokenizerConfig(image_size=IMAGE_SIZE)).to(device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99))
-            info = {
-                "batch": batch,
-                "precision": precision,
-                "compiled": compile_backend if compiled else False,
-            }
-            try:
-                runner = torch.compile(model, backend=compile_backend) if compiled else model
-                step = tokenizer_train_step(runner, optimizer, images, precision)
-                for _ in range(2 if compiled else 0):
-                    step()  # compiles here (and again once the codebook is initialised)
-            except Exception as exc:  # noqa: BLE001 - any compile failure is a result to report
-                failed[name] = error_row(name, "images/s", exc, **info)
-                continue
-            if flops is None and not compiled:
-                flops = count_flops(step)  # the same for every precision and compile mode
-            baseline = baseline or name
-            steps[name] = step
-            states[name] = (model, optimizer, {**info, "baseline": baseline, "flops_per_step": flops})
+            setting = f"{precision}{', torch.compile' + backend if compiled else ''}, batch {batch}"
+            for plain in (True, False) if plain_baseline else (False,):
+                name = f"{PLAIN_NAME} {setting}" if plain else f"train step {setting}"
+                planned.append(name)
+                model, optimizer = _train_setup(plain, device)
+                info = {
+                    "batch": batch,
+                    "precision": precision,
+                    "compiled": compile_backend if compiled else False,
+                    "model": "plain" if plain else "vqgen",
+                }
+                try:
+                    runner = torch.compile(model, backend=compile_backend) if compiled else model
+                    step = tokenizer_train_step(runner, optimizer, images, precision)
+                    for _ in range(2 if compiled else 0):
+                        step()  # compiles here (and again once the codebook is initialised)
+                except Exception as exc:  # noqa: BLE001 - any compile failure is a result to report
+                    failed[name] = error_row(name, "images/s", exc, **info)
+                    continue
+                if plain not in flops and not compiled:
+                    flops[plain] = count_flops(step)  # the same for every precision and compile mode
+                first = first or name
+                baseline = f"{PLAIN_NAME} {setting}" if plain_baseline else first
+                steps[name] = step
+                states[name] = (
+                    model, optimizer, {**info, "baseline": baseline, "flops_per_step": flops.get(plain)}
+                )  # fmt: skip
     measured = measure_runs(steps, timing, device)
     rows = []
     for name in planned:

@@ -21,6 +21,7 @@ from PIL import Image
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.published import locate
+from vqgen.stages.core.device import resolve_device
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -58,10 +59,12 @@ class Pipeline:
         revision: str | None = None,
         device: str | None = None,
     ) -> "Pipeline":
-        """Load both models from a Hub id (at `revision`), a published folder, a run folder or a prior folder."""
+        """Load both models from a Hub id (at `revision`), a published folder, a run folder or a prior folder.
+        `device`: cpu, cuda, cuda:N, mps or auto (as the commands' --device); None leaves them on the CPU."""
+        target = resolve_device(device) if device is not None else None  # checked before anything is loaded
         folders = locate(path, prior, revision)
         pipe = cls(load_tokenizer(folders.tokenizer), load_prior(folders.prior), folders.class_names)
-        return pipe.to(device) if device else pipe
+        return pipe.to(target) if target is not None else pipe
 
     def to(self, device: str | torch.device) -> "Pipeline":
         self.tokenizer.to(device)

@@ -109,3 +109,50 @@ def test_failed_compile_is_reported_as_a_row(monkeypatch):
     assert failed["ratio_to_baseline"] is None
     table = run_all.markdown_table("t", rows)
     assert "failed: RuntimeError: no compiler here" in table
+
+
+# --- the --device cuda path, run on the CPU at tiny sizes (the GPU figures are still to be measured) --------------
+def test_cuda_plan_is_what_the_issue_asks():
+    suite = run_all.make_suite("full", torch.device("cuda"), None, "inductor", ["gru"])  # nothing runs on it
+    assert suite.sizes.tokenizer_batches == [32, 256, 1024]
+    assert suite.sizes.prior_batches == [16, 256] and suite.sizes.sampling_batches == [16, 256]
+    assert suite.train_precisions == ["tf32", "bf16"] and suite.compile_precisions == ["bf16"]
+    cpu = run_all.make_suite("full", torch.device("cpu"), None, "inductor", ["gru"])
+    assert cpu.compile_precisions == [] and cpu.train_precisions == ["fp32", "bf16"]
+
+
+def test_tokenizer_step_against_the_plain_vqvae_of_the_same_size():
+    rows = tokenizer_speed.tokenizer_train_rows(
+        [2], [("tf32", False), ("bf16", False), ("bf16", True)], Timing(repeats=1, warmup=0), torch.device("cpu"),
+        compile_backend="eager", plain_baseline=True,
+    )  # fmt: skip
+    assert len(rows) == 6 and all("error" not in row for row in rows), rows
+    for row in rows:
+        assert positive(row["throughput"]) and positive(row["ratio_to_baseline"])
+        plain = row["model"] == "plain"
+        assert row["baseline"].startswith(tokenizer_speed.PLAIN_NAME)
+        assert (row["baseline"] == row["name"]) == plain
+        if not plain:  # compared with the plain row of the same precision and compilation
+            assert row["baseline"].endswith(row["name"].removeprefix("train step"))
+    plain = tokenizer_speed.plain_vqvae(tokenizer_speed.TokenizerConfig(image_size=28))
+    ours = tokenizer_speed.VQVAE(tokenizer_speed.TokenizerConfig(image_size=28))
+    assert {k for k in plain.state_dict() if not k.startswith("quantizer")} == {
+        k for k in ours.state_dict() if not k.startswith("quantizer")
+    }  # same encoder and decoder
+
+
+def test_compiled_prior_training_and_sampling_rows(tmp_path):
+    result = run_all.main(
+        ["--tiny", "--compile", "--compile-backend", "eager", "--sections", "prior_train", "sampling",
+         "--priors", "gru", "transformer", "--json", str(tmp_path / "s.json")]
+    )  # fmt: skip
+    trained = result["sections"]["prior_train"]["rows"]
+    assert {(r["prior"], r["compiled"]) for r in trained} == {
+        (p, c) for p in ("gru", "transformer") for c in (False, "eager")
+    }
+    sampled = result["sections"]["sampling"]["rows"]
+    for row in trained + sampled:
+        assert "error" not in row and positive(row["ratio_to_baseline"]), row
+    names = {r["name"] for r in sampled}
+    assert {"gru cached, torch.compile", "transformer cached, torch.compile"} <= names
+    assert "transformer transformers generate" in names  # HF generate: the transformer's other baseline

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from vqgen.stages.artifacts.runs import hold_lock, locked_command
+from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json, write_text
 from vqgen.stages.data.eval_images import load_test_images
@@ -45,14 +46,6 @@ Log = Callable[[str], None]
 
 
 # --- the run and its data ------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
 def run_data_config(run: Path) -> DataConfig:
     """The data settings the run was made with (RUN/run_config.json), or a one-line error."""
     if not run.is_dir():
@@ -114,13 +107,13 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     from vqgen.stages.artifacts.models import load_tokenizer
 
     validate(cfg)
+    device = resolve_device(cfg.device)
     run = Path(cfg.run_dir)
     data_cfg = run_data_config(run)
     out = run / "eval"
     hold_lock(out)  # RUN/eval stays locked while the command runs
     if (out / "metrics.json").exists() and not cfg.overwrite:
         raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
-    device = resolve_device(cfg.device)
     started = time.perf_counter()
     tokenizer = load_tokenizer(run / "tokenizer").to(device).eval()
     data = load_eval_data(cfg, data_cfg)

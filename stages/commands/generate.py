@@ -14,6 +14,7 @@ the chunks with a missing image, and ends with the same files, byte for byte, as
 import hashlib
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,12 +26,14 @@ from tqdm.auto import tqdm
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.runs import hold_lock, holds_files, locked_command
+from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
+    compile_sampling_step,
     decode,
     resolve_labels,
     sample_chunks,
@@ -50,6 +53,8 @@ class GenerateConfig:
     out: str | None = None  # grid PNG; default <prior>/generated.png
     overwrite: bool = False
     resume: bool = False  # continue an interrupted run with the same settings
+    device: str = "auto"  # cpu | cuda | cuda:N | mps | auto (vqgen.stages.core.device)
+    compile: bool = False  # torch.compile the prior's per-token step (falls back to eager with a warning)
 
 
 def validate(cfg: GenerateConfig, prior: Prior) -> torch.Tensor | None:
@@ -178,12 +183,17 @@ def _remove_images(folder: Path) -> None:
 @locked_command
 def run_generate(cfg: GenerateConfig) -> dict:
     """Sample and decode cfg.n images chunk by chunk, writing each as soon as it exists (see the module docstring)."""
+    device = resolve_device(cfg.device)
     prior = load_prior(cfg.prior)
     tok_path = cfg.tokenizer or str(Path(cfg.prior).parent / "tokenizer")
     tokenizer = load_tokenizer(tok_path)
     check_pair(prior, tokenizer)
     labels = validate(cfg, prior)
     cfg.sampling = cfg.sampling.for_prior(prior)  # the guidance scale resolved, so the manifest records it
+    prior.to(device)
+    tokenizer.to(device)
+    if cfg.compile:
+        compile_sampling_step(prior, warn=lambda line: print(line, file=sys.stderr))
     n = cfg.n if labels is None else labels.numel()
     out = Path(cfg.out) if cfg.out else Path(cfg.prior) / "generated.png"
     folder, manifest = out.with_suffix(""), out.with_suffix(".json")

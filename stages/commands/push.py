@@ -37,6 +37,7 @@ from vqgen.stages.artifacts.card import (
 from vqgen.stages.artifacts.hub import check_hub_id, ensure_hub_reachable
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
+from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.sampling.sampler import (
@@ -65,6 +66,7 @@ class PushConfig:
         "apache-2.0"  # the card's licence id (https://huggingface.co/docs/hub/repositories-licenses)
     )
     seed: int = 0  # seed of samples.png
+    device: str = "auto"  # where samples.png is sampled and decoded: cpu | cuda | cuda:N | mps | auto
 
 
 def _read_json(path: Path, key: str | None = None) -> dict:
@@ -129,6 +131,9 @@ def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
     folders = locate(cfg.run, cfg.prior)
     tokenizer, prior = load_tokenizer(folders.tokenizer), load_prior(folders.prior)
     check_pair(prior, tokenizer)
+    device = resolve_device(cfg.device)
+    tokenizer.to(device)
+    prior.to(device)
     out.mkdir(parents=True)
     _copy_model(folders.tokenizer, out / "tokenizer")
     _copy_model(folders.prior, out / "prior")
@@ -168,6 +173,7 @@ def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
 
 
 def _check(cfg: PushConfig) -> None:
+    resolve_device(cfg.device)  # a device that is not here: refused before anything is built
     if "/" not in cfg.repo_id:
         raise UserError(f"--repo-id {cfg.repo_id!r}: give the full Hub id, USER/NAME or ORG/NAME")
     check_hub_id(cfg.repo_id, "--repo-id")

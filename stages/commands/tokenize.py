@@ -18,6 +18,7 @@ import torch
 from vqgen.stages.artifacts.codes import write_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
+from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
@@ -50,6 +51,7 @@ class TokenizerTask:
 
     stage = "tokenizer"
     progress_keys = ("psnr", "usage", "perplexity")
+    channels_last = True  # the trainer converts the model (and get_batch the images) to NHWC on CUDA
 
     def __init__(self, model: VQVAE, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
         self.model = model
@@ -66,22 +68,29 @@ class TokenizerTask:
 
     def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
         if self.pixels is not None:
-            return to_float(self.pixels[indices]).to(device)
-        rows = self.dataset[indices.tolist()]["pixels"]
-        return to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
+            images = to_float(self.pixels[indices]).to(device)
+        else:
+            rows = self.dataset[indices.tolist()]["pixels"]
+            images = to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
+        if torch.device(device).type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def compute_loss(self, model, batch):
+        """The loss and the step's metrics, all tensors on the device: nothing is read back here (the trainer
+        reads the metrics at its log steps only)."""
         out = model(batch)
         loss = out.recon_loss + out.vq_loss
         with torch.no_grad():
-            used = out.codes.unique().numel() / model_config(model).quantizer.codebook_size
+            k = model_config(model).quantizer.codebook_size
+            hit = torch.zeros(k, device=out.codes.device).index_fill_(0, out.codes.reshape(-1), 1.0)
             metrics = {
-                "recon_loss": float(out.recon_loss),
-                "vq_loss": float(out.vq_loss),
-                "psnr": float(M.psnr_per_image(out.recon, batch).mean()),
-                "usage": used,
-                "perplexity": float(out.perplexity),
-                "dead_codes": float(out.dead_codes),
+                "recon_loss": out.recon_loss.detach(),
+                "vq_loss": out.vq_loss.detach(),
+                "psnr": M.psnr_per_image(out.recon.detach().float(), batch.float()).mean(),
+                "usage": hit.mean(),
+                "perplexity": out.perplexity.detach(),
+                "dead_codes": torch.as_tensor(out.dead_codes).detach(),
             }
         return loss, out, metrics
 
@@ -149,7 +158,7 @@ def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> 
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")
     trainer.fit()
-    return trainer.accelerator.unwrap_model(trainer.model), trainer, start_step
+    return trainer.unwrapped(), trainer, start_step
 
 
 @locked_command  # RUN stays locked while the command runs (stages/artifacts/runs.py)
@@ -157,6 +166,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     """The whole of stage one; returns the metrics written to RUN/metrics.json."""
     from accelerate import Accelerator
 
+    check_device_name(cfg.train.device)
+    if cfg.train.device != "auto":
+        resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     try:
         cfg.model.image_size, cfg.model.channels = cfg.data.image_size, cfg.data.channels
         cfg.model.validate()
@@ -168,7 +180,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.tokenizer:
         from vqgen.stages.artifacts.models import load_tokenizer
 
-        model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
+        accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
+        model, history = load_tokenizer(cfg.tokenizer), []
         train_images_per_s = None
         model.to(accelerator.device)
     else:

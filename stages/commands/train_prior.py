@@ -16,6 +16,7 @@ import torch
 from vqgen.priors import Prior
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
+from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
@@ -87,7 +88,7 @@ class PriorTask:
     def compute_loss(self, model, batch):
         codes, labels = batch
         out = model(codes, labels)
-        return out.loss, out, {"bits_per_token": float(out.loss.detach()) / math.log(2)}
+        return out.loss, out, {"bits_per_token": out.loss.detach() / math.log(2)}  # read back at log steps
 
     def save_samples(self, model: Prior, step: int, run_dir: Path) -> None:
         if self.tokenizer is None:
@@ -110,6 +111,9 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    check_device_name(cfg.train.device)
+    if cfg.train.device != "auto":
+        resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
     codes_dir = Path(cfg.codes)
     codes = load_codes(codes_dir)
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
@@ -122,6 +126,8 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer), cfg.train, out_dir)
+    if tokenizer is not None:
+        tokenizer.to(trainer.accelerator.device)  # the sample grids decode where the prior samples
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {trainer.resume()}")
     started = time.perf_counter()
@@ -129,7 +135,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     train_seconds = time.perf_counter() - started
     results: dict = {}
     if trainer.accelerator.is_main_process:
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trainer.unwrapped()
         save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None

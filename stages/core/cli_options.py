@@ -32,6 +32,10 @@ Resume = Annotated[
     bool,
     typer.Option("--resume", help="Continue the run from its newest checkpoint, with its saved settings."),
 ]
+Device = Annotated[
+    str,
+    typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto (a GPU when there is one, else the CPU)."),
+]
 PluginNames = Annotated[
     list[str], typer.Option("--plugin", help="Enable a training plugin (repeatable), e.g. gan.")
 ]
@@ -47,7 +51,14 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
     "lr": (float, "Peak learning rate (AdamW, warm-up then cosine).", 0.0),
     "weight_decay": (float, "AdamW weight decay.", 0.0),
     "grad_accum": (int, "Micro-batches per optimizer step.", 1),
-    "mixed_precision": (Precision, "Mixed precision (accelerate).", None),
+    "mixed_precision": (
+        Optional[Precision],
+        "Mixed precision; default: accelerate's own setting (`accelerate config`, `accelerate launch "
+        "--mixed_precision`), else no.",
+        None,
+    ),
+    "device": (str, "cpu, cuda, cuda:N, mps or auto (accelerate's choice: GPU when there is one).", None),
+    "compile": (bool, "torch.compile the model ($VQGEN_COMPILE_BACKEND, default inductor).", None),
     "seed": (int, "Random seed (data order, initialisation, sampling).", 0),
     "sample_every": (int, "Save a sample grid every N steps (0: only at the end).", 0),
     "checkpoint_every": (int, "Save a checkpoint every N steps.", 1),
@@ -118,7 +129,7 @@ def training_options(defaults):
                 else (typer.Option(f"--{name.replace('_', '-')}", help=help_text))
             )
             default = getattr(defaults, name)
-            default = Precision(default) if kind is Precision else default
+            default = Precision(default) if kind is Optional[Precision] and default is not None else default
             extra.append(
                 inspect.Parameter(
                     name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, flag]
@@ -129,7 +140,8 @@ def training_options(defaults):
         def with_train(**kwargs):
             _CONTEXT.set(kwargs.pop("vqgen_context"))
             values = {name: kwargs.pop(name) for name in TRAIN_OPTIONS}
-            values["mixed_precision"] = values["mixed_precision"].value
+            precision = values["mixed_precision"]
+            values["mixed_precision"] = precision.value if precision is not None else None
             return command(**kwargs, train=dataclasses.replace(defaults, **values))
 
         params = [p for p in signature.parameters.values() if p.name != "train"]

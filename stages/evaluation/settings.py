@@ -14,7 +14,7 @@ class EvaluateConfig:
     cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance for class-conditional priors
     seed: int = 0  # sampling and the floor's choice of training images
     features: str = "auto"  # auto (Inception if it loads, else the classifier) | inception | classifier
-    device: str = "cpu"
+    device: str = "auto"  # cpu | cuda | cuda:N | mps | auto (vqgen.stages.core.device)
     batch_size: int = 250
     classifier_epochs: int = 30
     classifier_width: int = 32

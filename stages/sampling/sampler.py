@@ -114,3 +114,35 @@ def decode_grid(tokenizer, codes: torch.Tensor, nrow: int) -> Image.Image:
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, C, S, S) in [-1, 1] -> B PIL images."""
     return [image_grid(image[None], nrow=1, pad=0) for image in images]
+
+
+def compile_sampling_step(prior: Prior, warn=print, backend: str | None = None) -> bool:
+    """`--compile` for sampling: torch.compile the prior's per-token step (`next_logits`, called once per raster
+    position) with $VQGEN_COMPILE_BACKEND (default inductor). A step that does not compile (at the first call, when
+    torch traces it) falls back to the eager step for the whole run, with one warning line; the samples are the
+    prior's either way. Returns whether the compiled step is installed."""
+    from vqgen.stages.core.device import compile_backend
+    from vqgen.stages.core.errors import one_line
+
+    eager = prior.next_logits
+    try:
+        compiled = torch.compile(eager, backend=backend or compile_backend(), dynamic=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of the compiler means: sample eagerly
+        warn(f"warning: --compile: the sampling step does not compile ({one_line(exc)}); sampling without it")
+        return False
+    failed = False
+
+    def step(state, prev):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(state, prev)
+            except Exception as exc:  # noqa: BLE001
+                failed = True
+                warn(
+                    f"warning: --compile: the sampling step does not compile ({one_line(exc)}); sampling without it"
+                )
+        return eager(state, prev)
+
+    prior.next_logits = step  # an instance attribute: Prior.sample calls self.next_logits
+    return True

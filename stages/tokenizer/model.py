@@ -64,7 +64,7 @@ class TokenizerOutput:
     recon_loss: torch.Tensor  # mean squared error
     vq_loss: torch.Tensor  # quantizer commitment (+ codebook) loss
     perplexity: torch.Tensor
-    dead_codes: int
+    dead_codes: torch.Tensor  # a 0-d tensor (no device read in the forward)
 
 
 class ResBlock(nn.Module):

@@ -46,7 +46,7 @@ class QuantizerOutput:
     codes: torch.Tensor  # (B, H, W) code indices
     loss: torch.Tensor  # commitment (+ codebook, for update="grad") loss
     perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
-    dead_codes: int = field(default=0)  # codes currently considered dead (EMA usage below threshold)
+    dead_codes: torch.Tensor | int = field(default=0)  # codes now dead (EMA usage below threshold); a tensor
 
 
 def _distributed() -> bool:
@@ -65,6 +65,14 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _histogram(idx: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """(k,) counts of each code among idx. Unlike torch.bincount, no device sync on CUDA (bincount reads the
+    maximum back to size its output); the counts are whole numbers, exact in any summation order."""
+    return torch.zeros(k, dtype=dtype, device=idx.device).index_add_(
+        0, idx, torch.ones_like(idx, dtype=dtype)
+    )
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Lloyd's k-means on (N, D) vectors; empty clusters keep their (randomly chosen) previous centre."""
     idx = torch.randint(0, x.shape[0], (k,), generator=generator, device="cpu").to(x.device)
@@ -72,7 +80,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
     for _ in range(iters):
         assign = torch.cdist(x, centres).argmin(1)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).unsqueeze(1).to(x.dtype)
+        counts = _histogram(assign, k, x.dtype).unsqueeze(1)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
     return centres
 
@@ -98,6 +106,7 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.ones(k))  # running assignment counts; drives restarts too
         self.register_buffer("initialised", torch.tensor(config.init == "random"))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._initialised_seen = False  # host-side copy of `initialised` once it is True (no per-step sync)
 
     # --- assignment ------------------------------------------------------------------------------------
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,10 +120,17 @@ class VectorQuantizer(nn.Module):
         return scores.argmin(1)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Quantize in fp32 whatever the autocast: distances, k-means and the EMA codebook are precision-sensitive
+        (under bf16 the nearest code would flip and the running means would stall), and cheap next to the
+        convolutions. Nothing here reads the device back, except the k-means initialisation on the first batch."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float())
+
+    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
         z_e = self.proj_in(z)  # (B, D, H, W)
         flat = self._normalise(z_e.permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))  # (B*H*W, D)
-        if self.training and not bool(self.initialised):
+        if self.training and not self._is_initialised():
             self._init_from_data(flat.detach())
         idx = self.nearest(flat.detach())
         quant = self._normalise(self.codebook)[idx]  # (B*H*W, D)
@@ -122,7 +138,7 @@ class VectorQuantizer(nn.Module):
         loss = self.config.beta * F.mse_loss(flat, quant.detach())
         if self.config.update == "grad":
             loss = loss + F.mse_loss(quant, flat.detach())
-        counts = torch.bincount(idx, minlength=self.config.codebook_size).to(flat.dtype)
+        counts = _histogram(idx, self.config.codebook_size, flat.dtype)
         if self.training:
             self._update(flat.detach().float(), idx, counts.float())
         probs = counts / counts.sum()
@@ -130,7 +146,19 @@ class VectorQuantizer(nn.Module):
 
         quant_st = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
         z_q = self.proj_out(quant_st.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())  # (B, C, H, W)
-        return QuantizerOutput(z_q, idx.view(b, h, w), loss, perplexity, self.dead_codes())
+        dead = (self.ema_count < self.config.restart_threshold).sum()  # a tensor: read back only when logged
+        return QuantizerOutput(z_q, idx.view(b, h, w), loss, perplexity, dead)
+
+    def _is_initialised(self) -> bool:
+        """Whether the codebook was initialised from data; the buffer is read from the device once, then the
+        answer is kept on the host (until a state dict is loaded, which may hold either)."""
+        if not self._initialised_seen:
+            self._initialised_seen = bool(self.initialised)
+        return self._initialised_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._initialised_seen = False  # the loaded buffer decides again
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Decoder input for (B, H, W) code indices: (B, C, H, W)."""
@@ -138,6 +166,7 @@ class VectorQuantizer(nn.Module):
         return self.proj_out(quant.permute(0, 3, 1, 2).contiguous())
 
     def dead_codes(self) -> int:
+        """Codes currently considered dead (reads the device: not for per-step use; forward returns a tensor)."""
         return int((self.ema_count < self.config.restart_threshold).sum())
 
     # --- codebook maintenance (training only, no gradients) ---------------------------------------------
@@ -156,6 +185,7 @@ class VectorQuantizer(nn.Module):
         if self.config.update == "ema":
             self.ema_sum.copy_(centres * share)  # codebook = ema_sum / ema_count
         self.initialised.fill_(True)
+        self._initialised_seen = True
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
@@ -169,18 +199,26 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.ema_count + 1e-5) / (n + cfg.codebook_size * 1e-5) * n  # Laplace smoothing
             self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
         self.steps += 1
-        if cfg.restart_every and int(self.steps) % cfg.restart_every == 0:
+        if cfg.restart_every:
             self._restart_dead(flat)
 
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor) -> None:
-        dead = (self.ema_count < self.config.restart_threshold).nonzero().squeeze(1)
-        if dead.numel() == 0:
-            return
-        pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
+        """Every restart_every steps, codes whose EMA count fell below the threshold take a recent encoder output.
+        Written without reading the device: every code draws a candidate and torch.where keeps it only where the
+        code is dead and the step is due, so no Python branch depends on a tensor."""
+        cfg = self.config
+        k = cfg.codebook_size
+        due = (self.steps % cfg.restart_every) == 0
+        dead = (self.ema_count < cfg.restart_threshold) & due  # (K,)
+        pick = torch.randint(0, flat.shape[0], (k,), device=flat.device)
         fresh = _broadcast(flat[pick].contiguous())  # rank 0's choice wins, so every process agrees
-        count = max(1.0, float(self.ema_count.mean()))
-        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
-        if self.config.update == "ema":
-            self.ema_sum[dead] = fresh * count  # codebook = ema_sum / ema_count
-        self.ema_count[dead] = count
+        count = self.ema_count.mean().clamp(min=1.0)
+        self.codebook.data.copy_(
+            torch.where(dead[:, None], fresh.to(self.codebook.dtype), self.codebook.data)
+        )
+        if cfg.update == "ema":
+            self.ema_sum.copy_(
+                torch.where(dead[:, None], fresh * count, self.ema_sum)
+            )  # codebook = sum / count
+        self.ema_count.copy_(torch.where(dead, count, self.ema_count))

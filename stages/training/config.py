@@ -17,7 +17,12 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.02  # cosine decay ends at lr * min_lr_ratio
     grad_accum: int = 1  # micro-batches per optimizer step
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    # "no" | "fp16" | "bf16"; None: accelerate's own setting (`accelerate config`, `accelerate launch`)
+    mixed_precision: str | None = None
+    # cpu | cuda | cuda:N | mps | auto (accelerate's choice: a GPU when there is one)
+    device: str = "auto"
+    # torch.compile the model after accelerate.prepare ($VQGEN_COMPILE_BACKEND, default inductor)
+    compile: bool = False
     clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
     seed: int = 0
     log_every: int = 25

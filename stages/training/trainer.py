@@ -17,6 +17,7 @@ import contextlib
 import copy
 import hashlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,12 +30,35 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts.hub import weights_file
+from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask
 from vqgen.stages.training.data_order import EpochSampler
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
+
+
+def _launched_processes() -> int:
+    """How many processes `accelerate launch` / torchrun started (1 when run directly)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
+    """FSDP and DeepSpeed shard the model and optimizer, which this loop's checkpoints, rollback and EMA codebook do
+    not handle: refuse them at the start in one line, naming what works."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        name = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
+        raise UserError(
+            f"{name} is not supported: vqgen trains in a single process or with DDP (`accelerate launch` with "
+            "multi-GPU or multi-node, no FSDP/DeepSpeed); reconfigure with `accelerate config`"
+        )
 
 
 class Trainer:
@@ -44,18 +68,26 @@ class Trainer:
         self.task, self.cfg, self.run_dir, self.plugins = task, config, Path(run_dir), list(plugins)
         try:
             self.accelerator = Accelerator(
-                mixed_precision=config.mixed_precision,
+                mixed_precision=config.mixed_precision,  # None: accelerate's own setting (config file, launch)
                 log_with=config.log_with,
                 project_dir=str(self.run_dir),
+                **training_accelerator_kwargs(config.device, _launched_processes()),
             )
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
+        refuse_unsupported_distribution(self.accelerator)
+        # the value used (the flag, or accelerate's own setting) is what run_config.json and checkpoints record
+        config.mixed_precision = str(self.accelerator.mixed_precision)
         if config.log_with and not self.accelerator.log_with:
             raise UserError(
                 f"--log-with {config.log_with}: that tracker is not installed (pip install {config.log_with})"
             )
         set_seed(config.seed + self.accelerator.process_index)
         model = task.model
+        on_cuda = self.accelerator.device.type == "cuda"
+        model.to(self.accelerator.device)  # before the optimizer: fused AdamW wants its parameters on the GPU
+        if on_cuda and getattr(task, "channels_last", False):
+            model.to(memory_format=torch.channels_last)  # convolutions: NHWC kernels on CUDA (tensor cores)
         decay, no_decay = [], []
         for p in model.parameters():
             if p.requires_grad:
@@ -64,8 +96,12 @@ class Trainer:
             {"params": decay, "weight_decay": config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+        optimizer = torch.optim.AdamW(
+            groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if config.compile:
+            self.model = torch.compile(self.model, backend=compile_backend())
         self.sampler = EpochSampler(
             task.num_examples(), config.batch_size, config.seed,
             self.accelerator.process_index, self.accelerator.num_processes,
@@ -80,6 +116,8 @@ class Trainer:
                 raise UserError(f"plugin {plugin.name!r}: {' '.join(str(exc).split())}") from None
         self.step, self.lr_scale = 0, 1.0
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
+        # fp16: steps whose gradients overflowed, skipped by the GradScaler (not a divergence: no rollback)
+        self.skipped_steps = 0
         self._snapshot: dict | None = None
         self.history: list[dict[str, float]] = []
         self._consumed: list[torch.Tensor] = []  # the dataset indices of the current step's micro-batches
@@ -102,14 +140,20 @@ class Trainer:
         return c.lr * factor * self.lr_scale
 
     # --- one step ---------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, float] | None:
-        """One optimizer step over grad_accum micro-batches; None if it was skipped for a non-finite loss."""
+    def train_step(self, step: int) -> dict | None:
+        """One optimizer step over grad_accum micro-batches; None if it was skipped for a non-finite loss.
+
+        The metrics stay tensors on the device (read back at log steps only, `_log`). The step reads the device once:
+        the skip-or-step decision (a non-finite loss anywhere, or without a GradScaler a non-finite gradient norm).
+        Under fp16 a non-finite gradient is no divergence: it goes to `optimizer.step()`, whose GradScaler skips the
+        update and lowers its scale (counted as `skipped_steps`)."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
-        metrics: dict[str, float] = {}
+        metrics: dict = {}
         batch = out = None
         self._consumed = []
+        bad = torch.zeros(2, device=self.accelerator.device)  # [non-finite losses, non-finite gradient norm]
         for micro in range(self.cfg.grad_accum):
             indices = self.sampler.indices(step * self.cfg.grad_accum + micro)
             self._consumed.append(indices)
@@ -125,17 +169,26 @@ class Trainer:
                     if extra is not None:
                         loss = loss + extra.loss
                         m.update(extra.metrics)
-                if not self._all_finite(loss):
-                    return self._on_nonfinite(step)
+                loss_d = loss.detach()
+                bad[0] += (~torch.isfinite(loss_d.float())).any()
                 self.accelerator.backward(loss / self.cfg.grad_accum)
             metrics.update(m)
-            metrics["loss"] = float(loss.detach())
+            metrics["loss"] = loss_d
+        scaled = self.accelerator.scaler is not None  # fp16: the GradScaler judges the gradients
         if self.cfg.clip_grad > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            if not self._all_finite(torch.as_tensor(norm)):
-                return self._on_nonfinite(step)
-            metrics["grad_norm"] = float(norm)
+            norm = torch.as_tensor(norm, device=self.accelerator.device).detach()
+            if not scaled:
+                bad[1] += (~torch.isfinite(norm.float())).any()
+            metrics["grad_norm"] = norm
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, "sum")
+        nonfinite_loss, nonfinite_grad = bad.tolist()  # the one host sync of the step
+        if nonfinite_loss or nonfinite_grad:
+            return self._on_nonfinite(step, "loss" if nonfinite_loss else "gradient norm")
         self.optimizer.step()
+        if scaled and self.optimizer.step_was_skipped:
+            self.skipped_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         for plugin in self.plugins:
             metrics.update(plugin.after_step(self.ctx, batch, out, step))
@@ -143,12 +196,14 @@ class Trainer:
         self.nonfinite_in_row = 0
         return metrics
 
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1).to(self.accelerator.device)
-        return float(self.accelerator.reduce(bad, "sum")) == 0
-
-    def _on_nonfinite(self, step: int) -> None:
+    def _on_nonfinite(self, step: int, what: str = "loss") -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.accelerator.scaler
+        if (
+            scaler is not None
+        ):  # fp16: close the GradScaler's step (its unscale_ for clipping) without an update
+            with contextlib.suppress(AssertionError):  # AssertionError: nothing was unscaled (no clipping)
+                scaler.update()  # the gradients were not finite: the scale is lowered too
         self.nonfinite_in_row += 1
         self.nonfinite_total += 1
         last = ckpt.list_checkpoints(self.run_dir)
@@ -164,7 +219,7 @@ class Trainer:
             for plugin in self.plugins:
                 plugin.on_rollback(self.cfg.rollback_lr_factor)
             self.accelerator.print(
-                f"non-finite loss at step {step}: rolled back to the state of step {self._snapshot['step']}, "
+                f"non-finite {what} at step {step}: rolled back to the state of step {self._snapshot['step']}, "
                 f"learning rate scaled to x{self.lr_scale:.3g}"
             )
         return None
@@ -172,14 +227,14 @@ class Trainer:
     def _take_snapshot(self, step: int) -> None:
         self._snapshot = {
             "step": step,
-            "model": copy.deepcopy(self.accelerator.unwrap_model(self.model).state_dict()),
+            "model": copy.deepcopy(self.unwrapped().state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "plugins": [copy.deepcopy(p.state_dict()) for p in self.plugins],
         }
 
     def _restore_snapshot(self) -> None:
         snap = self._snapshot
-        self.accelerator.unwrap_model(self.model).load_state_dict(snap["model"])
+        self.unwrapped().load_state_dict(snap["model"])
         self.optimizer.load_state_dict(snap["optimizer"])
         for plugin, state in zip(self.plugins, snap["plugins"]):
             plugin.load_state_dict(state)
@@ -228,7 +283,7 @@ class Trainer:
             order_log.flush()
         self._log(metrics)
         if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
-            self.task.save_samples(acc.unwrap_model(self.model), self.step, self.run_dir)
+            self.task.save_samples(self.unwrapped(), self.step, self.run_dir)
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
@@ -288,15 +343,23 @@ class Trainer:
         tmp.replace(path)
         return open(path, "a")
 
-    def _log(self, metrics: dict[str, float]) -> None:
+    def _log(self, metrics: dict) -> None:
+        """Every log_every steps (and the last): read the step's metrics back from the device in one transfer,
+        keep them in the history and show them. Other steps read nothing back."""
         if self.step % self.cfg.log_every and self.step != self.cfg.steps:
             return
-        metrics = {**metrics, "nonfinite_skipped": float(self.nonfinite_total)}
+        metrics = host_values(metrics)
+        metrics.update(nonfinite_skipped=float(self.nonfinite_total), skipped_steps=float(self.skipped_steps))
         self.history.append({"step": self.step, **metrics})
         if self.cfg.log_with:
             self.accelerator.log(metrics, step=self.step)
         keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
         self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics}, refresh=False)
+
+    def unwrapped(self) -> torch.nn.Module:
+        """The trained model itself: without accelerate's wrappers (DDP, mixed precision) nor torch.compile's, so
+        that saved weights and checkpoints never carry `module.` or `_orig_mod.` prefixes."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -304,7 +367,7 @@ class Trainer:
         acc.wait_for_everyone()
         path = None
         if acc.is_main_process:
-            tensors = ckpt.add_prefix(acc.unwrap_model(self.model).state_dict(), "model")
+            tensors = ckpt.add_prefix(self.unwrapped().state_dict(), "model")
             opt_tensors, opt_meta = ckpt.flatten_state(self.optimizer.state_dict())
             rng_tensors, rng_meta = ckpt.rng_state()
             tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
@@ -317,7 +380,8 @@ class Trainer:
             meta = {
                 "lr_scale": self.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
                 "nonfinite_total": self.nonfinite_total, "train_config": asdict(self.cfg),
-                "data_digest": self.data_digest,
+                "data_digest": self.data_digest, "skipped_steps": self.skipped_steps,
+                "grad_scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             }  # fmt: skip
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
         self._saved_step = self.step
@@ -344,7 +408,7 @@ class Trainer:
                 acc.wait_for_everyone()
                 continue
             tensors, meta = ckpt.read_checkpoint(path)
-            self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.split_prefix(tensors, "model"))
+            self.unwrapped().load_state_dict(ckpt.split_prefix(tensors, "model"))
             self.optimizer.load_state_dict(
                 ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
             )
@@ -360,9 +424,22 @@ class Trainer:
             self.step, self.lr_scale = meta["step"], meta["lr_scale"]
             self.nonfinite_total = meta.get("nonfinite_total", 0)
             self.data_digest = meta.get("data_digest", "")
+            self.skipped_steps = meta.get("skipped_steps", 0)
+            if self.accelerator.scaler is not None and meta.get("grad_scaler"):
+                self.accelerator.scaler.load_state_dict(meta["grad_scaler"])
             self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
+
+
+def host_values(metrics: dict) -> dict[str, float]:
+    """Metrics as Python floats: every tensor among them read back from the device in one transfer."""
+    names = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if k not in names}
+    if names:
+        stacked = torch.stack([metrics[k].detach().float().reshape(()).cpu() for k in names])
+        out.update(zip(names, stacked.tolist()))
+    return {k: out[k] for k in metrics}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
