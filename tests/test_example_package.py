@@ -73,7 +73,7 @@ def test_example_prior_and_plugin_run_through_the_cli(installed, tmp_path, image
         str(tmp_path / "m.png"),
     )
     assert gen.returncode == 0, gen.stderr[-3000:]
-    assert len(list((tmp_path / "m").iterdir())) == 4
+    assert len(list((tmp_path / "m").glob("*.png"))) == 4
 
 
 def test_markov_prior_passes_the_contract(installed):
