@@ -440,12 +440,15 @@ def tokenizers() -> None:
         f"{'name':<14} {'arch':<8} {'image':>7} {'grid':>6} {'codes':>7} {'params':>8} {'GFLOPs':>8}  source"
     )
     for p in tokenizer_presets():
-        c = p.config
-        params, flops = count_size(TOKENIZERS.get(p.arch), c)
-        entry = sources[p.arch]
+        c, entry = p.config, sources[p.arch]
+        try:
+            params, flops = count_size(TOKENIZERS.get(p.arch), c)
+            size = f"{params / 1e6:>7.2f}M {flops / 1e9:>8.2f}"
+        except Exception:  # a third-party model that cannot be built on the meta device: list it all the same
+            size = f"{'?':>8} {'?':>8}"
         typer.echo(
             f"{p.name:<14} {p.arch:<8} {c.image_size:>4} px {c.grid_size:>3}^2 {c.quantizer.codebook_size:>7} "
-            f"{params / 1e6:>7.2f}M {flops / 1e9:>8.2f}  {entry.source} ({entry.target})"
+            f"{size}  {entry.source} ({entry.target})"
         )
 
 

@@ -244,3 +244,30 @@ def test_old_tokenizer_config_without_a_quantizer_kind_loads(tmp_path):
     Path(tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "nosuch"}))
     with pytest.raises(Exception, match="not a vqgen tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_gan_plugin_and_a_trained_vqgan_reused(runs, tmp_path, image_folder):
+    """The GAN plugin's adaptive weight reads a VQGAN's last layer; `--tokenizer` reuses a trained VQGAN."""
+    flags = [*ARCH_FLAGS["vqgan"], *QUANTIZER_FLAGS["lfq"], *STEPS]
+    ok(call_cli("tokenize", "--run", tmp_path / "gan", "--dataset", image_folder, *flags, "--plugin", "gan"))
+    trained = runs["vqgan", "fsq"] / "tokenizer"
+    reuse = ["tokenize", "--dataset", image_folder, "--tokenizer", trained]
+    ok(call_cli(*reuse, "--run", tmp_path / "reuse", "--image-size", "16"))
+    meta = json.loads((tmp_path / "reuse" / "codes" / "codes.json").read_text())
+    assert (
+        meta["tokenizer_fingerprint"]
+        == json.loads((runs["vqgan", "fsq"] / "codes" / "codes.json").read_text())["tokenizer_fingerprint"]
+    )
+    one_line_error(call_cli(*reuse, "--run", tmp_path / "other"), "takes 16 px images", "--image-size 16")
+
+
+def test_tokenizer_sizes_benchmark_in_its_tiny_mode(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tokenizer_sizes
+
+    result = tokenizer_sizes.main(
+        ["--tiny", "--skip-usage", "--repeats", "1", "--json", str(tmp_path / "s.json")]
+    )
+    (row,) = result["train_step"]
+    assert row["name"] == "vqgan-tiny" and row["throughput"] > 0 and row["params_m"] > 0
+    assert json.loads((tmp_path / "s.json").read_text())["train_step"][0]["gflops_per_image"] > 0

@@ -203,6 +203,12 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         from vqgen.stages.artifacts.models import load_tokenizer
 
         model, accelerator, history = load_tokenizer(cfg.tokenizer), Accelerator(), []
+        takes = (model.config.image_size, model.config.channels)
+        if takes != (cfg.data.image_size, cfg.data.channels):
+            raise UserError(
+                f"--tokenizer {cfg.tokenizer} takes {takes[0]} px images with {takes[1]} channel(s); pass "
+                f"--image-size {takes[0]} --channels {takes[1]}"
+            )
         train_images_per_s = None
         model.to(accelerator.device)
     else:

@@ -95,7 +95,9 @@ class UsageTracker(nn.Module):
     def __init__(self, codebook_size: int, decay: float, threshold: float):
         super().__init__()
         self.decay, self.threshold = decay, threshold
-        self.register_buffer("ema_count", torch.ones(codebook_size), persistent=False)
+        self.register_buffer(
+            "ema_count", torch.ones(codebook_size)
+        )  # saved, as VectorQuantizer's: exact resume
 
     def forward(self, codes: torch.Tensor, training: bool) -> tuple[torch.Tensor, int]:
         """(perplexity of this batch, dead codes) for (N,) codes; the EMA moves in training only."""
