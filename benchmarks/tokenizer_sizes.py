@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--usage-steps", type=int, default=400)
     parser.add_argument("--usage-codes", type=int, default=4096)
     parser.add_argument("--skip-usage", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="only the codebook health")
     parser.add_argument("--tiny", action="store_true", help="toy sizes, for the test suite")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -140,22 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     image_size = 16 if args.tiny else args.image_size
     configs = size_presets(image_size, args.tiny)
     configs = {k: v for k, v in configs.items() if not args.presets or k in args.presets}
-    print(f"training step at {image_size} px, batch {batch}, on {device}:", flush=True)
-    timing = Timing(repeats=args.repeats, warmup=1)
-    steps = step_table(configs, batch, timing, device)
-    print(
-        markdown_table(
-            f"train step, {image_size} px, batch {batch}",
-            steps,
-            [
-                ("params (M)", "params_m", ".2f"),
-                ("GFLOPs/image (fwd)", "gflops_per_image", ".1f"),
-                ("grid", "grid", ""),
-                ("codes", "codebook", ""),
-            ],
-        )  # fmt: skip
-    )
-    result = {"machine": machine_info(device), "train_step": steps}
+    result = {"machine": machine_info(device)}
+    if not args.skip_steps and configs:
+        print(f"training step at {image_size} px, batch {batch}, on {device}:", flush=True)
+        steps = step_table(configs, batch, Timing(repeats=args.repeats, warmup=1), device)
+        columns = [("params (M)", "params_m", ".2f"), ("GFLOPs/image (fwd)", "gflops_per_image", ".1f"),
+                   ("grid", "grid", ""), ("codes", "codebook", "")]  # fmt: skip
+        print(markdown_table(f"train step, {image_size} px, batch {batch}", steps, columns))
+        result["train_step"] = steps
     if not args.skip_usage:
         codes = 64 if args.tiny else args.usage_codes
         print(
