@@ -42,9 +42,8 @@ class TokenizeConfig:
     run_dir: str = "runs/demo"
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = "vqvae"  # the architecture or size preset `model` started from (`python cli.py tokenizers`)
-    model: Any = field(
-        default_factory=TokenizerConfig
-    )  # the architecture's dataclass config (model_type names it)
+    # the architecture's dataclass config (its model_type names the architecture)
+    model: Any = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
