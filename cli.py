@@ -54,7 +54,7 @@ from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
 app = typer.Typer(
-    help="vqgen: a VQ-VAE tokenizer and swappable autoregressive priors, in one pipeline.",
+    help="vqgen: an image tokenizer (VQ-VAE, VQGAN) and swappable autoregressive priors, in one pipeline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
