@@ -3,7 +3,7 @@
     python cli.py tokenize --run runs/demo            # stage one on the embedded MNIST digits
     python cli.py train-prior --prior gru --codes runs/demo/codes
     python cli.py generate --prior runs/demo/prior-gru --label 7
-    python cli.py priors | plugins                    # what is installed, and from where
+    python cli.py priors | plugins | tokenizers | quantizers   # what is installed, and from where
 
 A user's mistake prints one line and exits with code 2; an interrupted run keeps its checkpoint.
 """
@@ -55,7 +55,7 @@ from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
 app = typer.Typer(
-    help="vqgen: a VQ-VAE tokenizer and swappable autoregressive priors, in one pipeline.",
+    help="vqgen: an image tokenizer (VQ-VAE, VQGAN) and swappable autoregressive priors, in one pipeline.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -89,57 +89,122 @@ def tokenize(
     image_column: Annotated[str, typer.Option(help="Hub datasets: image column.")] = "image",
     label_column: Annotated[str, typer.Option(help="Hub datasets: label column ('' for none).")] = "label",
     revision: Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")] = None,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="Tokenizer architecture or size preset: vqvae, vqgan, vqgan-f8, vqgan-f16, ... "
+            "(`cli.py tokenizers` lists them)."
+        ),
+    ] = "vqvae",
+    quantizer: Annotated[
+        Optional[str],
+        typer.Option(help="Quantizer: vq (codebook), fsq (finite scalar), lfq (lookup-free binary)."),
+    ] = None,
     image_size: Annotated[
-        int, typer.Option(min=4, max=4096, help="Images are fitted and padded to this square size.")
-    ] = 28,
-    channels: Annotated[int, typer.Option(min=1, max=3, help="1 = grey, 3 = RGB.")] = 1,
+        Optional[int],
+        typer.Option(
+            min=4, max=4096, help="Images are fitted and padded to this square size [default: the arch's]."
+        ),
+    ] = None,
+    channels: Annotated[
+        Optional[int], typer.Option(min=1, max=3, help="1 = grey, 3 = RGB [default: the arch's].")
+    ] = None,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
-    codebook_size: Annotated[int, typer.Option(min=2, max=2**20, help="Number of codes.")] = 512,
+    codebook_size: Annotated[
+        Optional[int], typer.Option(min=2, max=2**20, help="Number of codes (vq).")
+    ] = None,
     code_dim: Annotated[
-        int, typer.Option(min=1, max=4096, help="Codebook vector size (low-dimensional projection).")
-    ] = 16,
+        Optional[int],
+        typer.Option(
+            min=1, max=4096, help="Codebook vector size (vq); bits per code (lfq: K = 2**code_dim)."
+        ),
+    ] = None,
+    fsq_levels: Annotated[
+        Optional[str],
+        typer.Option(help="fsq: values per dimension, comma-separated, e.g. 8,5,5,5 (K = product)."),
+    ] = None,
+    entropy_weight: Annotated[
+        Optional[float], typer.Option(min=0.0, max=100.0, help="lfq: weight of the entropy penalty.")
+    ] = None,
     downsample: Annotated[
-        int, typer.Option(min=1, max=256, help="Spatial downsampling factor (a power of two).")
-    ] = 4,
+        Optional[int],
+        typer.Option(min=1, max=256, help="vqvae: spatial downsampling factor (a power of two)."),
+    ] = None,
     base_channels: Annotated[
-        int, typer.Option(min=1, max=4096, help="Encoder width after the first downsampling.")
-    ] = 32,
+        Optional[int], typer.Option(min=1, max=4096, help="Width of the first level.")
+    ] = None,
     res_blocks: Annotated[
-        int, typer.Option(min=0, max=64, help="Residual blocks on the code grid (encoder and decoder).")
-    ] = 2,
+        Optional[int],
+        typer.Option(min=0, max=64, help="Residual blocks (vqvae: on the code grid; vqgan: per level)."),
+    ] = None,
     codebook_update: Annotated[
-        CodebookUpdate, typer.Option(help="EMA or gradient codebook updates.")
-    ] = CodebookUpdate.ema,
+        Optional[CodebookUpdate], typer.Option(help="vq: EMA or gradient codebook updates.")
+    ] = None,
     codebook_init: Annotated[
-        CodebookInit, typer.Option(help="Codebook initialisation.")
-    ] = CodebookInit.kmeans,
-    cosine: Annotated[bool, typer.Option(help="l2-normalised (cosine) codes.")] = False,
-    beta: Annotated[float, typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")] = 0.25,
+        Optional[CodebookInit], typer.Option(help="vq: codebook initialisation.")
+    ] = None,
+    cosine: Annotated[
+        Optional[bool], typer.Option("--cosine/--no-cosine", help="vq: l2-normalised codes.")
+    ] = None,
+    beta: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")] = None,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
-    """Stage one: train the VQ-VAE tokenizer, evaluate it, and encode the dataset into code grids."""
-    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize, tokenizer_config
+    from vqgen.stages.core.cli_options import given, saved_setting
     from vqgen.stages.data.images import DataConfig
-    from vqgen.stages.tokenizer.model import TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 
-    cfg = TokenizeConfig(
-        run_dir=str(run),
-        data=DataConfig(dataset, split, heldout_split, image_column, label_column or None, image_size, channels, revision=revision),
-        model=TokenizerConfig(
-            image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+    if resume and not given("arch"):  # the run's own architecture, as every other setting on --resume
+        arch = saved_setting(run / "run_config.json", "arch", arch)
+    try:
+        levels = [int(v) for v in fsq_levels.split(",")] if fsq_levels is not None else None
+    except ValueError:
+        raise UserError(
+            f"--fsq-levels takes comma-separated integers such as 8,5,5,5, got {fsq_levels!r}"
+        ) from None
+    kind = quantizer
+    if codebook_size is not None and (kind or "vq") != "vq":
+        raise UserError(
+            f"--codebook-size applies to --quantizer vq; {kind} sets its own (fsq: --fsq-levels, lfq: 2**--code-dim)"
+        )
+    model = tokenizer_config(
+        arch,
+        dict(
+            image_size=image_size,
+            channels=channels,
+            downsample=downsample,
+            base_channels=base_channels,
             num_res_blocks=res_blocks,
-            quantizer=QuantizerConfig(
-                codebook_size=codebook_size, code_dim=code_dim, beta=beta, update=codebook_update.value,
-                cosine=cosine, init=codebook_init.value,
-            ),
         ),
-        train=train,
+        dict(
+            kind=kind,
+            codebook_size=codebook_size,
+            code_dim=code_dim,
+            beta=beta,
+            cosine=cosine,
+            levels=levels,
+            entropy_weight=entropy_weight,
+            update=codebook_update.value if codebook_update else None,
+            init=codebook_init.value if codebook_init else None,
+        ),
+    )
+    data = DataConfig(
+        dataset,
+        split,
+        heldout_split,
+        image_column,
+        label_column or None,
+        model.image_size,
+        model.channels,
+        revision=revision,
+    )
+    cfg = TokenizeConfig(
+        run_dir=str(run), data=data, arch=arch, model=model, train=train,
         tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
     )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
@@ -405,6 +470,37 @@ def priors() -> None:
     from vqgen.stages.core.registry import PRIORS
 
     _list(PRIORS)
+
+
+@app.command()
+def tokenizers() -> None:
+    """List every tokenizer architecture and size preset: parameters, FLOPs per image and where it comes from."""
+    from vqgen.stages.core.registry import TOKENIZERS, tokenizer_presets
+    from vqgen.stages.tokenizer.base import count_size
+
+    sources = {e.name: e for e in TOKENIZERS.entries()}
+    typer.echo(
+        f"{'name':<14} {'arch':<8} {'image':>7} {'grid':>6} {'codes':>7} {'params':>8} {'GFLOPs':>8}  source"
+    )
+    for p in tokenizer_presets():
+        c, entry = p.config, sources[p.arch]
+        try:
+            params, flops = count_size(TOKENIZERS.get(p.arch), c)
+            size = f"{params / 1e6:>7.2f}M {flops / 1e9:>8.2f}"
+        except Exception:  # a third-party model that cannot be built on the meta device: list it all the same
+            size = f"{'?':>8} {'?':>8}"
+        typer.echo(
+            f"{p.name:<14} {p.arch:<8} {c.image_size:>4} px {c.grid_size:>3}^2 {c.quantizer.codebook_size:>7} "
+            f"{size}  {entry.source} ({entry.target})"
+        )
+
+
+@app.command()
+def quantizers() -> None:
+    """List every available quantizer and where it comes from."""
+    from vqgen.stages.core.registry import QUANTIZERS
+
+    _list(QUANTIZERS)
 
 
 @app.command()

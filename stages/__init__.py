@@ -1,1 +1,1 @@
-"""Pipeline stages: data, the VQ-VAE tokenizer (stage one), prior training (stage two), generation."""
+"""Pipeline stages: data, the tokenizer (stage one: VQ-VAE, VQGAN), prior training (stage two), generation."""

@@ -3,6 +3,7 @@
 bottom   vqgen.priors, vqgen.plugins             their own contract and torch only: no vqgen.stages, not each other
          vqgen.stages.tokenizer                  the stage-one model and its quantizers: nothing else of vqgen
          vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
+                                                 but the bottom packages whose registries it holds
 middle   data, training, artifacts, sampling, evaluation     never the commands, the API or the CLI
 top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other; only vqgen.cli imports commands
 """
@@ -54,7 +55,9 @@ def forbidden(module: str, imported: str) -> str | None:
         if not inside(imported, room):
             return "the tokenizer's model and quantizers are a bottom room"
     elif room == f"{stages}.core":
-        if not any(inside(imported, r) for r in (room, "vqgen.priors", "vqgen.plugins")):
+        if not any(
+            inside(imported, r) for r in (room, "vqgen.priors", "vqgen.plugins", f"{stages}.tokenizer")
+        ):
             return "core is the host's bottom room"
     elif room in {f"{stages}.{m}" for m in MIDDLE}:
         if any(inside(imported, up) for up in top):

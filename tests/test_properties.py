@@ -165,6 +165,8 @@ STRIPPED = TEXT.map(str.strip)
 
 def value_for(annotation) -> st.SearchStrategy:
     """A random value of a field's type, and None where the field is optional."""
+    if typing.get_origin(annotation) is list:  # e.g. QuantizerConfig.levels: list[int]
+        return st.lists(value_for(typing.get_args(annotation)[0]), max_size=4)
     options = typing.get_args(annotation)
     kind = next((o for o in options if o is not type(None)), annotation)
     base = {
@@ -177,6 +179,8 @@ def value_for(annotation) -> st.SearchStrategy:
 
 
 def as_text(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     return "none" if value is None else str(value)
 
 

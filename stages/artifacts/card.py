@@ -154,6 +154,14 @@ def _config_json(run: dict) -> str:
     return json.dumps(redact_paths(run), indent=2, sort_keys=True) if run else "{}"
 
 
+def tokenizer_name(tc: dict) -> str:
+    """'VQ-VAE', 'VQGAN', ... from a tokenizer's config.json, with its quantizer when it is not the codebook one."""
+    model_type = str(tc.get("model_type", "?"))
+    arch = {"vqvae": "VQ-VAE", "vqgan": "VQGAN"}.get(model_type, model_type)
+    kind = (tc.get("quantizer") or {}).get("kind", "vq")
+    return arch if kind == "vq" else f"{arch} ({str(kind).upper()})"
+
+
 def _intro(inputs: CardInputs) -> str:
     """What the pipeline is, its samples, and how to use it."""
     tc, pc = inputs.tokenizer_config, inputs.prior_config
@@ -167,7 +175,7 @@ def _intro(inputs: CardInputs) -> str:
     return f"""
 # {inputs.repo_id.split("/")[-1]}
 
-A two-stage image generator made with vqgen: a VQ-VAE tokenizer that turns
+A two-stage image generator made with vqgen: a {tokenizer_name(tc)} tokenizer that turns
 {tc.get("image_size", "?")}x{tc.get("image_size", "?")} images into a {grid} grid of codes from a codebook of
 {q.get("codebook_size", "?")} entries, and a `{pc.get("prior_type", "?")}` autoregressive prior over those codes,
 {conditioning}. Trained on {dataset_name}.{classes}
@@ -242,7 +250,11 @@ def build_card(inputs: CardInputs) -> ModelCard:
 
 def component_card(kind: str, repo_id: str, config: dict) -> ModelCard:
     """The short README.md of the `tokenizer/` or `prior/` subfolder, pointing to the root card."""
-    what = "VQ-VAE tokenizer" if kind == "tokenizer" else f"`{config.get('prior_type', '?')}` prior"
+    what = (
+        f"{tokenizer_name(config)} tokenizer"
+        if kind == "tokenizer"
+        else f"`{config.get('prior_type', '?')}` prior"
+    )
     loader = "vqgen.load_tokenizer" if kind == "tokenizer" else "vqgen.load_prior"
     data = ModelCardData(
         library_name="vqgen",

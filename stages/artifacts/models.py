@@ -19,6 +19,7 @@ from typing import Any
 
 from vqgen.stages.artifacts.hub import WEIGHTS, _hub_file, model_folder, read_config
 from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.core.registry import config_class as config_class_of
 
 
 def _describe(hint: Any) -> str:
@@ -80,16 +81,6 @@ def build_config(config_class: type, data: dict, where: str, prefix: str = "") -
         raise UserError(
             f"{where}: config.json is not a valid {config_class.__name__} ({one_line(exc)})"
         ) from None
-
-
-def config_class_of(cls: type) -> type:
-    """The dataclass a model's __init__ takes as `config`."""
-    hint = typing.get_type_hints(cls.__init__).get("config")
-    if not (isinstance(hint, type) and is_dataclass(hint)):
-        raise UserError(
-            f"{cls.__module__}.{cls.__qualname__} does not take a dataclass `config`; fix the model"
-        )
-    return hint
 
 
 class _TooLarge(Exception):
@@ -258,14 +249,17 @@ def load_model(cls: type, path: str | Path, kind: str, config: dict | None = Non
 
 
 def load_tokenizer(path: str | Path, revision: str | None = None):
-    """A trained VQVAE from a folder, a published vqgen folder (its `tokenizer/`) or a Hub id at `revision`."""
-    from vqgen.stages.tokenizer.model import VQVAE
+    """A trained tokenizer of any registered architecture from a folder, a published vqgen folder (its
+    `tokenizer/`) or a Hub id at `revision`; dispatches on `model_type` through the tokenizer registry."""
+    from vqgen.stages.core.registry import TOKENIZERS
 
     folder = model_folder(path, "tokenizer", revision)
     config = read_config(folder)
-    if config.get("model_type") != "vqvae":
-        raise UserError(f"{path}: not a vqgen tokenizer (model_type={config.get('model_type')!r})")
-    return load_model(VQVAE, folder, "tokenizer", config)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in TOKENIZERS.names():
+        known = ", ".join(TOKENIZERS.names())
+        raise UserError(f"{path}: not a vqgen tokenizer (model_type={model_type!r}; known: {known})")
+    return load_model(TOKENIZERS.get(model_type), folder, "tokenizer", config)
 
 
 def load_prior(path: str | Path, revision: str | None = None):

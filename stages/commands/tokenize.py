@@ -1,4 +1,7 @@
-"""Stage one: train (or load) the VQ-VAE tokenizer, evaluate it on held-out images, encode the dataset to codes.
+"""Stage one: train (or load) the tokenizer, evaluate it on held-out images, encode the dataset to codes.
+
+The architecture (`--arch`: vqvae, vqgan or a size preset such as vqgan-f16) and the quantizer (`--quantizer`: vq,
+fsq, lfq) are found through the host's registries (vqgen.stages.core.registry), entry points included.
 
 Run folder:
     RUN/tokenizer/        config.json + model.safetensors + README.md (the Hub layout)
@@ -10,8 +13,9 @@ Run folder:
 """
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +25,12 @@ from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
+from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS, tokenizer_preset
 from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+from vqgen.stages.tokenizer import Tokenizer
+from vqgen.stages.tokenizer.model import TokenizerConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.trainer import Trainer
@@ -36,7 +42,9 @@ IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in me
 class TokenizeConfig:
     run_dir: str = "runs/demo"
     data: DataConfig = field(default_factory=DataConfig)
-    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    arch: str = "vqvae"  # the architecture or size preset `model` started from (`python cli.py tokenizers`)
+    # the architecture's dataclass config (its model_type names the architecture)
+    model: Any = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
@@ -53,7 +61,7 @@ class TokenizerTask:
     progress_keys = ("psnr", "usage", "perplexity")
     channels_last = True  # the trainer converts the model (and get_batch the images) to NHWC on CUDA
 
-    def __init__(self, model: VQVAE, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
+    def __init__(self, model: Tokenizer, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
         self.model = model
         ds = splits.train
         c, s = model.config.channels, model.config.image_size
@@ -94,8 +102,36 @@ class TokenizerTask:
             }
         return loss, out, metrics
 
-    def save_samples(self, model: VQVAE, step: int, run_dir: Path) -> None:
+    def save_samples(self, model: Tokenizer, step: int, run_dir: Path) -> None:
         save_reconstruction_grid(model, self.preview, Path(run_dir) / "samples" / f"recon_{step:07d}.png")
+
+
+def tokenizer_config(arch: str, model: dict[str, Any], quantizer: dict[str, Any]) -> Any:
+    """The config of architecture or preset `arch` with the given fields changed (None: keep the preset's).
+    A field the architecture does not have is a UserError naming it."""
+    preset = tokenizer_preset(arch)
+    config = preset.config
+    for values, target in ((model, config), (quantizer, config.quantizer)):
+        values = {k: v for k, v in values.items() if v is not None}
+        known = {f.name for f in fields(target)}
+        for name in sorted(set(values) - known):
+            flag = "--" + {"num_res_blocks": "res-blocks"}.get(name, name.replace("_", "-"))
+            raise UserError(f"{flag} does not apply to --arch {arch} (a {preset.arch} tokenizer)")
+        for name, value in values.items():
+            setattr(target, name, value)
+    return config
+
+
+def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
+    """Fit the model config to the data (image size, channels), set the quantizer's codebook size from its own
+    options (fsq: prod(levels), lfq: 2**code_dim) and check it all; ValueError becomes a one-line UserError."""
+    model = cfg.model
+    model.image_size, model.channels = cfg.data.image_size, cfg.data.channels
+    try:
+        model.quantizer.codebook_size = QUANTIZERS.get(model.quantizer.kind).size_of(model.quantizer)
+        model.validate()
+    except ValueError as exc:
+        raise UserError(f"{exc} (--arch {cfg.arch})") from None
 
 
 def model_config(model) -> TokenizerConfig:
@@ -103,7 +139,7 @@ def model_config(model) -> TokenizerConfig:
 
 
 @torch.no_grad()
-def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_split(model: Tokenizer, ds, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (N, h, w) and labels (N,) for a prepared split; each process encodes its own contiguous shard."""
     from accelerate.utils import gather_object
 
@@ -125,7 +161,7 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
     return torch.cat(parts), labels
 
 
-def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int, accelerator) -> dict:
+def save_codes(run_dir: Path, model: Tokenizer, splits: ImageSplits, batch_size: int, accelerator) -> dict:
     """Encode both splits and write them as the run's codes dataset (vqgen.stages.artifacts.codes)."""
     encoded = {
         name: encode_split(model, ds, batch_size, accelerator)
@@ -146,12 +182,14 @@ def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int
     return meta
 
 
-def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> tuple[VQVAE, Trainer, int]:
+def train_tokenizer(
+    cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path
+) -> tuple[Tokenizer, Trainer, int]:
     """Train (or, with --resume, continue) the tokenizer; returns the model, the trainer and the starting step."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
-    model = VQVAE(cfg.model)
+    model = TOKENIZERS.get(cfg.model.model_type)(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
     trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)
     start_step = trainer.resume() if cfg.resume else 0
@@ -169,11 +207,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     check_device_name(cfg.train.device)
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
-    try:
-        cfg.model.image_size, cfg.model.channels = cfg.data.image_size, cfg.data.channels
-        cfg.model.validate()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    resolve_tokenizer_config(cfg)
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
@@ -182,6 +216,12 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
 
         accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
         model, history = load_tokenizer(cfg.tokenizer), []
+        takes = (model.config.image_size, model.config.channels)
+        if takes != (cfg.data.image_size, cfg.data.channels):
+            raise UserError(
+                f"--tokenizer {cfg.tokenizer} takes {takes[0]} px images with {takes[1]} channel(s); pass "
+                f"--image-size {takes[0]} --channels {takes[1]}"
+            )
         train_images_per_s = None
         model.to(accelerator.device)
     else:

@@ -83,8 +83,10 @@ TRAIN_MAXIMA = {
 # Config field names whose command-line option is spelled otherwise.
 FLAG_OF_FIELD = {
     "run_dir": "run", "num_res_blocks": "res_blocks", "update": "codebook_update", "init": "codebook_init",
-    "plugins": "plugin", "plugin_options": "plugin_opt", "prior_options": "prior_opt",
+    "plugins": "plugin", "plugin_options": "plugin_opt", "prior_options": "prior_opt", "kind": "quantizer",
+    "levels": "fsq_levels",
 }  # fmt: skip
+COMMA_LISTS = {"fsq_levels"}  # options that take a list as one comma-separated value: --fsq-levels 8,5,5,5
 
 
 def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
@@ -101,6 +103,8 @@ def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
         flag = FLAG_OF_FIELD.get(name, name)
         if flag in params:
             defaults[flag] = [f"{k}={x}" for k, x in v.items()] if isinstance(v, dict) else v
+            if flag in COMMA_LISTS and isinstance(v, list):
+                defaults[flag] = ",".join(map(str, v))
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["vqgen.config"] = {k: v for k, v in values.items() if FLAG_OF_FIELD.get(k, k) not in params}
     return value
@@ -155,6 +159,19 @@ def training_options(defaults):
     return decorate
 
 
+def given(name: str) -> bool:
+    """Whether the running command's option `name` was given (on the command line or in --config)."""
+    ctx = _CONTEXT.get()
+    return getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "DEFAULT_MAP")
+
+
+def saved_setting(saved: Path, name: str, default):
+    """A field of a run's saved run_config.json (nested or flat), or `default` when there is none."""
+    from vqgen.stages.core.runconfig import flat_file, read_config_file
+
+    return flat_file(read_config_file(saved), str(saved)).get(name, default) if saved.is_file() else default
+
+
 def finish(cfg, saved: Path):
     """The command's config with the --config fields that have no option, and on --resume the run's saved
     settings (`saved`, its run_config.json) with any change checked (vqgen.stages.core.runconfig)."""
@@ -166,8 +183,5 @@ def finish(cfg, saved: Path):
     if not cfg.resume:
         return cfg
     field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
-    given = {
-        field_of.get(p.name, p.name) for p in ctx.command.params
-        if getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "DEFAULT_MAP")
-    }  # fmt: skip
-    return resumed(cfg, saved, given | set(file_only))
+    named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
+    return resumed(cfg, saved, named | set(file_only))

@@ -120,8 +120,70 @@ def _plugins() -> Registry:
     return Registry(kind="plugin", group="vqgen.plugins", base=TrainingPlugin, builtins=BUILTIN_PLUGINS)
 
 
+def _tokenizers() -> Registry:
+    from vqgen.stages.tokenizer import BUILTIN_TOKENIZERS, Tokenizer
+
+    return Registry(kind="tokenizer", group="vqgen.tokenizers", base=Tokenizer, builtins=BUILTIN_TOKENIZERS)
+
+
+def _quantizers() -> Registry:
+    from vqgen.stages.tokenizer import BUILTIN_QUANTIZERS, Quantizer, use_quantizer_lookup
+
+    registry = Registry(
+        kind="quantizer", group="vqgen.quantizers", base=Quantizer, builtins=BUILTIN_QUANTIZERS
+    )
+    use_quantizer_lookup(registry.get)  # tokenizers build their quantizer by name through this registry
+    return registry
+
+
 # The host's registries: built-ins named by the bottom packages, third-party entries read from entry points.
 PRIORS: Registry = _priors()
 PLUGINS: Registry = _plugins()
+TOKENIZERS: Registry = _tokenizers()
+QUANTIZERS: Registry = _quantizers()
 register_prior = PRIORS.register  # in-process registration (a notebook): `@register_prior("mine")`
 register_plugin = PLUGINS.register
+register_tokenizer = TOKENIZERS.register
+register_quantizer = QUANTIZERS.register
+
+
+@dataclass
+class TokenizerPreset:
+    name: str  # what --arch takes: an architecture's name (its default config) or a size preset's
+    arch: str  # the registered architecture
+    config: object  # a fresh copy of the preset's dataclass config
+
+
+def tokenizer_presets() -> list[TokenizerPreset]:
+    """Every architecture (with its default config) and every size preset it names in its PRESETS."""
+    import copy
+
+    out = []
+    for arch in TOKENIZERS.names():
+        cls = TOKENIZERS.get(arch)
+        out.append(TokenizerPreset(arch, arch, config_class(cls)()))
+        out += [TokenizerPreset(n, arch, copy.deepcopy(c)) for n, c in cls.PRESETS.items() if n != arch]
+    return out
+
+
+def tokenizer_preset(name: str) -> TokenizerPreset:
+    """The architecture or size preset called `name`; unknown names are a UserError listing the known ones."""
+    presets = tokenizer_presets()
+    found = [p for p in presets if p.name == name]
+    if not found:
+        known = ", ".join(p.name for p in presets)
+        raise UserError(f"unknown tokenizer architecture {name!r}; available: {known}")
+    return found[0]
+
+
+def config_class(cls: type) -> type:
+    """The dataclass a model's __init__ takes as `config`."""
+    import typing
+    from dataclasses import is_dataclass
+
+    hint = typing.get_type_hints(cls.__init__).get("config")
+    if not (isinstance(hint, type) and is_dataclass(hint)):
+        raise UserError(
+            f"{cls.__module__}.{cls.__qualname__} does not take a dataclass `config`; fix the model"
+        )
+    return hint

@@ -1,21 +1,22 @@
 """The stage-one tokenizer: a convolutional VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937).
 
 Encoder: stride-2 convolutions x levels -> residual blocks on the code grid -> latent conv.
-Decoder: the mirror image, with stride-2 transposed convolutions. The quantizer sits between them (stages/quantizer.py).
-An image (B, C, S, S) becomes a code grid (B, S/f, S/f) with f = `downsample`.
+Decoder: the mirror image, with stride-2 transposed convolutions. The quantizer (`config.quantizer.kind`: vq, fsq,
+lfq) sits between them. An image (B, C, S, S) becomes a code grid (B, S/f, S/f) with f = `downsample`.
+The contract it fulfils is stages/tokenizer/base.py; the larger VQGAN family is stages/tokenizer/vqgan.py.
 
 Saved and loaded in the Hub layout (config.json + model.safetensors + README.md) through PyTorchModelHubMixin.
 """
 
-import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
+from vqgen.stages.tokenizer.base import Tokenizer, TokenizerOutput, build_quantizer
+from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+
+__all__ = ["VQVAE", "TokenizerConfig", "TokenizerOutput"]
 
 
 @dataclass
@@ -55,16 +56,6 @@ class TokenizerConfig:
             raise ValueError(f"codebook size must be at least 2, got {self.quantizer.codebook_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-
-
-@dataclass
-class TokenizerOutput:
-    recon: torch.Tensor  # (B, C, S, S) reconstruction in [-1, 1] (unclamped)
-    codes: torch.Tensor  # (B, S/f, S/f)
-    recon_loss: torch.Tensor  # mean squared error
-    vq_loss: torch.Tensor  # quantizer commitment (+ codebook) loss
-    perplexity: torch.Tensor
-    dead_codes: torch.Tensor  # a 0-d tensor (no device read in the forward)
 
 
 class ResBlock(nn.Module):
@@ -124,41 +115,11 @@ class Decoder(nn.Module):
         return self.conv_out(self.net(z))  # (B, C, S, S)
 
 
-class VQVAE(
-    nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "vq-vae", "image-tokenizer"]
-):
+class VQVAE(Tokenizer, tags=["vqgen", "vq-vae", "image-tokenizer"]):
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         config.validate()
         self.config = config
         self.encoder = Encoder(config)
-        self.quantizer = VectorQuantizer(config.latent_channels, config.quantizer)
+        self.quantizer = build_quantizer(config.latent_channels, config.quantizer)
         self.decoder = Decoder(config)
-
-    def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        q = self.quantizer(self.encoder(images))
-        recon = self.decoder(q.z_q)
-        return TokenizerOutput(recon, q.codes, F.mse_loss(recon, images), q.loss, q.perplexity, q.dead_codes)
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last weight: where VQGAN's adaptive GAN weight compares gradient norms."""
-        return self.decoder.conv_out.weight
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) images in [-1, 1] -> (B, S/f, S/f) codes."""
-        return self.quantizer(self.encoder(images)).codes
-
-    @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, S/f, S/f) codes -> (B, C, S, S) images in [-1, 1]."""
-        return self.decoder(self.quantizer.lookup(codes)).clamp(-1, 1)
-
-    def fingerprint(self) -> str:
-        """A short hash of the weights and config: priors record it to refuse a mismatched tokenizer."""
-        h = hashlib.sha256(repr(sorted(asdict(self.config).items())).encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]

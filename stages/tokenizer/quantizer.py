@@ -16,11 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from vqgen.stages.tokenizer.base import Quantizer
 
 
 @dataclass
 class QuantizerConfig:
-    codebook_size: int = 512
+    kind: str = "vq"  # the quantizer: "vq" (this file), "fsq" (fsq.py), "lfq" (lfq.py) or an installed one
+    codebook_size: int = 512  # K; for fsq the product of `levels`, for lfq 2**code_dim
     code_dim: int = (
         16  # size of a codebook vector; < the encoder's channels means a low-dimensional projection
     )
@@ -38,6 +40,9 @@ class QuantizerConfig:
     restart_every: int = (
         10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
     )
+    # fsq: values per dimension, K = prod(levels) (fsq.py)
+    levels: list[int] = field(default_factory=lambda: [8, 8, 8])
+    entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample minus codebook entropy)
 
 
 @dataclass
@@ -85,7 +90,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator | Non
     return centres
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     def __init__(self, in_channels: int, config: QuantizerConfig):
         super().__init__()
         if config.codebook_size < 2:
@@ -159,6 +164,10 @@ class VectorQuantizer(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self._initialised_seen = False  # the loaded buffer decides again
         return super()._load_from_state_dict(*args, **kwargs)
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code vectors (..., D) in the quantizer's space, for (...) code indices."""
+        return self._normalise(self.codebook)[codes]
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Decoder input for (B, H, W) code indices: (B, C, H, W)."""
