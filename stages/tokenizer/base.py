@@ -122,7 +122,9 @@ class TokenizerOutput:
     recon_loss: torch.Tensor  # mean squared error
     vq_loss: torch.Tensor  # quantizer loss (commitment, codebook, entropy terms)
     perplexity: torch.Tensor
-    dead_codes: torch.Tensor  # a 0-d tensor (no device read in the forward)
+    dead_codes: (
+        torch.Tensor | int
+    )  # codes currently dead: a 0-d tensor for vq (no device read in the forward)
 
 
 class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "image-tokenizer"]):
