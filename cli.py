@@ -90,6 +90,20 @@ def tokenize(
     revision: Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")] = None,
     image_size: Annotated[int, typer.Option(help="Images are fitted and padded to this square size.")] = 28,
     channels: Annotated[int, typer.Option(help="1 = grey, 3 = RGB.")] = 1,
+    resize: Annotated[
+        Optional[str],
+        typer.Option(
+            help="center-crop (resize the short side, crop the centre) or pad (fit and pad with black); "
+            "default: center-crop for RGB folders and Hub data, pad for grey images and mnist5k."
+        ),
+    ] = None,
+    random_flip: Annotated[
+        bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
+    ] = False,
+    random_crop: Annotated[
+        bool,
+        typer.Option("--random-crop", help="Augment training batches with random crops (reflect-pad S/8)."),
+    ] = False,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
@@ -125,7 +139,10 @@ def tokenize(
 
     cfg = TokenizeConfig(
         run_dir=str(run),
-        data=DataConfig(dataset, split, heldout_split, image_column, label_column or None, image_size, channels, revision=revision),
+        data=DataConfig(
+            dataset, split, heldout_split, image_column, label_column or None, image_size, channels,
+            revision=revision, resize=resize, random_flip=random_flip, random_crop=random_crop,
+        ),
         model=TokenizerConfig(
             image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
             num_res_blocks=res_blocks,

@@ -63,6 +63,7 @@ def run_data_config(run: Path) -> DataConfig:
     try:
         data = json.loads((run / "run_config.json").read_text())["data"]
         fields = DataConfig.__dataclass_fields__
+        data.setdefault("resize", "pad")  # runs made before --resize letterboxed every image
         return DataConfig(**{k: v for k, v in data.items() if k in fields})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--run {run}: cannot read the data settings in run_config.json ({exc})") from None

@@ -20,7 +20,17 @@ from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import prepare_run_dir
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
-from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
+from vqgen.stages.data.images import (
+    RESIZE_MODES,
+    DataConfig,
+    ImageSplits,
+    augment,
+    iter_pixel_batches,
+    label_array,
+    load_image_splits,
+    pixel_tensor,
+    to_float,
+)
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
@@ -28,7 +38,7 @@ from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.trainer import Trainer
 
-IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in memory while training
+IN_MEMORY_BYTES = 256 << 20  # training splits up to 256 MiB of uint8 pixels are held in memory
 
 
 @dataclass
@@ -51,24 +61,44 @@ class TokenizerTask:
     stage = "tokenizer"
     progress_keys = ("psnr", "usage", "perplexity")
 
-    def __init__(self, model: VQVAE, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
+    def __init__(
+        self,
+        model: VQVAE,
+        splits: ImageSplits,
+        in_memory_bytes: int = IN_MEMORY_BYTES,
+        data: DataConfig | None = None,
+    ):
         self.model = model
         ds = splits.train
         c, s = model.config.channels, model.config.image_size
         # Small datasets are held in memory as uint8; large ones are read batch by batch from the memory-mapped
         # arrow files that `datasets` prepared, so memory stays bounded whatever the dataset size.
         self.pixels = pixel_tensor(ds) if len(ds) * c * s * s <= in_memory_bytes else None
-        self.dataset = ds.with_format("numpy")
+        self.dataset = ds.select_columns(["pixels"]).with_format("numpy")
         self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
+        self.flip, self.crop = (data.random_flip, data.random_crop) if data is not None else (False, False)
 
     def num_examples(self) -> int:
         return len(self.dataset)
 
-    def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        """The uint8 pixels (B, C, S, S) of these rows (called in DataLoader workers with --num-workers)."""
         if self.pixels is not None:
-            return to_float(self.pixels[indices]).to(device)
-        rows = self.dataset[indices.tolist()]["pixels"]
-        return to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
+            return self.pixels[indices]
+        return torch.from_numpy(np.asarray(self.dataset[indices]["pixels"], dtype=np.uint8))
+
+    def prepare(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return to_float(rows.to(device, non_blocking=True))
+
+    def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.prepare(self.rows(indices.tolist()), device)
+
+    def augment(self, batch: torch.Tensor, seed: int, micro_batch: int) -> torch.Tensor:
+        """--random-flip / --random-crop, drawn from a generator seeded from (seed, micro-batch): exact on resume."""
+        if not (self.flip or self.crop):
+            return batch
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + micro_batch) % (2**63))
+        return augment(batch, self.flip, self.crop, generator)
 
     def compute_loss(self, model, batch):
         out = model(batch)
@@ -101,10 +131,9 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
     model.eval()
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
-    pixels = pixel_tensor(ds.select(range(lo, hi)))
     codes = [
-        model.encode(to_float(pixels[i : i + batch_size]).to(accelerator.device)).cpu()
-        for i in range(0, hi - lo, batch_size)
+        model.encode(to_float(pixels.to(accelerator.device))).cpu()
+        for pixels in iter_pixel_batches(ds, batch_size, lo, hi)
     ]
     local = (
         torch.cat(codes)
@@ -112,8 +141,7 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
         else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.long)
     )
     parts = gather_object([local]) if world > 1 else [local]
-    labels = torch.as_tensor(np.asarray(ds.with_format("numpy")[:]["label"]))
-    return torch.cat(parts), labels
+    return torch.cat(parts), torch.as_tensor(label_array(ds))
 
 
 def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int, accelerator) -> dict:
@@ -144,7 +172,7 @@ def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> 
     set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = VQVAE(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
-    trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)
+    trainer = Trainer(TokenizerTask(model, splits, data=cfg.data), cfg.train, run_dir, plugins)
     start_step = trainer.resume() if cfg.resume else 0
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")
@@ -161,6 +189,11 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         cfg.model.validate()
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
+        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
+        raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
+    cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
@@ -189,7 +222,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
             run_dir / "samples" / "recon_final.png",
         )
-        results, _ = evaluate_tokenizer(model, pixel_tensor(splits.heldout), cfg.eval_batch_size)
+        results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, cfg.eval_batch_size))
     meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
     if accelerator.is_main_process:
         results.update(

@@ -31,8 +31,8 @@ from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import checkpoint as ckpt
-from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask
-from vqgen.stages.training.data_order import EpochSampler
+from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
+from vqgen.stages.training.data_order import BatchFeed, EpochSampler
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
 
@@ -70,6 +70,7 @@ class Trainer:
             task.num_examples(), config.batch_size, config.seed,
             self.accelerator.process_index, self.accelerator.num_processes,
         )  # fmt: skip
+        self.feed = self._data_feed()
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -111,9 +112,8 @@ class Trainer:
         batch = out = None
         self._consumed = []
         for micro in range(self.cfg.grad_accum):
-            indices = self.sampler.indices(step * self.cfg.grad_accum + micro)
+            indices, batch = self._micro_batch(step * self.cfg.grad_accum + micro)
             self._consumed.append(indices)
-            batch = self.task.get_batch(indices, self.accelerator.device)
             sync = micro == self.cfg.grad_accum - 1
             with (
                 self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext(),
@@ -142,6 +142,30 @@ class Trainer:
         metrics["lr"] = self.lr_at(step)
         self.nonfinite_in_row = 0
         return metrics
+
+    # --- data -------------------------------------------------------------------------------------------------
+    def _data_feed(self) -> BatchFeed | None:
+        """DataLoader workers (--num-workers) for a task that reads rows (`rows`, `prepare`); None: read in-line."""
+        workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
+        if workers < 0:
+            raise UserError(f"--num-workers must be 0 or more, got {workers}")
+        if workers == 0 or not hasattr(self.task, "rows"):
+            return None
+        pin = self.accelerator.device.type == "cuda"
+        return BatchFeed(self.sampler, self.task.rows, workers, pin)
+
+    def _micro_batch(self, micro: int):
+        """(dataset indices, batch on the device) of global micro-batch `micro`: a function of (seed, micro)."""
+        device = self.accelerator.device
+        if self.feed is not None:
+            indices, rows = self.feed.get(micro)
+            batch = self.task.prepare(rows, device)
+        else:
+            indices = self.sampler.indices(micro)
+            batch = self.task.get_batch(indices, device)
+        if hasattr(self.task, "augment"):
+            batch = self.task.augment(batch, self.cfg.seed, micro)
+        return indices, batch
 
     def _all_finite(self, value: torch.Tensor) -> bool:
         bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1).to(self.accelerator.device)
@@ -204,6 +228,8 @@ class Trainer:
                         raise KeyboardInterrupt
         finally:
             bar.close()
+            if self.feed is not None:
+                self.feed.close()
             if order_log:
                 order_log.close()
         if cfg.log_with:
