@@ -398,6 +398,9 @@ def plugins() -> None:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
+    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+
+    use_short_hub_timeouts()
     from vqgen.stages.training.trainer import TrainingStopped
 
     interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"

@@ -79,7 +79,10 @@ def test_batches_are_read_without_holding_the_split(tmp_path):
     write_images(tmp_path / "data", 30)
     splits = load_image_splits(DataConfig(dataset=str(tmp_path / "data"), image_size=8, channels=3))
     whole = pixel_tensor(splits.train)
-    for ds in (splits.train, splits.train.select(range(len(splits.train)))):  # plain files, and an index mapping
+    for ds in (
+        splits.train,
+        splits.train.select(range(len(splits.train))),
+    ):  # plain files, and an index mapping
         assert torch.equal(torch.cat(list(iter_pixel_batches(ds, 4))), whole)
         parts = list(iter_pixel_batches(ds, 5, 3, 17))
         assert [p.shape[0] for p in parts] == [5, 5, 4] and torch.equal(torch.cat(parts), whole[3:17])
@@ -126,3 +129,30 @@ def test_workers_give_the_same_batches_as_reading_in_line(tmp_path):
     for (i0, b0), (i2, b2) in zip(inline, workers):
         assert torch.equal(i0, i2) and torch.equal(b0, b2)
     assert digest0 == digest2 and all(torch.equal(weights0[k], weights2[k]) for k in weights0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tokenize", "--run", "{tmp}/run", "--dataset", "someone/some-dataset"],
+        ["generate", "--from", "someone/some-model", "--out", "{tmp}/x.png"],
+    ],
+    ids=["dataset", "model"],
+)
+def test_hub_behind_an_unreachable_proxy_is_one_line_within_seconds(tmp_path, args):
+    """The Hub is reached through huggingface_hub's own HTTP session, which honours HTTPS_PROXY: with the proxy a
+    closed loopback port, a Hub id is one `error:` line, exit code 2, in under 10 s (no minute of retries)."""
+    import time
+
+    from conftest import assert_user_error, run_cli
+
+    proxy = "http://127.0.0.1:9"  # loopback, nothing listens there
+    env = {
+        "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "http_proxy": proxy,
+        "NO_PROXY": "", "no_proxy": "", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_ENDPOINT": "https://huggingface.co",
+    }  # fmt: skip
+    started = time.perf_counter()
+    result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], env=env)
+    assert time.perf_counter() - started < 10
+    assert_user_error(result, "cannot reach the Hugging Face Hub", "proxy 127.0.0.1:9")

@@ -236,6 +236,7 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
         raise UserError(
             f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
         )
+    started = time.perf_counter()  # the listing of the files counts: it is part of every later run
     key, files = _source_key(path, cfg)
     if not files:
         raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -245,13 +246,13 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             meta = json.loads((cache / "vqgen.json").read_text())
             train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
             print(
-                f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path})",
+                f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
+                f"in {time.perf_counter() - started:.2f} s",
                 file=sys.stderr,
             )
             return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
         except (OSError, ValueError, KeyError, FileNotFoundError):
             shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
-    started = time.perf_counter()
     tmp = cache.with_name(f".{key}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
