@@ -156,3 +156,17 @@ def test_hub_behind_an_unreachable_proxy_is_one_line_within_seconds(tmp_path, ar
     result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], env=env)
     assert time.perf_counter() - started < 10
     assert_user_error(result, "cannot reach the Hugging Face Hub", "proxy 127.0.0.1:9")
+
+
+def test_pixel_split_reads_rows_like_the_tensor(tmp_path):
+    from vqgen.stages.data.images import PixelSplit
+
+    write_images(tmp_path / "data", 20)
+    splits = load_image_splits(DataConfig(dataset=str(tmp_path / "data"), image_size=8, channels=3))
+    whole = pixel_tensor(splits.train)
+    lazy = PixelSplit(splits.train)
+    assert lazy.shape == whole.shape and len(lazy) == len(whole)
+    mask = torch.arange(len(whole)) % 3 == 0
+    for key in (slice(2, 9), slice(0, 10, 3), torch.tensor([5, 0, 7]), [1, 2], mask, slice(4, 4)):
+        assert torch.equal(lazy[key], whole[key]), key
+    assert torch.equal(torch.cat(list(lazy.batches(7))), whole)

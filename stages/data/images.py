@@ -420,3 +420,45 @@ def augment(images: torch.Tensor, flip: bool, crop: bool, generator: torch.Gener
         offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
         images = torch.stack([padded[i, :, y : y + s, x : x + s] for i, (y, x) in enumerate(offsets)])
     return images
+
+
+class PixelSplit:
+    """The uint8 pixels (N, C, S, S) of a prepared split, read when asked: `split[indices]` (a slice, a list or a
+    tensor of indices, or a boolean mask) reads those rows, `batches(b)` iterates in batches, `shape` and `len` need
+    no reading. Wraps a tensor too (test images from outside the run), so the evaluation reads both alike."""
+
+    dtype = torch.uint8
+
+    def __init__(self, source):
+        self.tensor = source if isinstance(source, torch.Tensor) else None
+        self.ds = None if self.tensor is not None else source
+        if self.ds is not None:
+            c, h, w = self.ds.features["pixels"].shape
+            self.shape = torch.Size((len(self.ds), c, h, w))
+            self._rows = self.ds.select_columns(["pixels"]).with_format("numpy")
+        else:
+            self.shape = self.tensor.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if self.tensor is not None:
+            return self.tensor[key]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                rows = self._rows[start:stop]["pixels"] if stop > start else np.empty((0, *self.shape[1:]))
+                return torch.from_numpy(np.asarray(rows, dtype=np.uint8).reshape(-1, *self.shape[1:]))
+            key = list(range(start, stop, step))
+        if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
+            key = key.nonzero().flatten()
+        index = key.tolist() if isinstance(key, torch.Tensor) else list(key)
+        if not index:
+            return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
+        return torch.from_numpy(np.asarray(self._rows[index]["pixels"], dtype=np.uint8))
+
+    def batches(self, batch_size: int):
+        if self.tensor is not None:
+            return (self.tensor[i : i + batch_size] for i in range(0, len(self), batch_size))
+        return iter_pixel_batches(self.ds, batch_size)
