@@ -104,6 +104,17 @@ def tokenize(
         bool,
         typer.Option("--random-crop", help="Augment training batches with random crops (reflect-pad S/8)."),
     ] = False,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming", help="Train straight from a Hub dataset or local WebDataset .tar / parquet files."
+        ),
+    ] = False,
+    shuffle_buffer: Annotated[int, typer.Option(help="--streaming: samples per shuffled block.")] = 1000,
+    heldout_size: Annotated[
+        int,
+        typer.Option(help="--streaming: held-out samples (first of --heldout-split, else of the stream)."),
+    ] = 500,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
@@ -142,6 +153,7 @@ def tokenize(
         data=DataConfig(
             dataset, split, heldout_split, image_column, label_column or None, image_size, channels,
             revision=revision, resize=resize, random_flip=random_flip, random_crop=random_crop,
+            streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
         ),
         model=TokenizerConfig(
             image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,

@@ -119,6 +119,21 @@ class TokenizerTask:
         save_reconstruction_grid(model, self.preview, Path(run_dir) / "samples" / f"recon_{step:07d}.png")
 
 
+class StreamingTokenizerTask(TokenizerTask):
+    """Stage one trained from a stream (--streaming): batches come from a StreamReader, whose position the trainer
+    saves in every checkpoint, instead of from indices of a prepared split."""
+
+    def __init__(self, model: VQVAE, splits: ImageSplits, data: DataConfig):
+        self.model, self.stream = model, splits.train
+        self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
+        self.flip, self.crop = data.random_flip, data.random_crop
+
+    def stream_feed(self, rank: int, world: int, batch_size: int, seed: int):
+        from vqgen.stages.data.streaming import StreamReader
+
+        return StreamReader(self.stream, rank, world, batch_size, seed)
+
+
 def model_config(model) -> TokenizerConfig:
     return getattr(model, "module", model).config
 
@@ -129,6 +144,8 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
     from accelerate.utils import gather_object
 
     model.eval()
+    if hasattr(ds, "batches"):  # a stream (--streaming): one pass over each process's shards, in stream order
+        return encode_stream(model, ds, batch_size, accelerator)
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
     codes = [
@@ -142,6 +159,23 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
     )
     parts = gather_object([local]) if world > 1 else [local]
     return torch.cat(parts), torch.as_tensor(label_array(ds))
+
+
+def encode_stream(model: VQVAE, stream, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    codes, labels = [], []
+    for pixels, label in stream.batches(batch_size, rank, world):
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu())
+        labels.append(label)
+    g = model.config.grid_size
+    local = (
+        (torch.cat(codes) if codes else torch.empty(0, g, g, dtype=torch.long)),
+        (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)),
+    )
+    parts = gather_object([local]) if world > 1 else [local]
+    return torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts])
 
 
 def save_codes(run_dir: Path, model: VQVAE, splits: ImageSplits, batch_size: int, accelerator) -> dict:
@@ -172,7 +206,12 @@ def train_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> 
     set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = VQVAE(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
-    trainer = Trainer(TokenizerTask(model, splits, data=cfg.data), cfg.train, run_dir, plugins)
+    task = (
+        StreamingTokenizerTask(model, splits, cfg.data)
+        if cfg.data.streaming
+        else TokenizerTask(model, splits, data=cfg.data)
+    )
+    trainer = Trainer(task, cfg.train, run_dir, plugins)
     start_step = trainer.resume() if cfg.resume else 0
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")

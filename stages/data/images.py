@@ -46,6 +46,11 @@ class DataConfig:
     resize: str | None = None  # "center-crop" | "pad"; None = center-crop for RGB folders/Hub data, else pad
     random_flip: bool = False  # tokenizer training: flip half of each batch left-right
     random_crop: bool = False  # tokenizer training: reflect-pad by size/8 and crop back at a random offset
+    streaming: bool = (
+        False  # train straight from a Hub dataset or local .tar shards / parquet files (streaming.py)
+    )
+    shuffle_buffer: int = 1000  # streaming: samples per shuffled block
+    heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
 
     def resize_mode(self) -> str:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and
@@ -330,6 +335,10 @@ def load_image_splits(cfg: DataConfig) -> ImageSplits:
         raise UserError(f"--image-size must be at least 4, got {cfg.image_size}")
     if cfg.resize is not None and cfg.resize not in RESIZE_MODES:
         raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.resize!r}")
+    if cfg.streaming:
+        from vqgen.stages.data.streaming import load_stream
+
+        return load_stream(cfg)
     if cfg.dataset == EMBEDDED:
         return load_embedded(cfg)
     path = Path(cfg.dataset).expanduser()

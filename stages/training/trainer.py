@@ -66,11 +66,12 @@ class Trainer:
         ]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.sampler = EpochSampler(
-            task.num_examples(), config.batch_size, config.seed,
-            self.accelerator.process_index, self.accelerator.num_processes,
-        )  # fmt: skip
-        self.feed = self._data_feed()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if hasattr(task, "stream_feed"):  # a stream: its own resumable position, saved in every checkpoint
+            self.sampler, self.feed = None, task.stream_feed(rank, world, config.batch_size, config.seed)
+        else:
+            self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
+            self.feed = self._data_feed()
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -153,6 +154,16 @@ class Trainer:
             return None
         pin = self.accelerator.device.type == "cuda"
         return BatchFeed(self.sampler, self.task.rows, workers, pin)
+
+    def _data_state(self) -> list | None:
+        """Every process's stream position (a stream's state_dict), gathered for the checkpoint; None otherwise."""
+        if not hasattr(self.feed, "state_dict"):
+            return None
+        if self.accelerator.num_processes == 1:
+            return [self.feed.state_dict()]
+        from accelerate.utils import gather_object
+
+        return gather_object([self.feed.state_dict()])
 
     def _micro_batch(self, micro: int):
         """(dataset indices, batch on the device) of global micro-batch `micro`: a function of (seed, micro)."""
@@ -329,6 +340,7 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
+        data_state = self._data_state()
         if acc.is_main_process:
             tensors = ckpt.add_prefix(acc.unwrap_model(self.model).state_dict(), "model")
             opt_tensors, opt_meta = ckpt.flatten_state(self.optimizer.state_dict())
@@ -345,6 +357,8 @@ class Trainer:
                 "nonfinite_total": self.nonfinite_total, "train_config": asdict(self.cfg),
                 "data_digest": self.data_digest,
             }  # fmt: skip
+            if data_state is not None:
+                meta["data_state"] = data_state
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
         self._saved_step = self.step
         acc.wait_for_everyone()
@@ -386,6 +400,12 @@ class Trainer:
             self.step, self.lr_scale = meta["step"], meta["lr_scale"]
             self.nonfinite_total = meta.get("nonfinite_total", 0)
             self.data_digest = meta.get("data_digest", "")
+            if hasattr(self.feed, "load_state_dict"):
+                if "data_state" not in meta:
+                    raise UserError(
+                        f"--resume: {path} holds no stream position; it was not a --streaming run"
+                    )
+                self.feed.load_state_dict(meta["data_state"][self.accelerator.process_index])
             self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
