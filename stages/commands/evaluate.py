@@ -70,6 +70,11 @@ def run_data_config(run: Path) -> DataConfig:
 
 
 def load_eval_data(cfg: EvaluateConfig, data_cfg: DataConfig) -> EvalData:
+    if data_cfg.streaming:
+        raise UserError(
+            "evaluate: this run was trained with --streaming, and evaluating it (which reads the training split "
+            "for the classifier and the floor) is not supported yet; its held-out figures are in RUN/metrics.json"
+        )
     splits = load_image_splits(data_cfg)
     labels = lambda ds: torch.as_tensor(label_array(ds), dtype=torch.long)  # noqa: E731
     train, train_labels = PixelSplit(splits.train), labels(splits.train)
