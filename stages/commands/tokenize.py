@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from vqgen.stages.artifacts.codes import write_codes
 from vqgen.stages.artifacts.models import save_model
@@ -29,6 +28,7 @@ from vqgen.stages.data.images import (
     label_array,
     load_image_splits,
     pixel_tensor,
+    read_rows,
     to_float,
 )
 from vqgen.stages.evaluation import metrics as M
@@ -74,7 +74,7 @@ class TokenizerTask:
         # Small datasets are held in memory as uint8; large ones are read batch by batch from the memory-mapped
         # arrow files that `datasets` prepared, so memory stays bounded whatever the dataset size.
         self.pixels = pixel_tensor(ds) if len(ds) * c * s * s <= in_memory_bytes else None
-        self.dataset = ds.select_columns(["pixels"]).with_format("numpy")
+        self.dataset = ds.select_columns(["pixels"])
         self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
         self.flip, self.crop = (data.random_flip, data.random_crop) if data is not None else (False, False)
 
@@ -85,7 +85,7 @@ class TokenizerTask:
         """The uint8 pixels (B, C, S, S) of these rows (called in DataLoader workers with --num-workers)."""
         if self.pixels is not None:
             return self.pixels[indices]
-        return torch.from_numpy(np.asarray(self.dataset[indices]["pixels"], dtype=np.uint8))
+        return read_rows(self.dataset, indices)
 
     def prepare(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         return to_float(rows.to(device, non_blocking=True))

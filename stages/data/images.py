@@ -362,9 +362,31 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def arrow_pixels(column, shape) -> np.ndarray:
+    """An Arrow pixels column (Array3D, chunked or not, sliced or not) -> (N, C, S, S) uint8 numpy, through Arrow's
+    flat values: no Python object per pixel (datasets' numpy formatting of Array3D costs several times the data)."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = []
+    for chunk in chunks:
+        storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+        parts.append(storage.flatten().flatten().flatten().to_numpy(zero_copy_only=False))
+    values = np.concatenate(parts) if len(parts) != 1 else parts[0]
+    return values.reshape(-1, *shape).astype(np.uint8, copy=False)
+
+
+def read_rows(ds, key) -> torch.Tensor:
+    """uint8 (B, C, S, S) pixels of some rows of a prepared split: a slice or a list of indices."""
+    table = ds.select_columns(["pixels"]).with_format("arrow")[key]
+    return torch.from_numpy(arrow_pixels(table.column("pixels"), ds.features["pixels"].shape).copy())
+
+
 def pixel_tensor(ds) -> torch.Tensor:
-    """The whole uint8 pixel column (N, C, S, S) of a prepared split."""
-    return torch.from_numpy(np.asarray(ds.with_format("numpy")[:]["pixels"], dtype=np.uint8))
+    """The whole uint8 pixel column (N, C, S, S) of a prepared split (small splits only: previews, tests)."""
+    if len(ds) == 0:
+        return torch.empty(0, *ds.features["pixels"].shape, dtype=torch.uint8)
+    return read_rows(ds, slice(0, len(ds)))
 
 
 def label_array(ds) -> np.ndarray:
@@ -383,8 +405,7 @@ def iter_pixel_batches(ds, batch_size: int, start: int = 0, stop: int | None = N
     files = [f["filename"] for f in ds.cache_files]
     if getattr(ds, "_indices", None) is not None or not files:
         for i in range(start, stop, batch_size):
-            rows = ds.select_columns(["pixels"]).with_format("numpy")[i : min(i + batch_size, stop)]
-            yield torch.from_numpy(np.asarray(rows["pixels"], dtype=np.uint8))
+            yield read_rows(ds, slice(i, min(i + batch_size, stop)))
         return
     shape = ds.features["pixels"].shape
     pending, held, row = [], 0, 0
@@ -399,9 +420,7 @@ def iter_pixel_batches(ds, batch_size: int, start: int = 0, stop: int | None = N
                         break
                     continue
                 column = record.column(record.schema.get_field_index("pixels")).slice(lo, hi - lo)
-                storage = column.storage if isinstance(column, pa.ExtensionArray) else column
-                values = storage.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
-                pending.append(values.reshape(hi - lo, *shape).astype(np.uint8, copy=False))
+                pending.append(arrow_pixels(column, shape))
                 held += hi - lo
                 while held >= batch_size:
                     merged = np.concatenate(pending)
@@ -444,7 +463,6 @@ class PixelSplit:
         if self.ds is not None:
             c, h, w = self.ds.features["pixels"].shape
             self.shape = torch.Size((len(self.ds), c, h, w))
-            self._rows = self.ds.select_columns(["pixels"]).with_format("numpy")
         else:
             self.shape = self.tensor.shape
 
@@ -456,16 +474,15 @@ class PixelSplit:
             return self.tensor[key]
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
-            if step == 1:
-                rows = self._rows[start:stop]["pixels"] if stop > start else np.empty((0, *self.shape[1:]))
-                return torch.from_numpy(np.asarray(rows, dtype=np.uint8).reshape(-1, *self.shape[1:]))
+            if step == 1 and stop > start:
+                return read_rows(self.ds, slice(start, stop))
             key = list(range(start, stop, step))
         if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
             key = key.nonzero().flatten()
         index = key.tolist() if isinstance(key, torch.Tensor) else list(key)
         if not index:
             return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
-        return torch.from_numpy(np.asarray(self._rows[index]["pixels"], dtype=np.uint8))
+        return read_rows(self.ds, index)
 
     def batches(self, batch_size: int):
         if self.tensor is not None:
