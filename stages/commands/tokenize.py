@@ -149,13 +149,13 @@ def encode_split(model: VQVAE, ds, batch_size: int, accelerator) -> tuple[torch.
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
     codes = [
-        model.encode(to_float(pixels.to(accelerator.device))).cpu()
+        model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32)
         for pixels in iter_pixel_batches(ds, batch_size, lo, hi)
     ]
     local = (
         torch.cat(codes)
         if codes
-        else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.long)
+        else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.int32)
     )
     parts = gather_object([local]) if world > 1 else [local]
     return torch.cat(parts), torch.as_tensor(label_array(ds))
@@ -167,11 +167,11 @@ def encode_stream(model: VQVAE, stream, batch_size: int, accelerator) -> tuple[t
     rank, world = accelerator.process_index, accelerator.num_processes
     codes, labels = [], []
     for pixels, label in stream.batches(batch_size, rank, world):
-        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu())
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32))
         labels.append(label)
     g = model.config.grid_size
     local = (
-        (torch.cat(codes) if codes else torch.empty(0, g, g, dtype=torch.long)),
+        (torch.cat(codes) if codes else torch.empty(0, g, g, dtype=torch.int32)),
         (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)),
     )
     parts = gather_object([local]) if world > 1 else [local]

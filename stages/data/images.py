@@ -279,8 +279,8 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
                 raise UserError(f"--dataset {path}: none of the {len(files)} images could be read")
             train, heldout = _split(prepared, cfg)
         splits = _finish(train, heldout, class_names, total)
-        train.save_to_disk(str(tmp / "train"))
-        heldout.save_to_disk(str(tmp / "heldout"))
+        train.save_to_disk(str(tmp / "train"), max_shard_size="64MB")  # bounded memory while flattening
+        heldout.save_to_disk(str(tmp / "heldout"), max_shard_size="64MB")
         (tmp / "vqgen.json").write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
