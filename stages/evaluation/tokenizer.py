@@ -13,6 +13,9 @@ from vqgen.stages.data.images import to_float
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
 
+METRIC_CHUNK = (
+    100  # images per forward pass and metric call: the peak memory (SSIM windows, gradients) is bounded
+)
 PER_IMAGE = {"psnr": M.psnr_per_image, "ssim": M.ssim_per_image, "l1": M.l1_per_image, "mse": M.mse_per_image}
 
 
@@ -43,8 +46,8 @@ def evaluate_tokenizer(
         else pixels
     )
     n = 0
-    for batch in batches:
-        x = to_float(batch.to(device))
+    for x in (chunk for batch in batches for chunk in batch.split(METRIC_CHUNK)):
+        x = to_float(x.to(device))
         n += x.shape[0]
         start = time.perf_counter()
         c = tokenizer.encode(x)
