@@ -109,6 +109,37 @@ def tokenize(
     channels: Annotated[
         Optional[int], typer.Option(min=1, max=3, help="1 = grey, 3 = RGB [default: the arch's].")
     ] = None,
+    resize: Annotated[
+        Optional[str],
+        typer.Option(
+            help="center-crop (resize the short side, crop the centre) or pad (fit and pad with black); "
+            "default: center-crop for RGB folders and Hub data, pad for grey images and mnist5k."
+        ),
+    ] = None,
+    random_flip: Annotated[
+        bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
+    ] = False,
+    random_crop: Annotated[
+        bool,
+        typer.Option("--random-crop", help="Augment training batches with random crops (reflect-pad S/8)."),
+    ] = False,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming", help="Train straight from a Hub dataset or local WebDataset .tar / parquet files."
+        ),
+    ] = False,
+    shuffle_buffer: Annotated[
+        int, typer.Option(min=1, max=10**7, help="--streaming: samples per shuffled block.")
+    ] = 1000,
+    heldout_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=10**7,
+            help="--streaming: held-out samples (first of --heldout-split, else of the stream).",
+        ),
+    ] = 500,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
@@ -201,8 +232,9 @@ def tokenize(
         label_column or None,
         model.image_size,
         model.channels,
-        revision=revision,
-    )
+        revision=revision, resize=resize, random_flip=random_flip, random_crop=random_crop,
+        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
+    )  # fmt: skip
     cfg = TokenizeConfig(
         run_dir=str(run), data=data, arch=arch, model=model, train=train,
         tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
@@ -513,6 +545,9 @@ def plugins() -> None:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
+    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+
+    use_short_hub_timeouts()
     from vqgen.stages.training.trainer import TrainingStopped
 
     interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"

@@ -205,6 +205,8 @@ ROWS = [
     ("steps-zero", ["tokenize", "--run", "{new}", *TOK, "--steps", "0"], ["--steps", "--help"]),
     ("unknown-flag", ["tokenize", "--no-such-flag"], ["No such option", "--no-such-flag"]),
     ("mixed-precision-unknown", ["tokenize", "--run", "{new}", *TOK, "--mixed-precision", "fp8"], ["--mixed-precision"]),
+    ("resize-unknown", ["tokenize", "--run", "{new}", *TOK, "--resize", "stretch"], ["--resize", "center-crop or pad"]),
+    ("num-workers-negative", ["tokenize", "--run", "{new}", *TOK, "--num-workers", "-1"], ["--num-workers", "0 or more"]),
     ("n-not-a-number", ["generate", "--prior", "{prior}", "--n", "abc", "--out", "{new}.png"], ["--n"]),
     # plugins
     ("plugin-opt-malformed", ["tokenize", "--run", "{new}", *TOK, "--plugin", "gan", "--plugin-opt", "gan"],

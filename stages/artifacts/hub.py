@@ -6,7 +6,6 @@ line that never contains the token.
 
 import os
 import re
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,31 +33,86 @@ def check_hub_id(repo_id: str, what: str) -> str:
     return repo_id
 
 
+# Short Hub timeouts unless the user set their own (applied by cli.main before huggingface_hub is imported): a
+# Hub that cannot be reached is then one line within seconds, not a minute of waiting.
+HUB_TIMEOUT_DEFAULTS = {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "10"}
+ETAG_TIMEOUT = 5.0
+_TRANSPORT_ERRORS = {
+    "ConnectError",
+    "ConnectTimeout",
+    "ProxyError",
+    "ReadTimeout",
+    "TimeoutException",
+    "PoolTimeout",
+}
+
+
+def use_short_hub_timeouts() -> None:
+    for name, value in HUB_TIMEOUT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def unreachable_cause(exc: BaseException) -> BaseException | None:
+    """The network failure behind a huggingface_hub or datasets error (a refused or timed-out connection, an
+    unreachable proxy), or None when the Hub answered (an unknown repo, a missing file)."""
+    found, seen = None, 0
+    while exc is not None and seen < 12:
+        name = type(exc).__name__
+        if isinstance(exc, (ConnectionError, TimeoutError)) or name in _TRANSPORT_ERRORS:
+            found = exc  # keep walking: the innermost names the cause best
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return found
+
+
+def unreachable_error(what: str, cause: BaseException) -> UserError:
+    proxy = next(
+        (
+            os.environ[k]
+            for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+            if k in os.environ
+        ),
+        None,
+    )
+    via = f" through the proxy {urlparse(proxy).hostname}:{urlparse(proxy).port}" if proxy else ""
+    return UserError(
+        f"{what}: cannot reach the Hugging Face Hub at {_endpoint()}{via} ({one_line(cause)}); check your network "
+        "or proxy, set HF_HUB_OFFLINE=1 to use the local cache, or pass a local path"
+    )
+
+
 def ensure_hub_reachable(what: str) -> None:
-    """Fail fast, in one line, when the Hub endpoint cannot be reached (instead of a stack of retries).
-    With HF_HUB_OFFLINE=1 nothing is checked: the libraries then answer from the local cache."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    """Fail fast, in one line, when the Hub endpoint cannot be reached, before a library that retries for a minute
+    (datasets, uploads) is asked. The probe is one request through huggingface_hub's own HTTP session (its proxy
+    settings, HTTPS_PROXY included, its headers and HF_HUB_OFFLINE handling) with a short timeout; any HTTP answer
+    counts as reachable. With HF_HUB_OFFLINE=1 nothing is checked: the libraries then answer from the cache."""
+    if _hub_offline():
         return
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    where = f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")  # never user:password
+    from huggingface_hub import get_session
+
     try:
-        socket.create_connection((url.hostname, port), timeout=5).close()
-    except OSError as exc:
-        raise UserError(
-            f"{what}: cannot reach the Hugging Face Hub at {where} ({redact(exc.strerror or exc)}); "
-            "check your network, set HF_HUB_OFFLINE=1 to use the local cache, or pass a local path"
-        ) from None
+        get_session().head(_endpoint(), timeout=ETAG_TIMEOUT)
+    except Exception as exc:
+        raise unreachable_error(what, unreachable_cause(exc) or exc) from None
 
 
 def _hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
     from huggingface_hub import hf_hub_download
 
     check_hub_id(repo_id, "model")
-    ensure_hub_reachable(repo_id)
-    try:
-        return Path(hf_hub_download(repo_id, filename, **hub_kwargs))
-    except Exception as exc:  # offline, unknown repo, missing file: one line, redacted
+    try:  # huggingface_hub answers from its cache by itself when the Hub cannot be reached
+        return Path(hf_hub_download(repo_id, filename, etag_timeout=ETAG_TIMEOUT, **hub_kwargs))
+    except Exception as exc:  # offline, unknown repo, missing file: one line (the token is never part of it)
+        cause = unreachable_cause(exc)
+        if cause is not None:
+            raise unreachable_error(repo_id, cause) from None
         first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         raise UserError(
             f"{repo_id}: could not fetch {filename} from the Hugging Face Hub ({first})"
@@ -111,16 +165,12 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
         revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
         ignore_patterns=["training_state/*"],
     )  # fmt: skip
-    try:
-        ensure_hub_reachable(repo_id)
-    except UserError as unreachable:
-        try:  # offline without HF_HUB_OFFLINE: the cache may hold it
-            return Path(snapshot_download(repo_id, local_files_only=True, **kwargs))
-        except Exception:
-            raise unreachable from None
-    try:
-        return Path(snapshot_download(repo_id, **kwargs))
-    except Exception as exc:  # offline, unknown repo or revision: one line, redacted (one_line redacts)
+    try:  # when the Hub cannot be reached, snapshot_download uses a cached snapshot of the revision by itself
+        return Path(snapshot_download(repo_id, etag_timeout=ETAG_TIMEOUT, **kwargs))
+    except Exception as exc:  # offline, unknown repo or revision: one line (the token is never part of it)
+        cause = unreachable_cause(exc)
+        if cause is not None:
+            raise unreachable_error(repo_id, cause) from None
         at = f" at revision {revision}" if revision else ""
         raise UserError(
             f"{repo_id}: could not fetch it{at} from the Hugging Face Hub ({one_line(exc)})"

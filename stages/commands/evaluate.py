@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from vqgen.stages.artifacts.runs import hold_lock, locked_command
 from vqgen.stages.core.device import resolve_device
@@ -31,8 +30,9 @@ from vqgen.stages.data.eval_images import load_test_images
 from vqgen.stages.data.images import (
     EMBEDDED,
     DataConfig,
+    PixelSplit,
+    label_array,
     load_image_splits,
-    pixel_tensor,
 )
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
@@ -57,20 +57,27 @@ def run_data_config(run: Path) -> DataConfig:
     try:
         data = json.loads((run / "run_config.json").read_text())["data"]
         fields = DataConfig.__dataclass_fields__
+        data.setdefault("resize", "pad")  # runs made before --resize letterboxed every image
         return DataConfig(**{k: v for k, v in data.items() if k in fields})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"--run {run}: cannot read the data settings in run_config.json ({exc})") from None
 
 
 def load_eval_data(cfg: EvaluateConfig, data_cfg: DataConfig) -> EvalData:
+    if data_cfg.streaming:
+        raise UserError(
+            "evaluate: this run was trained with --streaming, and evaluating it (which reads the training split "
+            "for the classifier and the floor) is not supported yet; its held-out figures are in RUN/metrics.json"
+        )
     splits = load_image_splits(data_cfg)
-    labels = lambda ds: torch.as_tensor(np.asarray(ds.with_format("numpy")[:]["label"]), dtype=torch.long)  # noqa: E731
-    train, train_labels = pixel_tensor(splits.train), labels(splits.train)
+    labels = lambda ds: torch.as_tensor(label_array(ds), dtype=torch.long)  # noqa: E731
+    train, train_labels = PixelSplit(splits.train), labels(splits.train)
     if cfg.test_images:
         images, image_labels = load_test_images(Path(cfg.test_images), data_cfg, splits.class_names)
+        images = PixelSplit(images)
         name = f"test images {cfg.test_images}"
     else:
-        images, image_labels = pixel_tensor(splits.heldout), labels(splits.heldout)
+        images, image_labels = PixelSplit(splits.heldout), labels(splits.heldout)
         name = f"held-out split of {data_cfg.dataset}"
     tag = (
         EMBEDDED
@@ -128,7 +135,9 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     real_feats = fid.extract_features(space, data.eval, cfg.batch_size) if space is not None else None
     out.mkdir(parents=True, exist_ok=True)
     log(f"tokenizer: {data.eval.shape[0]} images of the {data.eval_name}...")
-    tok, eval_codes = evaluate_tokenizer(tokenizer, data.eval, cfg.batch_size, space, real_feats)
+    tok, eval_codes = evaluate_tokenizer(
+        tokenizer, data.eval.batches(cfg.batch_size), cfg.batch_size, space, real_feats
+    )
     tok["fingerprint"] = tokenizer.fingerprint()
     ctx = {
         "device": device,

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from vqgen.stages.artifacts.codes import write_codes
 from vqgen.stages.artifacts.models import save_model
@@ -26,7 +25,18 @@ from vqgen.stages.core.device import check_device_name, resolve_device, training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS, tokenizer_preset
-from vqgen.stages.data.images import DataConfig, ImageSplits, load_image_splits, pixel_tensor, to_float
+from vqgen.stages.data.images import (
+    RESIZE_MODES,
+    DataConfig,
+    ImageSplits,
+    augment,
+    iter_pixel_batches,
+    label_array,
+    load_image_splits,
+    pixel_tensor,
+    read_rows,
+    to_float,
+)
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer import Tokenizer
@@ -35,7 +45,7 @@ from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.trainer import Trainer
 
-IN_MEMORY_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 pixels are held in memory while training
+IN_MEMORY_BYTES = 256 << 20  # training splits up to 256 MiB of uint8 pixels are held in memory
 
 
 @dataclass
@@ -61,28 +71,47 @@ class TokenizerTask:
     progress_keys = ("psnr", "usage", "perplexity")
     channels_last = True  # the trainer converts the model (and get_batch the images) to NHWC on CUDA
 
-    def __init__(self, model: Tokenizer, splits: ImageSplits, in_memory_bytes: int = IN_MEMORY_BYTES):
+    def __init__(
+        self,
+        model: Tokenizer,
+        splits: ImageSplits,
+        in_memory_bytes: int = IN_MEMORY_BYTES,
+        data: DataConfig | None = None,
+    ):
         self.model = model
         ds = splits.train
         c, s = model.config.channels, model.config.image_size
         # Small datasets are held in memory as uint8; large ones are read batch by batch from the memory-mapped
         # arrow files that `datasets` prepared, so memory stays bounded whatever the dataset size.
         self.pixels = pixel_tensor(ds) if len(ds) * c * s * s <= in_memory_bytes else None
-        self.dataset = ds.with_format("numpy")
+        self.dataset = ds.select_columns(["pixels"])
         self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
+        self.flip, self.crop = (data.random_flip, data.random_crop) if data is not None else (False, False)
 
     def num_examples(self) -> int:
         return len(self.dataset)
 
-    def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        """The uint8 pixels (B, C, S, S) of these rows (called in DataLoader workers with --num-workers)."""
         if self.pixels is not None:
-            images = to_float(self.pixels[indices]).to(device)
-        else:
-            rows = self.dataset[indices.tolist()]["pixels"]
-            images = to_float(torch.from_numpy(np.asarray(rows, dtype=np.uint8))).to(device)
-        if torch.device(device).type == "cuda":
+            return self.pixels[indices]
+        return read_rows(self.dataset, indices)
+
+    def prepare(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        images = to_float(rows.to(device, non_blocking=True))
+        if torch.device(device).type == "cuda":  # the convolutions' fast layout on a GPU
             images = images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return self.prepare(self.rows(indices.tolist()), device)
+
+    def augment(self, batch: torch.Tensor, seed: int, micro_batch: int) -> torch.Tensor:
+        """--random-flip / --random-crop, drawn from a generator seeded from (seed, micro-batch): exact on resume."""
+        if not (self.flip or self.crop):
+            return batch
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + micro_batch) % (2**63))
+        return augment(batch, self.flip, self.crop, generator)
 
     def compute_loss(self, model, batch):
         """The loss and the step's metrics, all tensors on the device: nothing is read back here (the trainer
@@ -134,6 +163,21 @@ def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
         raise UserError(f"{exc} (--arch {cfg.arch})") from None
 
 
+class StreamingTokenizerTask(TokenizerTask):
+    """Stage one trained from a stream (--streaming): batches come from a StreamReader, whose position the trainer
+    saves in every checkpoint, instead of from indices of a prepared split."""
+
+    def __init__(self, model: Tokenizer, splits: ImageSplits, data: DataConfig):
+        self.model, self.stream = model, splits.train
+        self.preview = to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout))))))
+        self.flip, self.crop = data.random_flip, data.random_crop
+
+    def stream_feed(self, rank: int, world: int, batch_size: int, seed: int):
+        from vqgen.stages.data.streaming import StreamReader
+
+        return StreamReader(self.stream, rank, world, batch_size, seed)
+
+
 def model_config(model) -> TokenizerConfig:
     return getattr(model, "module", model).config
 
@@ -144,21 +188,40 @@ def encode_split(model: Tokenizer, ds, batch_size: int, accelerator) -> tuple[to
     from accelerate.utils import gather_object
 
     model.eval()
+    if hasattr(ds, "batches"):  # a stream (--streaming): one pass over each process's shards, in stream order
+        return encode_stream(model, ds, batch_size, accelerator)
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
-    pixels = pixel_tensor(ds.select(range(lo, hi)))
     codes = [
-        model.encode(to_float(pixels[i : i + batch_size]).to(accelerator.device)).cpu()
-        for i in range(0, hi - lo, batch_size)
+        model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32)
+        for pixels in iter_pixel_batches(ds, batch_size, lo, hi)
     ]
     local = (
         torch.cat(codes)
         if codes
-        else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.long)
+        else torch.empty(0, model.config.grid_size, model.config.grid_size, dtype=torch.int32)
     )
     parts = gather_object([local]) if world > 1 else [local]
-    labels = torch.as_tensor(np.asarray(ds.with_format("numpy")[:]["label"]))
-    return torch.cat(parts), labels
+    return torch.cat(parts), torch.as_tensor(label_array(ds))
+
+
+def encode_stream(
+    model: Tokenizer, stream, batch_size: int, accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    codes, labels = [], []
+    for pixels, label in stream.batches(batch_size, rank, world):
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32))
+        labels.append(label)
+    g = model.config.grid_size
+    local = (
+        (torch.cat(codes) if codes else torch.empty(0, g, g, dtype=torch.int32)),
+        (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)),
+    )
+    parts = gather_object([local]) if world > 1 else [local]
+    return torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts])
 
 
 def save_codes(run_dir: Path, model: Tokenizer, splits: ImageSplits, batch_size: int, accelerator) -> dict:
@@ -191,7 +254,12 @@ def train_tokenizer(
     set_seed(cfg.train.seed)  # the initial weights are part of the run: same seed, same run
     model = TOKENIZERS.get(cfg.model.model_type)(cfg.model)
     plugins = build_plugins(cfg.plugins, cfg.plugin_options, stage="tokenizer")
-    trainer = Trainer(TokenizerTask(model, splits), cfg.train, run_dir, plugins)
+    task = (
+        StreamingTokenizerTask(model, splits, cfg.data)
+        if cfg.data.streaming
+        else TokenizerTask(model, splits, data=cfg.data)
+    )
+    trainer = Trainer(task, cfg.train, run_dir, plugins)
     start_step = trainer.resume() if cfg.resume else 0
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")
@@ -208,6 +276,11 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
+    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
+        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
+        raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
+    cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
@@ -243,7 +316,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
             run_dir / "samples" / "recon_final.png",
         )
-        results, _ = evaluate_tokenizer(model, pixel_tensor(splits.heldout), cfg.eval_batch_size)
+        results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, cfg.eval_batch_size))
     meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
     if accelerator.is_main_process:
         results.update(

@@ -69,6 +69,11 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
         "Stop after this many non-finite losses in a row (each is skipped, rolled back).",
         1,
     ),
+    "num_workers": (
+        Optional[int],
+        "DataLoader worker processes reading image batches (default: min(4, cores - 1); 0 on 2 cores).",
+        None,
+    ),
 }
 # Largest sane values: beyond them a run is a typo (a learning rate of 1e5) or cannot be allocated.
 TRAIN_MAXIMA = {

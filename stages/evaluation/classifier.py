@@ -73,10 +73,26 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1  # pad with black (-1)
 
 
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    return to_float(images) if images.dtype == torch.uint8 else images
+
+
+class _Rows:
+    """Some rows of a split (uint8, indexed like a tensor), read when indexed."""
+
+    def __init__(self, split, rows: torch.Tensor):
+        self.split, self.rows = split, rows
+        self.shape = torch.Size((len(rows), *split.shape[1:]))
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.split[self.rows[key]]
+
+
 def train_classifier(
     images: torch.Tensor, labels: torch.Tensor, config: ClassifierConfig, epochs: int = 30, seed: int = 0
 ) -> Classifier:
-    """Train on (N, C, S, S) images in [-1, 1] with (N,) labels; deterministic for a seed."""
+    """Train on (N, C, S, S) images, in [-1, 1] or uint8 read batch by batch (a split indexed like a tensor), with
+    (N,) labels; deterministic for a seed."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = Classifier(config)
@@ -88,7 +104,8 @@ def train_classifier(
         order = torch.randperm(images.shape[0], generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * 128 : (i + 1) * 128]
-            loss = F.cross_entropy(model(augment(images[idx], gen)), labels[idx], label_smoothing=0.05)
+            batch = _as_float(images[idx])
+            loss = F.cross_entropy(model(augment(batch, gen)), labels[idx], label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -100,7 +117,7 @@ def train_classifier(
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     model.eval()
     correct = sum(
-        int((model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+        int((model(_as_float(images[i : i + batch_size])).argmax(1) == labels[i : i + batch_size]).sum())
         for i in range(0, images.shape[0], batch_size)
     )
     return correct / images.shape[0]
@@ -151,13 +168,19 @@ def eval_classifier(
     )
     start = time.perf_counter()
     model = load_or_train(
-        path, to_float(data.train[keep]), data.train_labels[keep], config, cfg.classifier_epochs
+        path,
+        _Rows(data.train, keep.nonzero().flatten()),
+        data.train_labels[keep],
+        config,
+        cfg.classifier_epochs,
     )
     if cached != settings:
         write_json(settings, info_file)
     labelled = data.eval_labels >= 0
     eval_acc = (
-        accuracy(model, to_float(data.eval[labelled]), data.eval_labels[labelled]) if labelled.any() else None
+        accuracy(model, _Rows(data.eval, labelled.nonzero().flatten()), data.eval_labels[labelled])
+        if labelled.any()
+        else None
     )
     info = {**settings, "path": str(path), "seconds": time.perf_counter() - start, "eval_accuracy": eval_acc}
     return model, info

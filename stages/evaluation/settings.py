@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import torch
+from vqgen.stages.data.images import PixelSplit
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE
 
 
@@ -24,9 +25,9 @@ class EvaluateConfig:
 
 @dataclass
 class EvalData:
-    train: torch.Tensor  # (N, C, S, S) uint8: the run's training split
+    train: "PixelSplit"  # (N, C, S, S) uint8, read when indexed: the run's training split
     train_labels: torch.Tensor  # (N,) long, -1 = unlabelled
-    eval: torch.Tensor  # (M, C, S, S) uint8: the evaluation split
+    eval: "PixelSplit"  # (M, C, S, S) uint8, read when indexed: the evaluation split
     eval_labels: torch.Tensor
     eval_name: str  # where the evaluation split comes from, for the report
     dataset_tag: str  # names the classifier features: classifier-<tag>

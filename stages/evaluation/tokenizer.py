@@ -4,6 +4,7 @@ Used by `tokenize` (on the held-out split, when training ends) and by `evaluate`
 """
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -12,14 +13,23 @@ from vqgen.stages.data.images import to_float
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
 
+METRIC_CHUNK = (
+    100  # images per forward pass and metric call: the peak memory (SSIM windows, gradients) is bounded
+)
 PER_IMAGE = {"psnr": M.psnr_per_image, "ssim": M.ssim_per_image, "l1": M.l1_per_image, "mse": M.mse_per_image}
 
 
 @torch.no_grad()
 def evaluate_tokenizer(
-    tokenizer, pixels: torch.Tensor, batch_size: int = 500, space=None, real_feats=None
+    tokenizer,
+    pixels: torch.Tensor | Iterable[torch.Tensor],
+    batch_size: int = 500,
+    space=None,
+    real_feats=None,
 ) -> tuple[dict, torch.Tensor]:
-    """Metrics over (N, C, S, S) uint8 images and their (N, h, w) codes. Metrics: PSNR, SSIM, L1, MSE (means over
+    """Metrics over (N, C, S, S) uint8 images, a tensor or an iterable of uint8 batches (as
+    vqgen.stages.data.images.iter_pixel_batches reads a split: memory then holds one batch of pixels), and their
+    (N, h, w) codes. Metrics: PSNR, SSIM, L1, MSE (means over
     images), the sharpness ratios (reconstruction over input gradient magnitude: all pixels, and the inputs' edge
     pixels only), codebook usage, perplexity and dead codes, encode+decode images/s, and with a feature `space`
     the rFID against `real_feats` (None without)."""
@@ -30,8 +40,15 @@ def evaluate_tokenizer(
     sums = dict.fromkeys(PER_IMAGE, 0.0)
     grad_sums, edge_sums = torch.zeros(2), torch.zeros(2)
     codes, recon_feats, seconds = [], [], 0.0
-    for i in range(0, pixels.shape[0], batch_size):
-        x = to_float(pixels[i : i + batch_size]).to(device)
+    batches = (
+        (pixels[i : i + batch_size] for i in range(0, pixels.shape[0], batch_size))
+        if isinstance(pixels, torch.Tensor)
+        else pixels
+    )
+    n = 0
+    for x in (chunk for batch in batches for chunk in batch.split(METRIC_CHUNK)):
+        x = to_float(x.to(device))
+        n += x.shape[0]
         start = time.perf_counter()
         c = tokenizer.encode(x)
         recon = tokenizer.decode(c)
@@ -44,7 +61,6 @@ def evaluate_tokenizer(
         edge_sums += M.edge_gradient_sums(recon, x).cpu()
         if space is not None:
             recon_feats.append(fid.extract_features(space, recon, batch_size))
-    n = pixels.shape[0]
     results = {name: total / n for name, total in sums.items()}
     results.update(
         sharpness_ratio=float(grad_sums[0] / grad_sums[1].clamp_min(1e-12)),

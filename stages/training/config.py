@@ -34,6 +34,18 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
     snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
     record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt
+    num_workers: int | None = (
+        None  # DataLoader worker processes for tasks that read rows; None = default_workers()
+    )
+
+
+def default_workers() -> int:
+    """min(4, cores - 1), and 0 on a machine of 1 or 2 cores: there the main process's torch threads already use
+    every core, and a worker only takes time from them (decoding is done once, when the data is prepared)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 class TrainingStopped(Exception):

@@ -26,3 +26,53 @@ class EpochSampler:
             self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
         start = (j * self.world + self.rank) * self.bs
         return self._perm[start : start + self.bs]
+
+
+class _FromStep(torch.utils.data.Sampler):
+    """The EpochSampler's index lists from one micro-batch on, without end (the trainer stops asking)."""
+
+    def __init__(self, sampler: EpochSampler, start: int):
+        self.sampler, self.start = sampler, start
+
+    def __iter__(self):
+        micro = self.start
+        while True:
+            yield self.sampler.indices(micro).tolist()
+            micro += 1
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __getitem__(self, indices: list[int]):
+        return torch.as_tensor(indices, dtype=torch.long), self.rows(indices)
+
+
+class BatchFeed:
+    """Micro-batches read ahead by DataLoader worker processes, in exactly the EpochSampler's order: the batch
+    sampler yields `sampler.indices(m)` for m = the requested micro-batch onwards, so the data seen is the same
+    function of (seed, step) as without workers. Asking for another micro-batch than the next one (a step tried
+    again after a non-finite loss) restarts the reading there."""
+
+    def __init__(self, sampler: EpochSampler, rows, num_workers: int, pin_memory: bool):
+        self.sampler, self.rows, self.num_workers, self.pin_memory = sampler, rows, num_workers, pin_memory
+        self._iter, self._next = None, None
+
+    def get(self, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._iter is None or self._next != micro_batch:
+            self.close()
+            loader = torch.utils.data.DataLoader(
+                _Rows(self.rows), batch_size=None, sampler=_FromStep(self.sampler, micro_batch),
+                num_workers=self.num_workers, pin_memory=self.pin_memory,
+            )  # fmt: skip
+            self._iter = iter(loader)
+        self._next = micro_batch + 1
+        return next(self._iter)
+
+    def close(self) -> None:
+        if self._iter is not None:
+            shutdown = getattr(self._iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        self._iter = None

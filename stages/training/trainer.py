@@ -33,8 +33,8 @@ from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import checkpoint as ckpt
-from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask
-from vqgen.stages.training.data_order import EpochSampler
+from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
+from vqgen.stages.training.data_order import BatchFeed, EpochSampler
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
 
@@ -100,12 +100,14 @@ class Trainer:
             groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None
         )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if hasattr(task, "stream_feed"):  # a stream: its own resumable position, saved in every checkpoint
+            self.sampler, self.feed = None, task.stream_feed(rank, world, config.batch_size, config.seed)
+        else:
+            self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
+            self.feed = self._data_feed()
         if config.compile:
             self.model = torch.compile(self.model, backend=compile_backend())
-        self.sampler = EpochSampler(
-            task.num_examples(), config.batch_size, config.seed,
-            self.accelerator.process_index, self.accelerator.num_processes,
-        )  # fmt: skip
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -155,9 +157,8 @@ class Trainer:
         self._consumed = []
         bad = torch.zeros(2, device=self.accelerator.device)  # [non-finite losses, non-finite gradient norm]
         for micro in range(self.cfg.grad_accum):
-            indices = self.sampler.indices(step * self.cfg.grad_accum + micro)
+            indices, batch = self._micro_batch(step * self.cfg.grad_accum + micro)
             self._consumed.append(indices)
-            batch = self.task.get_batch(indices, self.accelerator.device)
             sync = micro == self.cfg.grad_accum - 1
             with (
                 self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext(),
@@ -195,6 +196,40 @@ class Trainer:
         metrics["lr"] = self.lr_at(step)
         self.nonfinite_in_row = 0
         return metrics
+
+    # --- data -------------------------------------------------------------------------------------------------
+    def _data_feed(self) -> BatchFeed | None:
+        """DataLoader workers (--num-workers) for a task that reads rows (`rows`, `prepare`); None: read in-line."""
+        workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
+        if workers < 0:
+            raise UserError(f"--num-workers must be 0 or more, got {workers}")
+        if workers == 0 or not hasattr(self.task, "rows"):
+            return None
+        pin = self.accelerator.device.type == "cuda"
+        return BatchFeed(self.sampler, self.task.rows, workers, pin)
+
+    def _data_state(self) -> list | None:
+        """Every process's stream position (a stream's state_dict), gathered for the checkpoint; None otherwise."""
+        if not hasattr(self.feed, "state_dict"):
+            return None
+        if self.accelerator.num_processes == 1:
+            return [self.feed.state_dict()]
+        from accelerate.utils import gather_object
+
+        return gather_object([self.feed.state_dict()])
+
+    def _micro_batch(self, micro: int):
+        """(dataset indices, batch on the device) of global micro-batch `micro`: a function of (seed, micro)."""
+        device = self.accelerator.device
+        if self.feed is not None:
+            indices, rows = self.feed.get(micro)
+            batch = self.task.prepare(rows, device)
+        else:
+            indices = self.sampler.indices(micro)
+            batch = self.task.get_batch(indices, device)
+        if hasattr(self.task, "augment"):
+            batch = self.task.augment(batch, self.cfg.seed, micro)
+        return indices, batch
 
     def _on_nonfinite(self, step: int, what: str = "loss") -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -259,6 +294,8 @@ class Trainer:
                         raise KeyboardInterrupt
         finally:
             bar.close()
+            if self.feed is not None:
+                self.feed.close()
             if order_log:
                 order_log.close()
         if cfg.log_with:
@@ -366,6 +403,7 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         path = None
+        data_state = self._data_state()
         if acc.is_main_process:
             tensors = ckpt.add_prefix(self.unwrapped().state_dict(), "model")
             opt_tensors, opt_meta = ckpt.flatten_state(self.optimizer.state_dict())
@@ -383,6 +421,8 @@ class Trainer:
                 "data_digest": self.data_digest, "skipped_steps": self.skipped_steps,
                 "grad_scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             }  # fmt: skip
+            if data_state is not None:
+                meta["data_state"] = data_state
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
         self._saved_step = self.step
         acc.wait_for_everyone()
@@ -427,6 +467,12 @@ class Trainer:
             self.skipped_steps = meta.get("skipped_steps", 0)
             if self.accelerator.scaler is not None and meta.get("grad_scaler"):
                 self.accelerator.scaler.load_state_dict(meta["grad_scaler"])
+            if hasattr(self.feed, "load_state_dict"):
+                if "data_state" not in meta:
+                    raise UserError(
+                        f"--resume: {path} holds no stream position; it was not a --streaming run"
+                    )
+                self.feed.load_state_dict(meta["data_state"][self.accelerator.process_index])
             self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
