@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vqgen.stages.data.images import (
-    DataConfig,
-    augment,
-    fit_array,
-    iter_pixel_batches,
-    load_image_splits,
-    pixel_tensor,
-)
+from vqgen.stages.data.images import DataConfig, fit_array, load_image_splits
+from vqgen.stages.data.pixels import augment, iter_pixel_batches, pixel_tensor
 
 
 @pytest.fixture(autouse=True)
@@ -180,7 +174,7 @@ def test_unreachable_proxy_is_answered_within_seconds(tmp_path, monkeypatch):
 
 
 def test_pixel_split_reads_rows_like_the_tensor(tmp_path):
-    from vqgen.stages.data.images import PixelSplit
+    from vqgen.stages.data.pixels import PixelSplit
 
     write_images(tmp_path / "data", 20)
     splits = load_image_splits(DataConfig(dataset=str(tmp_path / "data"), image_size=8, channels=3))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits, pixel_tensor
+from vqgen.stages.data.images import DataConfig, load_image_splits
+from vqgen.stages.data.pixels import pixel_tensor
 
 
 def png_bytes(rng) -> bytes:

@@ -27,13 +27,8 @@ from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json, write_text
 from vqgen.stages.data.eval_images import load_test_images
-from vqgen.stages.data.images import (
-    EMBEDDED,
-    DataConfig,
-    PixelSplit,
-    label_array,
-    load_image_splits,
-)
+from vqgen.stages.data.images import EMBEDDED, DataConfig, load_image_splits
+from vqgen.stages.data.pixels import PixelSplit, label_array
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.classifier import eval_classifier

@@ -25,18 +25,8 @@ from vqgen.stages.core.device import check_device_name, resolve_device, training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS, tokenizer_preset
-from vqgen.stages.data.images import (
-    RESIZE_MODES,
-    DataConfig,
-    ImageSplits,
-    augment,
-    iter_pixel_batches,
-    label_array,
-    load_image_splits,
-    pixel_tensor,
-    read_rows,
-    to_float,
-)
+from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, load_image_splits, to_float
+from vqgen.stages.data.pixels import augment, iter_pixel_batches, label_array, pixel_tensor, read_rows
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer import Tokenizer

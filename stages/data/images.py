@@ -8,21 +8,15 @@ clipped: `to_8bit`), fitted inside S x S keeping their aspect ratio and padded t
 Unreadable images are skipped and counted; a source with no readable image is an error.
 """
 
-import contextlib
-import hashlib
 import io
-import json
-import os
-import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from vqgen.stages.core.errors import UserError, one_line, redact
+from vqgen.stages.core.errors import UserError, redact
 
 EMBEDDED = "mnist5k"
 RESIZE_MODES = ("center-crop", "pad")
@@ -213,34 +207,6 @@ def load_embedded(cfg: DataConfig) -> ImageSplits:
     return _finish(train, heldout, [str(d) for d in range(10)], sum(len(p) for p in parts))
 
 
-def _prepared_root() -> Path:
-    from datasets import config
-
-    return Path(config.HF_DATASETS_CACHE) / "vqgen-prepared"
-
-
-def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
-    """The prepared cache's name: a hash of the source (its path and every file's name, size and modification
-    time) and of the settings that shape the prepared pixels; and the folder's image files."""
-    h = hashlib.sha256()
-    settings = {
-        "format": PREPARED_FORMAT, "source": str(path.resolve()), "size": cfg.image_size,
-        "channels": cfg.channels, "resize": cfg.resize_mode(), "heldout_fraction": cfg.heldout_fraction,
-        "image_column": cfg.image_column, "label_column": cfg.label_column,
-    }  # fmt: skip
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    images = []
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        for name in sorted(names):
-            f = Path(root) / name
-            st = f.stat()
-            h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(f)
-    return h.hexdigest()[:20], images
-
-
 def _label_reader(ds, label_column: str | None):
     """(class names, label_of(batch, i)) for a dataset's label column: a ClassLabel's names, or the sorted
     distinct values of another column; no classes and -1 labels without one."""
@@ -259,80 +225,6 @@ def _label_reader(ds, label_column: str | None):
         return int(value) if isinstance(feature, ClassLabel) else class_names.index(str(value))
 
     return class_names, label_of
-
-
-def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
-    """A local folder through `datasets`' imagefolder builder (class sub-folders = a ClassLabel, `train/` and
-    `test/` split folders and metadata.jsonl honoured), prepared once into an Arrow cache named by a hash of the
-    source and the preparation settings (`_source_key`) and memory-mapped from there by every later run."""
-    from datasets import load_dataset, load_from_disk
-
-    if not path.is_dir():
-        raise UserError(
-            f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
-        )
-    started = time.perf_counter()  # the listing of the files counts: it is part of every later run
-    key, files = _source_key(path, cfg)
-    if not files:
-        raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    parents = sorted({f.parent.relative_to(path).as_posix() for f in files})
-    if "." in parents and len(parents) > 1:  # class folders beside loose images at the root
-        loose = sum(f.parent == path for f in files)
-        print(
-            f"warning: --dataset {path}: {loose} image(s) at its root have no class folder, so they have no label and "
-            f"the whole folder is read as unlabelled (its {len(parents) - 1} class folder(s) are not used as "
-            "labels); move them into a class folder, or out of the dataset, to keep the labels",
-            file=sys.stderr,
-        )
-    cache = _prepared_root() / key
-    if (cache / "vqgen.json").is_file():
-        try:
-            meta = json.loads((cache / "vqgen.json").read_text())
-            train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
-            print(
-                f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
-                f"in {time.perf_counter() - started:.2f} s",
-                file=sys.stderr,
-            )
-            return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
-        except (OSError, ValueError, KeyError, FileNotFoundError):
-            shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
-    tmp = cache.with_name(f".{key}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        try:
-            raw = load_dataset("imagefolder", data_dir=str(path), cache_dir=str(tmp / "builder"))
-        except Exception as exc:  # a layout the builder refuses: one line
-            raise UserError(f"--dataset {path}: cannot read the folder as images ({one_line(exc)})") from None
-        train_raw = raw["train"] if "train" in raw else raw[next(iter(raw))]
-        held_name = next((n for n in ("test", "validation", "heldout") if n in raw and n != "train"), None)
-        column = cfg.image_column if cfg.image_column in train_raw.column_names else "image"
-        class_names, label_of = _label_reader(train_raw, cfg.label_column or None)
-        prep = lambda ds: _preprocess(_no_decode(ds, column), cfg, column, label_of)  # noqa: E731
-        total = sum(len(raw[n]) for n in raw)
-        if held_name:
-            train, heldout = prep(train_raw), prep(raw[held_name])
-        else:
-            prepared = prep(train_raw)
-            if len(prepared) == 0:
-                raise UserError(f"--dataset {path}: none of the {len(files)} images could be read")
-            train, heldout = _split(prepared, cfg)
-        splits = _finish(train, heldout, class_names, total)
-        train.save_to_disk(str(tmp / "train"), max_shard_size="64MB")  # bounded memory while flattening
-        heldout.save_to_disk(str(tmp / "heldout"), max_shard_size="64MB")
-        (tmp / "vqgen.json").write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
-        shutil.rmtree(tmp / "builder", ignore_errors=True)
-        with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
-            tmp.rename(cache)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
-    print(
-        f"data: prepared {len(train)} + {len(heldout)} images of {path} in {time.perf_counter() - started:.1f} s "
-        f"into {cache}",
-        file=sys.stderr,
-    )
-    return ImageSplits(train, heldout, class_names, splits.skipped)
 
 
 def load_hub(cfg: DataConfig) -> ImageSplits:
@@ -382,6 +274,8 @@ def load_image_splits(cfg: DataConfig) -> ImageSplits:
         return load_embedded(cfg)
     path = Path(cfg.dataset).expanduser()
     if path.exists():
+        from vqgen.stages.data.folders import load_folder
+
         return load_folder(path, cfg)
     from vqgen.stages.artifacts.hub import check_hub_id, looks_local
 
@@ -399,131 +293,3 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float in [-1, 1] -> uint8."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def arrow_pixels(column, shape) -> np.ndarray:
-    """An Arrow pixels column (Array3D, chunked or not, sliced or not) -> (N, C, S, S) uint8 numpy, through Arrow's
-    flat values: no Python object per pixel (datasets' numpy formatting of Array3D costs several times the data)."""
-    import pyarrow as pa
-
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    parts = []
-    for chunk in chunks:
-        storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        parts.append(storage.flatten().flatten().flatten().to_numpy(zero_copy_only=False))
-    values = np.concatenate(parts) if len(parts) != 1 else parts[0]
-    return values.reshape(-1, *shape).astype(np.uint8, copy=False)
-
-
-def read_rows(ds, key) -> torch.Tensor:
-    """uint8 (B, C, S, S) pixels of some rows of a prepared split: a slice or a list of indices."""
-    table = ds.select_columns(["pixels"]).with_format("arrow")[key]
-    return torch.from_numpy(arrow_pixels(table.column("pixels"), ds.features["pixels"].shape).copy())
-
-
-def pixel_tensor(ds) -> torch.Tensor:
-    """The whole uint8 pixel column (N, C, S, S) of a prepared split (small splits only: previews, tests)."""
-    if len(ds) == 0:
-        return torch.empty(0, *ds.features["pixels"].shape, dtype=torch.uint8)
-    return read_rows(ds, slice(0, len(ds)))
-
-
-def label_array(ds) -> np.ndarray:
-    """The label column of a prepared split, read without its pixels."""
-    return np.asarray(ds.select_columns(["label"]).with_format("numpy")[:]["label"], dtype=np.int64)
-
-
-def iter_pixel_batches(ds, batch_size: int, start: int = 0, stop: int | None = None):
-    """uint8 (B, C, S, S) tensors of rows start..stop of a prepared split, batch by batch: only one batch of
-    pixels is held at a time. A split stored as plain Arrow files (no index mapping, as prepared caches and
-    `map` outputs are) is read with ordinary reads rather than through the memory map, so that the pages of a
-    large split do not pile up in the process's resident memory."""
-    import pyarrow as pa
-
-    stop = len(ds) if stop is None else min(stop, len(ds))
-    files = [f["filename"] for f in ds.cache_files]
-    if getattr(ds, "_indices", None) is not None or not files:
-        for i in range(start, stop, batch_size):
-            yield read_rows(ds, slice(i, min(i + batch_size, stop)))
-        return
-    shape = ds.features["pixels"].shape
-    pending, held, row = [], 0, 0
-    for name in files:
-        with pa.OSFile(name) as source:
-            for record in pa.ipc.open_stream(source):
-                n = record.num_rows
-                lo, hi = max(start - row, 0), min(stop - row, n)
-                row += n
-                if hi <= lo:
-                    if row >= stop:
-                        break
-                    continue
-                column = record.column(record.schema.get_field_index("pixels")).slice(lo, hi - lo)
-                pending.append(arrow_pixels(column, shape))
-                held += hi - lo
-                while held >= batch_size:
-                    merged = np.concatenate(pending)
-                    yield torch.from_numpy(merged[:batch_size].copy())
-                    pending, held = ([merged[batch_size:]], held - batch_size)
-        if row >= stop:
-            break
-    if row < min(stop, len(ds)):
-        raise RuntimeError(f"the Arrow files of the split hold {row} rows, fewer than {len(ds)}")
-    if held:
-        yield torch.from_numpy(np.concatenate(pending).copy())
-
-
-def augment(images: torch.Tensor, flip: bool, crop: bool, generator: torch.Generator) -> torch.Tensor:
-    """Tokenizer-training augmentation of a float (B, C, S, S) batch, drawn from `generator` (seeded from the run's
-    seed and step, so a resumed run draws the same): a left-right flip of each image with probability 1/2, and a
-    random crop: reflect-padded by S/8 on every side and cropped back to S x S at a random offset."""
-    b, _, s, _ = images.shape
-    if flip:
-        flipped = torch.rand(b, generator=generator) < 0.5
-        images = torch.where(flipped.view(b, 1, 1, 1).to(images.device), images.flip(-1), images)
-    if crop:
-        pad = max(1, s // 8)
-        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
-        offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
-        images = torch.stack([padded[i, :, y : y + s, x : x + s] for i, (y, x) in enumerate(offsets)])
-    return images
-
-
-class PixelSplit:
-    """The uint8 pixels (N, C, S, S) of a prepared split, read when asked: `split[indices]` (a slice, a list or a
-    tensor of indices, or a boolean mask) reads those rows, `batches(b)` iterates in batches, `shape` and `len` need
-    no reading. Wraps a tensor too (test images from outside the run), so the evaluation reads both alike."""
-
-    dtype = torch.uint8
-
-    def __init__(self, source):
-        self.tensor = source if isinstance(source, torch.Tensor) else None
-        self.ds = None if self.tensor is not None else source
-        if self.ds is not None:
-            c, h, w = self.ds.features["pixels"].shape
-            self.shape = torch.Size((len(self.ds), c, h, w))
-        else:
-            self.shape = self.tensor.shape
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key) -> torch.Tensor:
-        if self.tensor is not None:
-            return self.tensor[key]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(len(self))
-            if step == 1 and stop > start:
-                return read_rows(self.ds, slice(start, stop))
-            key = list(range(start, stop, step))
-        if isinstance(key, torch.Tensor) and key.dtype == torch.bool:
-            key = key.nonzero().flatten()
-        index = key.tolist() if isinstance(key, torch.Tensor) else list(key)
-        if not index:
-            return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
-        return read_rows(self.ds, index)
-
-    def batches(self, batch_size: int):
-        if self.tensor is not None:
-            return (self.tensor[i : i + batch_size] for i in range(0, len(self), batch_size))
-        return iter_pixel_batches(self.ds, batch_size)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 import torch
-from vqgen.stages.data.images import PixelSplit
+from vqgen.stages.data.pixels import PixelSplit
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE
 
 

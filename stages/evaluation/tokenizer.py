@@ -28,7 +28,7 @@ def evaluate_tokenizer(
     real_feats=None,
 ) -> tuple[dict, torch.Tensor]:
     """Metrics over (N, C, S, S) uint8 images, a tensor or an iterable of uint8 batches (as
-    vqgen.stages.data.images.iter_pixel_batches reads a split: memory then holds one batch of pixels), and their
+    vqgen.stages.data.pixels.iter_pixel_batches reads a split: memory then holds one batch of pixels), and their
     (N, h, w) codes. Metrics: PSNR, SSIM, L1, MSE (means over
     images), the sharpness ratios (reconstruction over input gradient magnitude: all pixels, and the inputs' edge
     pixels only), codebook usage, perplexity and dead codes, encode+decode images/s, and with a feature `space`

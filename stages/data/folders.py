@@ -1,0 +1,128 @@
+"""A local folder of images, prepared once: through `datasets`' imagefolder builder (class sub-folders = a
+ClassLabel, `train/` and `test/` split folders and metadata.jsonl honoured) into an Arrow cache named by a hash of
+the files and the preparation settings, memory-mapped from there by every later run."""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.data.images import (
+    EMBEDDED,
+    IMAGE_SUFFIXES,
+    PREPARED_FORMAT,
+    DataConfig,
+    ImageSplits,
+    _finish,
+    _label_reader,
+    _no_decode,
+    _preprocess,
+    _split,
+)  # fmt: skip
+
+
+def _prepared_root() -> Path:
+    from datasets import config
+
+    return Path(config.HF_DATASETS_CACHE) / "vqgen-prepared"
+
+
+def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
+    """The prepared cache's name: a hash of the source (its path and every file's name, size and modification
+    time) and of the settings that shape the prepared pixels; and the folder's image files."""
+    h = hashlib.sha256()
+    settings = {
+        "format": PREPARED_FORMAT, "source": str(path.resolve()), "size": cfg.image_size,
+        "channels": cfg.channels, "resize": cfg.resize_mode(), "heldout_fraction": cfg.heldout_fraction,
+        "image_column": cfg.image_column, "label_column": cfg.label_column,
+    }  # fmt: skip
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    images = []
+    for root, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            f = Path(root) / name
+            st = f.stat()
+            h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(f)
+    return h.hexdigest()[:20], images
+
+
+def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
+    """A local folder through `datasets`' imagefolder builder (class sub-folders = a ClassLabel, `train/` and
+    `test/` split folders and metadata.jsonl honoured), prepared once into an Arrow cache named by a hash of the
+    source and the preparation settings (`_source_key`) and memory-mapped from there by every later run."""
+    from datasets import load_dataset, load_from_disk
+
+    if not path.is_dir():
+        raise UserError(
+            f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
+        )
+    started = time.perf_counter()  # the listing of the files counts: it is part of every later run
+    key, files = _source_key(path, cfg)
+    if not files:
+        raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    parents = sorted({f.parent.relative_to(path).as_posix() for f in files})
+    if "." in parents and len(parents) > 1:  # class folders beside loose images at the root
+        loose = sum(f.parent == path for f in files)
+        print(
+            f"warning: --dataset {path}: {loose} image(s) at its root have no class folder, so they have no label and "
+            f"the whole folder is read as unlabelled (its {len(parents) - 1} class folder(s) are not used as "
+            "labels); move them into a class folder, or out of the dataset, to keep the labels",
+            file=sys.stderr,
+        )
+    cache = _prepared_root() / key
+    if (cache / "vqgen.json").is_file():
+        try:
+            meta = json.loads((cache / "vqgen.json").read_text())
+            train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
+            print(
+                f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
+                f"in {time.perf_counter() - started:.2f} s",
+                file=sys.stderr,
+            )
+            return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
+        except (OSError, ValueError, KeyError, FileNotFoundError):
+            shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
+    tmp = cache.with_name(f".{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            raw = load_dataset("imagefolder", data_dir=str(path), cache_dir=str(tmp / "builder"))
+        except Exception as exc:  # a layout the builder refuses: one line
+            raise UserError(f"--dataset {path}: cannot read the folder as images ({one_line(exc)})") from None
+        train_raw = raw["train"] if "train" in raw else raw[next(iter(raw))]
+        held_name = next((n for n in ("test", "validation", "heldout") if n in raw and n != "train"), None)
+        column = cfg.image_column if cfg.image_column in train_raw.column_names else "image"
+        class_names, label_of = _label_reader(train_raw, cfg.label_column or None)
+        prep = lambda ds: _preprocess(_no_decode(ds, column), cfg, column, label_of)  # noqa: E731
+        total = sum(len(raw[n]) for n in raw)
+        if held_name:
+            train, heldout = prep(train_raw), prep(raw[held_name])
+        else:
+            prepared = prep(train_raw)
+            if len(prepared) == 0:
+                raise UserError(f"--dataset {path}: none of the {len(files)} images could be read")
+            train, heldout = _split(prepared, cfg)
+        splits = _finish(train, heldout, class_names, total)
+        train.save_to_disk(str(tmp / "train"), max_shard_size="64MB")  # bounded memory while flattening
+        heldout.save_to_disk(str(tmp / "heldout"), max_shard_size="64MB")
+        (tmp / "vqgen.json").write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
+        shutil.rmtree(tmp / "builder", ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
+            tmp.rename(cache)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
+    print(
+        f"data: prepared {len(train)} + {len(heldout)} images of {path} in {time.perf_counter() - started:.1f} s "
+        f"into {cache}",
+        file=sys.stderr,
+    )
+    return ImageSplits(train, heldout, class_names, splits.skipped)
