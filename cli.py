@@ -39,18 +39,47 @@ if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
 from vqgen.stages.core.cli_options import (  # noqa: E402
+    ArchOption,
+    BaseChannelsOption,
+    BetaOption,
+    ChannelsOption,
+    CodebookInitOption,
+    CodebookSizeOption,
+    CodebookUpdateOption,
+    CodeDimOption,
     ConfigFile,
+    CosineOption,
+    DatasetOption,
     Device,
+    DownsampleOption,
+    EntropyWeightOption,
+    FsqLevelsOption,
+    HeldoutSizeOption,
+    HeldoutSplitOption,
+    ImageColumnOption,
+    ImageSizeOption,
+    LabelColumnOption,
     Overwrite,
     PluginNames,
     PluginOpts,
+    QuantizerOption,
+    RandomCropOption,
+    RandomFlipOption,
+    ResBlocksOption,
+    ResizeOption,
     Resume,
+    RevisionOption,
     Run,
     Seed,
+    ShuffleBufferOption,
+    SplitOption,
+    StreamingOption,
     finish,
+    listing,
+    run_app,
     training_options,
 )
-from vqgen.stages.core.errors import UserError, redact  # noqa: E402
+from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
@@ -62,183 +91,54 @@ app = typer.Typer(
 )
 
 
-class CodebookUpdate(str, Enum):
-    ema = "ema"
-    grad = "grad"
-
-
-class CodebookInit(str, Enum):
-    kmeans = "kmeans"
-    sample = "sample"
-    random = "random"
-
-
 @app.command()
 @training_options(TOKENIZER_TRAINING)
 def tokenize(
     train,
     config: ConfigFile = None,
     run: Run = Path("runs/demo"),
-    dataset: Annotated[
-        str, typer.Option(help="'mnist5k' (embedded), a folder of images, or a Hub dataset id.")
-    ] = "mnist5k",
-    split: Annotated[str, typer.Option(help="Hub datasets: training split.")] = "train",
-    heldout_split: Annotated[
-        Optional[str], typer.Option(help="Hub datasets: held-out split (default: hold out 10%).")
-    ] = None,
-    image_column: Annotated[str, typer.Option(help="Hub datasets: image column.")] = "image",
-    label_column: Annotated[str, typer.Option(help="Hub datasets: label column ('' for none).")] = "label",
-    revision: Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")] = None,
-    arch: Annotated[
-        str,
-        typer.Option(
-            help="Tokenizer architecture or size preset: vqvae, vqgan, vqgan-f8, vqgan-f16, ... "
-            "(`cli.py tokenizers` lists them)."
-        ),
-    ] = "vqvae",
-    quantizer: Annotated[
-        Optional[str],
-        typer.Option(help="Quantizer: vq (codebook), fsq (finite scalar), lfq (lookup-free binary)."),
-    ] = None,
-    image_size: Annotated[
-        Optional[int],
-        typer.Option(
-            min=4, max=4096, help="Images are fitted and padded to this square size [default: the arch's]."
-        ),
-    ] = None,
-    channels: Annotated[
-        Optional[int], typer.Option(min=1, max=3, help="1 = grey, 3 = RGB [default: the arch's].")
-    ] = None,
-    resize: Annotated[
-        Optional[str],
-        typer.Option(
-            help="center-crop (resize the short side, crop the centre) or pad (fit and pad with black); "
-            "default: center-crop for RGB folders and Hub data, pad for grey images and mnist5k."
-        ),
-    ] = None,
-    random_flip: Annotated[
-        bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
-    ] = False,
-    random_crop: Annotated[
-        bool,
-        typer.Option("--random-crop", help="Augment training batches with random crops (reflect-pad S/8)."),
-    ] = False,
-    streaming: Annotated[
-        bool,
-        typer.Option(
-            "--streaming", help="Train straight from a Hub dataset or local WebDataset .tar / parquet files."
-        ),
-    ] = False,
-    shuffle_buffer: Annotated[
-        int, typer.Option(min=1, max=10**7, help="--streaming: samples per shuffled block.")
-    ] = 1000,
-    heldout_size: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=10**7,
-            help="--streaming: held-out samples (first of --heldout-split, else of the stream).",
-        ),
-    ] = 500,
+    dataset: DatasetOption = "mnist5k",
+    split: SplitOption = "train",
+    heldout_split: HeldoutSplitOption = None,
+    image_column: ImageColumnOption = "image",
+    label_column: LabelColumnOption = "label",
+    revision: RevisionOption = None,
+    arch: ArchOption = "vqvae",
+    quantizer: QuantizerOption = None,
+    image_size: ImageSizeOption = None,
+    channels: ChannelsOption = None,
+    resize: ResizeOption = None,
+    random_flip: RandomFlipOption = False,
+    random_crop: RandomCropOption = False,
+    streaming: StreamingOption = False,
+    shuffle_buffer: ShuffleBufferOption = 1000,
+    heldout_size: HeldoutSizeOption = 500,
     tokenizer: Annotated[
         Optional[str], typer.Option(help="Use this trained tokenizer (folder or Hub id); no training.")
     ] = None,
-    codebook_size: Annotated[
-        Optional[int], typer.Option(min=2, max=2**20, help="Number of codes (vq).")
-    ] = None,
-    code_dim: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1, max=4096, help="Codebook vector size (vq); bits per code (lfq: K = 2**code_dim)."
-        ),
-    ] = None,
-    fsq_levels: Annotated[
-        Optional[str],
-        typer.Option(help="fsq: values per dimension, comma-separated, e.g. 8,5,5,5 (K = product)."),
-    ] = None,
-    entropy_weight: Annotated[
-        Optional[float], typer.Option(min=0.0, max=100.0, help="lfq: weight of the entropy penalty.")
-    ] = None,
-    downsample: Annotated[
-        Optional[int],
-        typer.Option(min=1, max=256, help="vqvae: spatial downsampling factor (a power of two)."),
-    ] = None,
-    base_channels: Annotated[
-        Optional[int], typer.Option(min=1, max=4096, help="Width of the first level.")
-    ] = None,
-    res_blocks: Annotated[
-        Optional[int],
-        typer.Option(min=0, max=64, help="Residual blocks (vqvae: on the code grid; vqgan: per level)."),
-    ] = None,
-    codebook_update: Annotated[
-        Optional[CodebookUpdate], typer.Option(help="vq: EMA or gradient codebook updates.")
-    ] = None,
-    codebook_init: Annotated[
-        Optional[CodebookInit], typer.Option(help="vq: codebook initialisation.")
-    ] = None,
-    cosine: Annotated[
-        Optional[bool], typer.Option("--cosine/--no-cosine", help="vq: l2-normalised codes.")
-    ] = None,
-    beta: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")] = None,
+    codebook_size: CodebookSizeOption = None,
+    code_dim: CodeDimOption = None,
+    fsq_levels: FsqLevelsOption = None,
+    entropy_weight: EntropyWeightOption = None,
+    downsample: DownsampleOption = None,
+    base_channels: BaseChannelsOption = None,
+    res_blocks: ResBlocksOption = None,
+    codebook_update: CodebookUpdateOption = None,
+    codebook_init: CodebookInitOption = None,
+    cosine: CosineOption = None,
+    beta: BetaOption = None,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
     """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
-    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize, tokenizer_config
-    from vqgen.stages.core.cli_options import given, saved_setting
-    from vqgen.stages.data.images import DataConfig
+    flags = {
+        k: v.value if isinstance(v, Enum) else v for k, v in locals().items() if k not in ("train", "config")
+    }
+    from vqgen.stages.commands.tokenize import config_from_flags, run_tokenize
 
-    if resume and not given("arch"):  # the run's own architecture, as every other setting on --resume
-        arch = saved_setting(run / "run_config.json", "arch", arch)
-    try:
-        levels = [int(v) for v in fsq_levels.split(",")] if fsq_levels is not None else None
-    except ValueError:
-        raise UserError(
-            f"--fsq-levels takes comma-separated integers such as 8,5,5,5, got {fsq_levels!r}"
-        ) from None
-    kind = quantizer
-    if codebook_size is not None and (kind or "vq") != "vq":
-        raise UserError(
-            f"--codebook-size applies to --quantizer vq; {kind} sets its own (fsq: --fsq-levels, lfq: 2**--code-dim)"
-        )
-    model = tokenizer_config(
-        arch,
-        dict(
-            image_size=image_size,
-            channels=channels,
-            downsample=downsample,
-            base_channels=base_channels,
-            num_res_blocks=res_blocks,
-        ),
-        dict(
-            kind=kind,
-            codebook_size=codebook_size,
-            code_dim=code_dim,
-            beta=beta,
-            cosine=cosine,
-            levels=levels,
-            entropy_weight=entropy_weight,
-            update=codebook_update.value if codebook_update else None,
-            init=codebook_init.value if codebook_init else None,
-        ),
-    )
-    data = DataConfig(
-        dataset,
-        split,
-        heldout_split,
-        image_column,
-        label_column or None,
-        model.image_size,
-        model.channels,
-        revision=revision, resize=resize, random_flip=random_flip, random_crop=random_crop,
-        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
-    )  # fmt: skip
-    cfg = TokenizeConfig(
-        run_dir=str(run), data=data, arch=arch, model=model, train=train,
-        tokenizer=tokenizer, plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
-    )  # fmt: skip
+    cfg = config_from_flags(flags, train)
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(
@@ -491,101 +391,33 @@ def evaluate(
         run_evaluate(cfg, log=typer.echo)
 
 
-def _list(registry) -> None:
-    for entry in registry.entries():
-        typer.echo(f"{entry.name:<14} {entry.source:<36} {entry.target}")
-
-
 @app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""
-    from vqgen.stages.core.registry import PRIORS
-
-    _list(PRIORS)
+    typer.echo(listing("prior"))
 
 
 @app.command()
 def tokenizers() -> None:
     """List every tokenizer architecture and size preset: parameters, FLOPs per image and where it comes from."""
-    from vqgen.stages.core.registry import TOKENIZERS, tokenizer_presets
-    from vqgen.stages.tokenizer.base import count_size
-
-    sources = {e.name: e for e in TOKENIZERS.entries()}
-    typer.echo(
-        f"{'name':<14} {'arch':<8} {'image':>7} {'grid':>6} {'codes':>7} {'params':>8} {'GFLOPs':>8}  source"
-    )
-    for p in tokenizer_presets():
-        c, entry = p.config, sources[p.arch]
-        try:
-            params, flops = count_size(TOKENIZERS.get(p.arch), c)
-            size = f"{params / 1e6:>7.2f}M {flops / 1e9:>8.2f}"
-        except Exception:  # a third-party model that cannot be built on the meta device: list it all the same
-            size = f"{'?':>8} {'?':>8}"
-        typer.echo(
-            f"{p.name:<14} {p.arch:<8} {c.image_size:>4} px {c.grid_size:>3}^2 {c.quantizer.codebook_size:>7} "
-            f"{size}  {entry.source} ({entry.target})"
-        )
+    typer.echo(listing("tokenizer"))
 
 
 @app.command()
 def quantizers() -> None:
     """List every available quantizer and where it comes from."""
-    from vqgen.stages.core.registry import QUANTIZERS
-
-    _list(QUANTIZERS)
+    typer.echo(listing("quantizer"))
 
 
 @app.command()
 def plugins() -> None:
     """List every available training plugin and where it comes from."""
-    from vqgen.stages.core.registry import PLUGINS
-
-    _list(PLUGINS)
+    typer.echo(listing("plugin"))
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2."""
-    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
-
-    use_short_hub_timeouts()
-    from vqgen.stages.training.trainer import TrainingStopped
-
-    interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"
-    try:
-        code = app(standalone_mode=False)
-    except UserError as exc:
-        typer.echo(f"error: {redact(str(exc))}", err=True)
-        sys.exit(2)
-    except TrainingStopped as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo(interrupted, err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except OSError as exc:  # a full disk or a read-only folder: one line; any other OSError is a bug of ours
-        from vqgen.stages.core.errors import environment_error
-
-        message = environment_error(exc)
-        if message is None:
-            raise
-        typer.echo(f"error: {message}", err=True)
-        sys.exit(2)
-    except Exception as exc:
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        raise
-    if code == 130:  # typer answers Ctrl-C (KeyboardInterrupt) with this exit code instead of raising
-        typer.echo(interrupted, err=True)
-        sys.exit(130)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.stages.core.cli_options)."""
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vqgen.stages.core.errors import UserError, one_line, read_json_object, redact
+from vqgen.stages.core.errors import UserError, first_line, one_line, read_json_object
 
 UNSAFE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHTS = "model.safetensors"
@@ -113,7 +113,7 @@ def _hub_file(repo_id: str, filename: str, **hub_kwargs) -> Path:
         cause = unreachable_cause(exc)
         if cause is not None:
             raise unreachable_error(repo_id, cause) from None
-        first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        first = first_line(exc, 300)
         raise UserError(
             f"{repo_id}: could not fetch {filename} from the Hugging Face Hub ({first})"
         ) from None

@@ -141,6 +141,46 @@ def tokenizer_config(arch: str, model: dict[str, Any], quantizer: dict[str, Any]
     return config
 
 
+def config_from_flags(f: dict, train: TrainConfig) -> TokenizeConfig:
+    """The TokenizeConfig that `vqgen tokenize`'s flags (`f`, by parameter name; None = the preset's value) ask
+    for: the architecture or preset with the given model and quantizer fields changed, and the data settings."""
+    from vqgen.stages.core.cli_options import given, saved_setting
+
+    arch = f["arch"]
+    if f["resume"] and not given("arch"):  # the run's own architecture, as every other setting on --resume
+        arch = saved_setting(Path(f["run"]) / "run_config.json", "arch", arch)
+    try:
+        levels = [int(v) for v in f["fsq_levels"].split(",")] if f["fsq_levels"] is not None else None
+    except ValueError:
+        raise UserError(
+            f"--fsq-levels takes comma-separated integers such as 8,5,5,5, got {f['fsq_levels']!r}"
+        ) from None
+    kind = f["quantizer"]
+    if f["codebook_size"] is not None and (kind or "vq") != "vq":
+        raise UserError(
+            f"--codebook-size applies to --quantizer vq; {kind} sets its own (fsq: --fsq-levels, lfq: 2**--code-dim)"
+        )
+    model_fields = dict(
+        image_size=f["image_size"], channels=f["channels"], downsample=f["downsample"],
+        base_channels=f["base_channels"], num_res_blocks=f["res_blocks"],
+    )  # fmt: skip
+    quantizer_fields = dict(
+        kind=kind, codebook_size=f["codebook_size"], code_dim=f["code_dim"], beta=f["beta"], cosine=f["cosine"],
+        levels=levels, entropy_weight=f["entropy_weight"], update=f["codebook_update"], init=f["codebook_init"],
+    )  # fmt: skip
+    model = tokenizer_config(arch, model_fields, quantizer_fields)
+    data = DataConfig(
+        f["dataset"], f["split"], f["heldout_split"], f["image_column"], f["label_column"] or None,
+        model.image_size, model.channels, revision=f["revision"], resize=f["resize"],
+        random_flip=f["random_flip"], random_crop=f["random_crop"], streaming=f["streaming"],
+        shuffle_buffer=f["shuffle_buffer"], heldout_size=f["heldout_size"],
+    )  # fmt: skip
+    return TokenizeConfig(
+        run_dir=str(f["run"]), data=data, arch=arch, model=model, train=train, tokenizer=f["tokenizer"],
+        plugins=f["plugin"], plugin_options=f["plugin_opt"], overwrite=f["overwrite"], resume=f["resume"],
+    )  # fmt: skip
+
+
 def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
     """Fit the model config to the data (image size, channels), set the quantizer's codebook size from its own
     options (fsq: prod(levels), lfq: 2**code_dim) and check it all; ValueError becomes a one-line UserError."""

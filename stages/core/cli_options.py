@@ -190,3 +190,212 @@ def finish(cfg, saved: Path):
     field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
     named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
     return resumed(cfg, saved, named | set(file_only))
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run the CLI: user mistakes become one line on stderr and exit code 2, a stopped training run exit code 1,
+    an interruption exit code 130 with a word on what was kept; a traceback only for a bug of ours."""
+    import sys
+
+    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+    from vqgen.stages.core.errors import UserError, redact
+
+    use_short_hub_timeouts()  # before huggingface_hub is imported
+    from vqgen.stages.training.trainer import TrainingStopped
+
+    interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"
+    try:
+        code = app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {redact(str(exc))}", err=True)
+        sys.exit(2)
+    except TrainingStopped as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo(interrupted, err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except OSError as exc:  # a full disk or a read-only folder: one line; any other OSError is a bug of ours
+        from vqgen.stages.core.errors import environment_error
+
+        message = environment_error(exc)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        raise
+    if code == 130:  # typer answers Ctrl-C (KeyboardInterrupt) with this exit code instead of raising
+        typer.echo(interrupted, err=True)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def listing(kind: str) -> str:
+    """The text of `vqgen priors | plugins | quantizers | tokenizers`: every entry of a registry and where it comes
+    from; tokenizers with each architecture's and preset's parameters and FLOPs per image."""
+    from vqgen.stages.core import registry
+
+    if kind != "tokenizer":
+        entries = getattr(
+            registry, {"prior": "PRIORS", "plugin": "PLUGINS", "quantizer": "QUANTIZERS"}[kind]
+        ).entries()
+        return "\n".join(f"{e.name:<14} {e.source:<36} {e.target}" for e in entries)
+    from vqgen.stages.tokenizer.base import count_size
+
+    sources = {e.name: e for e in registry.TOKENIZERS.entries()}
+    lines = [
+        f"{'name':<14} {'arch':<8} {'image':>7} {'grid':>6} {'codes':>7} {'params':>8} {'GFLOPs':>8}  source"
+    ]
+    for p in registry.tokenizer_presets():
+        c, entry = p.config, sources[p.arch]
+        try:
+            params, flops = count_size(registry.TOKENIZERS.get(p.arch), c)
+            size = f"{params / 1e6:>7.2f}M {flops / 1e9:>8.2f}"
+        except Exception:  # a third-party model that cannot be built on the meta device: list it all the same
+            size = f"{'?':>8} {'?':>8}"
+        lines.append(
+            f"{p.name:<14} {p.arch:<8} {c.image_size:>4} px {c.grid_size:>3}^2 {c.quantizer.codebook_size:>7} "
+            f"{size}  {entry.source} ({entry.target})"
+        )
+    return "\n".join(lines)
+
+
+# --- the options of `tokenize`'s model and data (None: the architecture preset's value) ------------------------
+class CodebookUpdate(str, Enum):
+    ema = "ema"
+    grad = "grad"
+
+
+class CodebookInit(str, Enum):
+    kmeans = "kmeans"
+    sample = "sample"
+    random = "random"
+
+
+DatasetOption = Annotated[
+    str, typer.Option(help="'mnist5k' (embedded), a folder of images, or a Hub dataset id.")
+]
+
+SplitOption = Annotated[str, typer.Option(help="Hub datasets: training split.")]
+
+HeldoutSplitOption = Annotated[
+    Optional[str], typer.Option(help="Hub datasets: held-out split (default: hold out 10%).")
+]
+
+ImageColumnOption = Annotated[str, typer.Option(help="Hub datasets: image column.")]
+
+LabelColumnOption = Annotated[str, typer.Option(help="Hub datasets: label column ('' for none).")]
+
+RevisionOption = Annotated[Optional[str], typer.Option(help="Hub datasets: branch, tag or commit.")]
+
+ArchOption = Annotated[
+    str,
+    typer.Option(
+        help="Tokenizer architecture or size preset: vqvae, vqgan, vqgan-f8, vqgan-f16, ... "
+        "(`cli.py tokenizers` lists them)."
+    ),
+]
+
+QuantizerOption = Annotated[
+    Optional[str],
+    typer.Option(help="Quantizer: vq (codebook), fsq (finite scalar), lfq (lookup-free binary)."),
+]
+
+ImageSizeOption = Annotated[
+    Optional[int],
+    typer.Option(
+        min=4, max=4096, help="Images are fitted and padded to this square size [default: the arch's]."
+    ),
+]
+
+ChannelsOption = Annotated[
+    Optional[int], typer.Option(min=1, max=3, help="1 = grey, 3 = RGB [default: the arch's].")
+]
+
+ResizeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="center-crop (resize the short side, crop the centre) or pad (fit and pad with black); "
+        "default: center-crop for RGB folders and Hub data, pad for grey images and mnist5k."
+    ),
+]
+
+RandomFlipOption = Annotated[
+    bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
+]
+
+RandomCropOption = Annotated[
+    bool,
+    typer.Option("--random-crop", help="Augment training batches with random crops (reflect-pad S/8)."),
+]
+
+StreamingOption = Annotated[
+    bool,
+    typer.Option(
+        "--streaming", help="Train straight from a Hub dataset or local WebDataset .tar / parquet files."
+    ),
+]
+
+ShuffleBufferOption = Annotated[
+    int, typer.Option(min=1, max=10**7, help="--streaming: samples per shuffled block.")
+]
+
+HeldoutSizeOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=10**7,
+        help="--streaming: held-out samples (first of --heldout-split, else of the stream).",
+    ),
+]
+
+CodebookSizeOption = Annotated[Optional[int], typer.Option(min=2, max=2**20, help="Number of codes (vq).")]
+
+CodeDimOption = Annotated[
+    Optional[int],
+    typer.Option(min=1, max=4096, help="Codebook vector size (vq); bits per code (lfq: K = 2**code_dim)."),
+]
+
+FsqLevelsOption = Annotated[
+    Optional[str],
+    typer.Option(help="fsq: values per dimension, comma-separated, e.g. 8,5,5,5 (K = product)."),
+]
+
+EntropyWeightOption = Annotated[
+    Optional[float], typer.Option(min=0.0, max=100.0, help="lfq: weight of the entropy penalty.")
+]
+
+DownsampleOption = Annotated[
+    Optional[int],
+    typer.Option(min=1, max=256, help="vqvae: spatial downsampling factor (a power of two)."),
+]
+
+BaseChannelsOption = Annotated[Optional[int], typer.Option(min=1, max=4096, help="Width of the first level.")]
+
+ResBlocksOption = Annotated[
+    Optional[int],
+    typer.Option(min=0, max=64, help="Residual blocks (vqvae: on the code grid; vqgan: per level)."),
+]
+
+CodebookUpdateOption = Annotated[
+    Optional[CodebookUpdate], typer.Option(help="vq: EMA or gradient codebook updates.")
+]
+
+CodebookInitOption = Annotated[Optional[CodebookInit], typer.Option(help="vq: codebook initialisation.")]
+
+CosineOption = Annotated[
+    Optional[bool], typer.Option("--cosine/--no-cosine", help="vq: l2-normalised codes.")
+]
+
+BetaOption = Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")]

@@ -45,6 +45,12 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type's name), redacted and cut to `limit` characters."""
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def read_json_object(path, label: str) -> dict:
     """A JSON file that must hold an object (a config.json, vqgen.json, ...): a file that cannot be read, is not
     JSON or holds something else is a one-line UserError starting with `label`."""

@@ -25,6 +25,8 @@ from vqgen.stages.data.images import (
     _split,
 )  # fmt: skip
 
+PREPARED_META = "prepared.json"  # beside a prepared cache's splits: class names and skipped images
+
 
 def _prepared_root() -> Path:
     from datasets import config
@@ -78,9 +80,9 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             file=sys.stderr,
         )
     cache = _prepared_root() / key
-    if (cache / "vqgen.json").is_file():
+    if (cache / PREPARED_META).is_file():
         try:
-            meta = json.loads((cache / "vqgen.json").read_text())
+            meta = json.loads((cache / PREPARED_META).read_text())
             train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
             print(
                 f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
@@ -113,7 +115,7 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
         splits = _finish(train, heldout, class_names, total)
         train.save_to_disk(str(tmp / "train"), max_shard_size="64MB")  # bounded memory while flattening
         heldout.save_to_disk(str(tmp / "heldout"), max_shard_size="64MB")
-        (tmp / "vqgen.json").write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
+        (tmp / PREPARED_META).write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from vqgen.stages.core.errors import UserError, redact
+from vqgen.stages.core.errors import UserError, first_line
 
 EMBEDDED = "mnist5k"
 RESIZE_MODES = ("center-crop", "pad")
@@ -237,7 +237,7 @@ def load_hub(cfg: DataConfig) -> ImageSplits:
         try:
             return load_dataset(cfg.dataset, split=split, revision=cfg.revision)
         except Exception as exc:  # offline, missing repo, missing split: one line, no retries stack
-            first = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 300)
             raise UserError(
                 f"--dataset {cfg.dataset!r}: could not load split {split!r} from the Hugging Face Hub ({first}); "
                 "check the id and your network, or pass a local folder"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.errors import UserError, first_line
 from vqgen.stages.data.images import to_float
 
 INCEPTION = "inception-v3"
@@ -74,7 +74,7 @@ def choose_space(
         try:
             return inception_space(device)
         except Exception as exc:  # not installed, offline, corrupt download: all mean "not available here"
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            reason = first_line(exc)
             if mode == "inception":
                 raise UserError(
                     f"--features inception: Inception weights could not be loaded ({reason}); install "

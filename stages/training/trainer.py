@@ -17,10 +17,7 @@ import contextlib
 import copy
 import hashlib
 import math
-import os
-import signal
 import sys
-import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,30 +32,11 @@ from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler
+from vqgen.stages.training.distribution import launched_processes, refuse_unsupported_distribution
+from vqgen.stages.training.interrupts import graceful_interrupt
+from vqgen.stages.training.state import checkpoint_state, restore_state
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
-
-
-def _launched_processes() -> int:
-    """How many processes `accelerate launch` / torchrun started (1 when run directly)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def refuse_unsupported_distribution(accelerator: Accelerator) -> None:
-    """FSDP and DeepSpeed shard the model and optimizer, which this loop's checkpoints, rollback and EMA codebook do
-    not handle: refuse them at the start in one line, naming what works."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        name = "FSDP" if kind == DistributedType.FSDP else "DeepSpeed"
-        raise UserError(
-            f"{name} is not supported: vqgen trains in a single process or with DDP (`accelerate launch` with "
-            "multi-GPU or multi-node, no FSDP/DeepSpeed); reconfigure with `accelerate config`"
-        )
 
 
 class Trainer:
@@ -71,7 +49,7 @@ class Trainer:
                 mixed_precision=config.mixed_precision,  # None: accelerate's own setting (config file, launch)
                 log_with=config.log_with,
                 project_dir=str(self.run_dir),
-                **training_accelerator_kwargs(config.device, _launched_processes()),
+                **training_accelerator_kwargs(config.device, launched_processes()),
             )
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
@@ -324,32 +302,9 @@ class Trainer:
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
-    @contextlib.contextmanager
     def _graceful_interrupt(self):
-        """While training, the first SIGINT (Ctrl-C) or SIGTERM only sets a flag: the loop finishes the step it is
-        in, saves a checkpoint and stops, so the checkpoint never holds a half-done step. A second signal raises
-        KeyboardInterrupt at once (no checkpoint: the state may be mid-step). Signals go to the main thread only."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def request_stop(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            print(
-                f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                "(send it again to stop at once)",
-                file=sys.stderr,
-            )
-
-        self._stop_requested = False
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        """Ctrl-C or SIGTERM: finish the step, save, stop (vqgen.stages.training.interrupts)."""
+        return graceful_interrupt(self)
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop (all processes stop at the same step)."""
@@ -405,24 +360,7 @@ class Trainer:
         path = None
         data_state = self._data_state()
         if acc.is_main_process:
-            tensors = ckpt.add_prefix(self.unwrapped().state_dict(), "model")
-            opt_tensors, opt_meta = ckpt.flatten_state(self.optimizer.state_dict())
-            rng_tensors, rng_meta = ckpt.rng_state()
-            tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
-            tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
-            plugin_meta = {}
-            for plugin in self.plugins:
-                p_tensors, p_meta = ckpt.flatten_state(plugin.state_dict())
-                tensors.update(ckpt.add_prefix(p_tensors, f"plugin.{plugin.name}"))
-                plugin_meta[plugin.name] = p_meta
-            meta = {
-                "lr_scale": self.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
-                "nonfinite_total": self.nonfinite_total, "train_config": asdict(self.cfg),
-                "data_digest": self.data_digest, "skipped_steps": self.skipped_steps,
-                "grad_scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-            }  # fmt: skip
-            if data_state is not None:
-                meta["data_state"] = data_state
+            tensors, meta = checkpoint_state(self, data_state)
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
         self._saved_step = self.step
         acc.wait_for_everyone()
@@ -447,32 +385,7 @@ class Trainer:
                     )
                 acc.wait_for_everyone()
                 continue
-            tensors, meta = ckpt.read_checkpoint(path)
-            self.unwrapped().load_state_dict(ckpt.split_prefix(tensors, "model"))
-            self.optimizer.load_state_dict(
-                ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
-            )
-            for plugin in self.plugins:
-                skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
-                plugin.load_state_dict(
-                    ckpt.unflatten_state(ckpt.split_prefix(tensors, f"plugin.{plugin.name}"), skeleton)
-                )
-            if self.accelerator.process_index == 0:
-                ckpt.set_rng_state(ckpt.split_prefix(tensors, "rng"), meta["rng"])
-            else:
-                set_seed(self.cfg.seed + self.accelerator.process_index + meta["step"])
-            self.step, self.lr_scale = meta["step"], meta["lr_scale"]
-            self.nonfinite_total = meta.get("nonfinite_total", 0)
-            self.data_digest = meta.get("data_digest", "")
-            self.skipped_steps = meta.get("skipped_steps", 0)
-            if self.accelerator.scaler is not None and meta.get("grad_scaler"):
-                self.accelerator.scaler.load_state_dict(meta["grad_scaler"])
-            if hasattr(self.feed, "load_state_dict"):
-                if "data_state" not in meta:
-                    raise UserError(
-                        f"--resume: {path} holds no stream position; it was not a --streaming run"
-                    )
-                self.feed.load_state_dict(meta["data_state"][self.accelerator.process_index])
+            restore_state(self, *ckpt.read_checkpoint(path), path)
             self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")

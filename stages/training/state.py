@@ -1,0 +1,61 @@
+"""What a checkpoint holds of a trainer, and how a trainer is put back in that state: the model, the optimizer,
+every plugin's state (plain torch state, flattened), the RNG states, the step and learning-rate scale, the
+non-finite and skipped-step counts, the data digest, the loss scaler and a stream's position."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.training import checkpoint as ckpt
+
+
+def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, JSON metadata) of the trainer's state, as `ckpt.write_checkpoint` saves them."""
+    tensors = ckpt.add_prefix(trainer.unwrapped().state_dict(), "model")
+    opt_tensors, opt_meta = ckpt.flatten_state(trainer.optimizer.state_dict())
+    rng_tensors, rng_meta = ckpt.rng_state()
+    tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
+    tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
+    plugin_meta = {}
+    for plugin in trainer.plugins:
+        p_tensors, p_meta = ckpt.flatten_state(plugin.state_dict())
+        tensors.update(ckpt.add_prefix(p_tensors, f"plugin.{plugin.name}"))
+        plugin_meta[plugin.name] = p_meta
+    meta = {
+        "lr_scale": trainer.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
+        "nonfinite_total": trainer.nonfinite_total, "train_config": asdict(trainer.cfg),
+        "data_digest": trainer.data_digest, "skipped_steps": trainer.skipped_steps,
+        "grad_scaler": trainer.accelerator.scaler.state_dict() if trainer.accelerator.scaler is not None else None,
+    }  # fmt: skip
+    if data_state is not None:
+        meta["data_state"] = data_state
+    return tensors, meta
+
+
+def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`)."""
+    trainer.unwrapped().load_state_dict(ckpt.split_prefix(tensors, "model"))
+    trainer.optimizer.load_state_dict(
+        ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+    )
+    for plugin in trainer.plugins:
+        skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
+        plugin.load_state_dict(
+            ckpt.unflatten_state(ckpt.split_prefix(tensors, f"plugin.{plugin.name}"), skeleton)
+        )
+    if trainer.accelerator.process_index == 0:
+        ckpt.set_rng_state(ckpt.split_prefix(tensors, "rng"), meta["rng"])
+    else:
+        set_seed(trainer.cfg.seed + trainer.accelerator.process_index + meta["step"])
+    trainer.step, trainer.lr_scale = meta["step"], meta["lr_scale"]
+    trainer.nonfinite_total = meta.get("nonfinite_total", 0)
+    trainer.data_digest = meta.get("data_digest", "")
+    trainer.skipped_steps = meta.get("skipped_steps", 0)
+    if trainer.accelerator.scaler is not None and meta.get("grad_scaler"):
+        trainer.accelerator.scaler.load_state_dict(meta["grad_scaler"])
+    if hasattr(trainer.feed, "load_state_dict"):
+        if "data_state" not in meta:
+            raise UserError(f"--resume: {path} holds no stream position; it was not a --streaming run")
+        trainer.feed.load_state_dict(meta["data_state"][trainer.accelerator.process_index])
