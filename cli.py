@@ -417,6 +417,9 @@ def plugins() -> None:
 
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.stages.core.cli_options)."""
+    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+
+    use_short_hub_timeouts()  # before huggingface_hub is imported
     run_app(app)
 
 

@@ -81,11 +81,12 @@ class TokenizerTask:
     def num_examples(self) -> int:
         return len(self.dataset)
 
-    def rows(self, indices: list[int]) -> torch.Tensor:
+    def rows(self, indices: list[int] | torch.Tensor) -> torch.Tensor:
         """The uint8 pixels (B, C, S, S) of these rows (called in DataLoader workers with --num-workers)."""
         if self.pixels is not None:
             return self.pixels[indices]
-        return read_rows(self.dataset, indices)
+        # the sampler's indices live on the host: a list of them for Arrow is no device read
+        return read_rows(self.dataset, indices.tolist() if torch.is_tensor(indices) else indices)
 
     def prepare(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         images = to_float(rows.to(device, non_blocking=True))
@@ -94,7 +95,7 @@ class TokenizerTask:
         return images
 
     def get_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return self.prepare(self.rows(indices.tolist()), device)
+        return self.prepare(self.rows(indices), device)
 
     def augment(self, batch: torch.Tensor, seed: int, micro_batch: int) -> torch.Tensor:
         """--random-flip / --random-crop, drawn from a generator seeded from (seed, micro-batch): exact on resume."""

@@ -132,11 +132,8 @@ def training_options(defaults):
         signature = inspect.signature(command)
         extra = []
         for name, (kind, help_text, low) in TRAIN_OPTIONS.items():
-            flag = (
-                typer.Option(f"--{name.replace('_', '-')}", help=help_text, min=low)
-                if low is not None
-                else (typer.Option(f"--{name.replace('_', '-')}", help=help_text))
-            )
+            limits = {"min": low, "max": TRAIN_MAXIMA.get(name)} if low is not None else {}
+            flag = typer.Option(f"--{name.replace('_', '-')}", help=help_text, **limits)
             default = getattr(defaults, name)
             default = Precision(default) if kind is Optional[Precision] and default is not None else default
             extra.append(
@@ -197,11 +194,7 @@ def run_app(app: typer.Typer) -> None:
     an interruption exit code 130 with a word on what was kept; a traceback only for a bug of ours."""
     import sys
 
-    from vqgen.stages.artifacts.hub import use_short_hub_timeouts
-    from vqgen.stages.core.errors import UserError, redact
-
-    use_short_hub_timeouts()  # before huggingface_hub is imported
-    from vqgen.stages.training.trainer import TrainingStopped
+    from vqgen.stages.core.errors import TrainingStopped, UserError, redact
 
     interrupted = "interrupted: finished work (checkpoints, images) is kept; rerun the command with --resume"
     try:

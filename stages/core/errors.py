@@ -29,6 +29,10 @@ def redact(text: str) -> str:
     return text
 
 
+class TrainingStopped(Exception):
+    """The run cannot go on (diverged); the message says why and where its last good checkpoint is (exit code 1)."""
+
+
 class UserError(Exception):
     """Bad input from the user: a wrong path, flag, value or a mismatched checkpoint. Never a bug of ours.
     Its message is redacted (see `redact`) when it is made."""

@@ -4,6 +4,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from vqgen.stages.core.errors import TrainingStopped  # noqa: F401 (raised by the trainer)
+
 if TYPE_CHECKING:  # no torch at import: the CLI reads these defaults for its --help
     import torch
 
@@ -46,10 +48,6 @@ def default_workers() -> int:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cores <= 2 else min(4, cores - 1)
-
-
-class TrainingStopped(Exception):
-    """The run cannot go on (diverged); the message says why and where its last good checkpoint is."""
 
 
 class TrainTask(Protocol):
