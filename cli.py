@@ -76,6 +76,7 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     StreamingOption,
     finish,
     listing,
+    rollback_note,
     run_app,
     training_options,
 )
@@ -145,6 +146,7 @@ def tokenize(
             f"tokenizer: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, "
             f"codebook usage {results['codebook_usage']:.1%}, perplexity {results['perplexity']:.1f} "
             f"(held-out, {results['eval_images']} images); wrote {run}/tokenizer, {run}/codes, {run}/metrics.json"
+            + rollback_note(results)
         )
 
 
@@ -188,7 +190,7 @@ def train_prior(
     if r:
         typer.echo(
             f"{prior}: validation NLL {r['val_bits_per_token']:.3f} bits/token, {r['val_bits_per_dim']:.4f} bits/dim "
-            f"({r['parameters']:,} parameters, {r['train_seconds']:.0f} s)"
+            f"({r['parameters']:,} parameters, {r['train_seconds']:.0f} s)" + rollback_note(r)
         )
 
 

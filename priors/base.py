@@ -70,6 +70,7 @@ def filter_logits(
 
 
 GUIDANCE_SCHEDULES = ("constant", "linear", "power")
+NONFINITE = "the prior gave non-finite logits (NaN or inf) while sampling: its weights are broken; retrain or reload it"
 
 
 def guidance_scales(
@@ -192,13 +193,19 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         cond, guided = self._sampling_labels(n, labels, scales)
         state = self.begin_sampling(cond, cond.shape[0] if cond is not None else n)
         out = torch.empty(n, self.config.seq_len, dtype=torch.long, device=self.device)
+        bad = torch.zeros(
+            (), dtype=torch.bool, device=self.device
+        )  # any non-finite logit, read once at the end
         prev = None
         for t in range(self.config.seq_len):
             logits, state = self.next_logits(state, prev)
+            bad |= ~torch.isfinite(logits).all()
             tok = self._pick(logits, guided, scales[t], temperature, top_k, top_p, generator)
             out[:, t] = tok
             prev = torch.cat([tok, tok]) if guided else tok
         self.train(was_training)
+        if bool(bad):
+            raise ValueError(NONFINITE)
         return out.view(n, self.config.grid_height, self.config.grid_width)
 
     @torch.inference_mode()

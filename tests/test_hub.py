@@ -367,3 +367,26 @@ def test_pipeline_generate_gives_the_images_generate_writes(run, tmp_path):
         assert np.array_equal(np.asarray(image), np.asarray(Image.open(path))), path.name
     other = Pipeline.from_pretrained(run).generate(n=7, labels=1, seed=6, batch_size=3)
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, other, strict=True))
+
+
+def test_dry_run_stages_inside_its_folder_and_cleans_up(run, tmp_path, monkeypatch):
+    """A killed dry run leaves its staging inside OUT only (never full weights beside it), a rerun clears it, and a
+    failed dry run removes the OUT it created."""
+    from vqgen.stages.commands import push as P
+
+    out = tmp_path / "dry"
+    (out / ".staging-killed" / "upload" / "prior").mkdir(parents=True)  # what a SIGKILLed dry run leaves
+    (out / ".staging-killed" / "upload" / "prior" / "model.safetensors").write_bytes(b"partial")
+    run_push(PushConfig(run=str(run), repo_id="alice/tiny-vqgen", dry_run=str(out)))
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging-")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dry"]  # nothing beside OUT
+
+    def broken(cfg, folder):
+        folder.mkdir(parents=True)
+        (folder / "README.md").write_text("half")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(P, "build_upload_folder", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_push(PushConfig(run=str(run), repo_id="alice/tiny-vqgen", dry_run=str(tmp_path / "failed")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dry"]

@@ -272,6 +272,15 @@ def echo_hub():
     class Echo(http.server.BaseHTTPRequestHandler):
         def answer(self):
             seen.append(dict(self.headers))
+            # the reachability check and the model card's validation pass, so `push` goes on to send the token
+            if (self.command == "HEAD" and self.path == "/") or self.path.startswith("/api/validate-yaml"):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(b"{}")
+                return
             first = sorted(
                 self.headers.items(), key=lambda kv: kv[0].lower() != "authorization"
             )  # before any cut
@@ -468,3 +477,130 @@ def test_paths_in_index_files_stay_inside_their_folder(tmp_path):
     )
     with pytest.raises(UserError, match="outside the folder"):
         locate(pub)
+
+
+# --- no silent garbage ---------------------------------------------------------------------------------------
+def test_non_finite_logits_are_refused_in_sampling():
+    import torch
+    from vqgen.priors.gru import GRUPrior, GRUPriorConfig
+    from vqgen.stages.sampling.config import SamplingConfig
+    from vqgen.stages.sampling.sampler import sample_chunks
+
+    prior = GRUPrior(
+        GRUPriorConfig(vocab_size=8, grid_height=2, grid_width=2, num_classes=2, embed_dim=4, hidden_size=8)
+    )
+    with torch.no_grad():
+        next(prior.parameters()).fill_(float("nan"))
+    with pytest.raises(UserError, match="non-finite logits"):
+        list(sample_chunks(prior, 4, 4, None, SamplingConfig(), seed=0))
+
+
+def test_a_run_that_keeps_rolling_back_stops_and_says_so(tmp_path):
+    import torch
+    from vqgen.plugins.base import PluginLoss, TrainingPlugin
+    from vqgen.stages.core.errors import TrainingStopped
+    from vqgen.stages.training.trainer import TrainConfig, Trainer
+
+    class Linear:
+        stage, progress_keys = "toy", ()
+
+        def __init__(self):
+            torch.manual_seed(0)
+            self.model, self.x = torch.nn.Linear(4, 1), torch.randn(32, 4)
+
+        def num_examples(self):
+            return 32
+
+        def get_batch(self, indices, device):
+            return self.x[indices].to(device)
+
+        def compute_loss(self, model, batch):
+            out = model(batch)
+            return out.pow(2).mean(), out, {}
+
+        def save_samples(self, model, step, run_dir):
+            pass
+
+    class EveryThirdNaN(TrainingPlugin):  # never two in a row: the in-a-row limit alone would never stop it
+        name, stages, calls = "every-third-nan", ("toy",), 0
+
+        def loss(self, ctx, batch, out, step):
+            self.calls += 1
+            return PluginLoss(torch.tensor(float("nan") if self.calls % 3 == 0 else 0.0))
+
+    cfg = TrainConfig(
+        steps=60, batch_size=8, max_nonfinite=3, max_rollback_share=0.2, sample_every=0, log_every=1
+    )
+    trainer = Trainer(Linear(), cfg, tmp_path, [EveryThirdNaN(None)])
+    with pytest.raises(
+        TrainingStopped, match=r"non-finite losses were rolled back, \d+% of the steps so far"
+    ):
+        trainer.fit()
+    assert trainer.nonfinite_in_row < 3 and trainer.nonfinite_total >= 3
+
+
+def test_the_summary_line_reports_rollbacks():
+    from vqgen.stages.core.cli_options import rollback_note
+
+    assert (
+        rollback_note({"nonfinite_rolled_back": 4})
+        == "; warning: 4 step(s) had a non-finite loss and were rolled back"
+    )
+    assert rollback_note({"nonfinite_rolled_back": 0}) == ""
+
+
+@pytest.mark.parametrize("credentials", ["token", "endpoint"])
+def test_push_never_prints_or_writes_secrets(tmp_path, image_folder, echo_hub, credentials):
+    """`push` to a Hub that echoes every request header back: the token and an endpoint password stay hidden."""
+    from test_cli_priors import TINY_PRIOR_OPTIONS
+
+    port, seen = echo_hub
+    secret = SECRET_TOKEN if credentials == "token" else "secretpw"
+    endpoint = (
+        f"http://user:{secret}@127.0.0.1:{port}" if credentials == "endpoint" else f"http://127.0.0.1:{port}"
+    )
+    run = tmp_path / "run"
+    assert (
+        run_cli(
+            "tokenize",
+            "--run",
+            str(run),
+            "--dataset",
+            str(image_folder),
+            *TINY_TOKENIZER_FLAGS,
+            "--steps",
+            "2",
+        ).returncode
+        == 0
+    )
+    opts = [f for o in TINY_PRIOR_OPTIONS["gru"] for f in ("--prior-opt", o)]
+    trained = run_cli(
+        "train-prior",
+        "--codes",
+        str(run / "codes"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        *opts,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    env = {"HF_ENDPOINT": endpoint, "HF_TOKEN": SECRET_TOKEN, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "5"}  # fmt: skip
+    pushed = run_cli("push", str(run), "--repo-id", "owner/name", env=env)
+    assert pushed.returncode == 2 and seen, (pushed.returncode, pushed.stderr[-2000:])
+    if credentials == "token":
+        assert any(SECRET_TOKEN in str(h) for h in seen)  # the secret was really sent ...
+    assert secret not in pushed.stdout + pushed.stderr  # ... and never shown
+    assert secret not in all_text_under(tmp_path / "run")
+
+
+def test_dot_dot_in_a_path_creates_no_folder_on_the_way(tmp_path, image_folder):
+    result = run_cli(
+        "tokenize", "--run", str(tmp_path / "never" / ".." / "run"), "--dataset", str(image_folder),
+        *TINY_TOKENIZER_FLAGS, "--steps", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

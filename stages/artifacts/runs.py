@@ -31,6 +31,11 @@ RUN_MARKERS = (
 )
 
 
+def lexical(path: str | Path) -> Path:
+    """`path` with `a/..` folded away before anything is created: `--run new/../run` makes `run`, never `new`."""
+    return Path(os.path.normpath(Path(path).expanduser()))
+
+
 def is_run_dir(path: Path) -> bool:
     return any((path / m).exists() for m in RUN_MARKERS)
 
@@ -49,7 +54,8 @@ class FolderLock:
     """An exclusive flock on FOLDER/.vqgen.lock (or another lock file name), held until `release()`."""
 
     def __init__(self, folder: Path, name: str = LOCK_FILE):
-        self.folder, self.file = Path(folder), Path(folder) / name
+        folder = lexical(folder)
+        self.folder, self.file = folder, folder / name
         self.fd: int | None = None
         self.created: list[Path] = []  # folders this lock created, removed again on release when left empty
 
@@ -180,7 +186,7 @@ atexit.register(release_locks)
 def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> Path:
     """Lock `path` (see hold_lock), then create it, or accept an existing run for --resume, or clear an existing
     vqgen run for --overwrite. The checks run under the lock, so two commands can never both pass them."""
-    path = Path(path)
+    path = lexical(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder; choose another run folder")
     before = set(_HELD)

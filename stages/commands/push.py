@@ -37,6 +37,7 @@ from vqgen.stages.artifacts.card import (
 from vqgen.stages.artifacts.hub import check_hub_id, ensure_hub_reachable
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
+from vqgen.stages.artifacts.runs import lexical
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import save_png, write_json
@@ -181,22 +182,43 @@ def _check(cfg: PushConfig) -> None:
         raise UserError(f"{cfg.run}: no such run folder")
 
 
+STAGING = (
+    ".staging-"  # a dry run builds inside OUT under this prefix: a killed one leaves nothing outside OUT
+)
+
+
+def _dry_run(cfg: PushConfig, out: Path) -> list[str]:
+    """Write the upload folder into OUT: built in a staging folder inside OUT (never beside it), then moved up.
+    What a killed dry run left there is cleared; a failed one removes the OUT it created."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--dry-run {out} is a file; choose a new folder (nothing is overwritten)")
+    leftovers = [p for p in out.iterdir() if p.name.startswith(STAGING)] if out.is_dir() else []
+    if out.is_dir() and any(p not in leftovers for p in out.iterdir()):
+        raise UserError(f"--dry-run {out} already exists; choose a new folder (nothing is overwritten)")
+    created = not out.exists()
+    for p in leftovers:
+        shutil.rmtree(p, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+    try:
+        files = build_upload_folder(cfg, staging / "upload")
+        for entry in sorted((staging / "upload").iterdir()):
+            os.replace(entry, out / entry.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return files
+
+
 def run_push(cfg: PushConfig) -> dict:
     """Build the upload folder; with dry_run keep it there, else upload it. Returns what was done."""
     _check(cfg)
     if cfg.dry_run:
-        out = Path(cfg.dry_run)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"--dry-run {out} already exists; choose a new folder (nothing is overwritten)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) / "upload"
-        try:  # built beside OUT and moved into place: a failed build leaves nothing behind
-            files = build_upload_folder(cfg, tmp)
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp.parent, ignore_errors=True)
+        out = lexical(cfg.dry_run)
+        files = _dry_run(cfg, out)
         return {"folder": str(out), "files": files, "uploaded": False}
     from huggingface_hub import get_token
 

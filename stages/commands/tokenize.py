@@ -326,12 +326,13 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
                 f"--tokenizer {cfg.tokenizer} takes {takes[0]} px images with {takes[1]} channel(s); pass "
                 f"--image-size {takes[0]} --channels {takes[1]}"
             )
-        train_images_per_s = None
+        train_images_per_s, rolled_back = None, 0
         model.to(accelerator.device)
     else:
         train_started = time.perf_counter()
         model, trainer, start_step = train_tokenizer(cfg, splits, run_dir)
         accelerator, history = trainer.accelerator, trainer.history
+        rolled_back = trainer.nonfinite_total
         images = (
             (trainer.step - start_step)
             * cfg.train.batch_size
@@ -352,6 +353,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if accelerator.is_main_process:
         results.update(
             train_images_per_s=train_images_per_s,
+            nonfinite_rolled_back=rolled_back,
             wall_seconds=time.perf_counter() - started,
             skipped_images=splits.skipped,
             grid=[meta["grid_height"], meta["grid_width"]],

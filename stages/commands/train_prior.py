@@ -142,6 +142,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
         results.update(
             prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=train_seconds,
+            nonfinite_rolled_back=trainer.nonfinite_total,
             train_tokens_per_s=cfg.train.steps * cfg.train.batch_size * codes.train_codes[0].numel() / train_seconds,
         )  # fmt: skip
         if tokenizer is not None:

@@ -392,3 +392,9 @@ CosineOption = Annotated[
 ]
 
 BetaOption = Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Commitment loss weight.")]
+
+
+def rollback_note(results: dict) -> str:
+    """The end of a training command's summary line: how many steps were rolled back for a non-finite loss."""
+    n = results.get("nonfinite_rolled_back") or 0
+    return f"; warning: {n} step(s) had a non-finite loss and were rolled back" if n else ""

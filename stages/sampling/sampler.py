@@ -77,7 +77,10 @@ def sample_chunk(
     lab = labels[lo:hi] if labels is not None else None
     s = sampling.for_prior(prior)
     generator = chunk_generator(seed, c, prior.device)
-    return prior.sample(hi - lo, lab, generator=generator, **s.prior_kwargs())
+    try:
+        return prior.sample(hi - lo, lab, generator=generator, **s.prior_kwargs())
+    except ValueError as exc:  # the prior's plain error (non-finite logits, labels it cannot take): one line
+        raise UserError(str(exc)) from None
 
 
 def sample_chunks(

@@ -33,6 +33,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
+    max_rollback_share: float = 0.1  # ... or when more than this share of the steps so far were rolled back
     rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
     snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
     record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt

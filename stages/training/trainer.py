@@ -226,6 +226,14 @@ class Trainer:
                 f"training stopped at step {step}: {self.nonfinite_in_row} non-finite losses in a row ({where}); "
                 "lower --lr or check the data"
             )
+        share = self.nonfinite_total / max(step + 1, 1)
+        if self.nonfinite_total >= self.cfg.max_nonfinite and share > self.cfg.max_rollback_share:
+            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
+            raise TrainingStopped(
+                f"training stopped at step {step}: {self.nonfinite_total} non-finite losses were rolled back, "
+                f"{share:.0%} of the steps so far (more than {self.cfg.max_rollback_share:.0%}; {where}); "
+                "lower --lr or check the data"
+            )
         if self._snapshot is not None and self.cfg.rollback_lr_factor < 1:
             self._restore_snapshot()
             self.lr_scale *= self.cfg.rollback_lr_factor
