@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -279,8 +280,9 @@ def save_model(model, folder: str | Path) -> None:
     """`model.save_pretrained(folder)`, each file written under a temporary name and renamed into place."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp_save_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=".tmp_save_", dir=folder)
+    )  # a fresh, unpredictable name: no link followed
     try:
         model.save_pretrained(str(tmp))
         for file in sorted(tmp.iterdir()):

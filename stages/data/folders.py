@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,8 +93,10 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
         except (OSError, ValueError, KeyError, FileNotFoundError):
             shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
-    tmp = cache.with_name(f".{key}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
+    )  # unpredictable: no link followed
     try:
         try:
             raw = load_dataset("imagefolder", data_dir=str(path), cache_dir=str(tmp / "builder"))

@@ -29,6 +29,7 @@ from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import write_text
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler
@@ -338,9 +339,9 @@ class Trainer:
                 head = line.split("\t", 1)[0]
                 if line.endswith("\n") and head.isdigit() and int(head) < self.step:
                     kept.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_text(
+            "".join(kept), path
+        )  # the atomic writer: an unpredictable temporary name, renamed into place
         return open(path, "a")
 
     def _log(self, metrics: dict) -> None:
