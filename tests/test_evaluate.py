@@ -223,3 +223,29 @@ def test_cli_compare_and_bad_input(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
     assert_user_error(run_cli("evaluate", "--run", str(tmp_path / "empty")), "no trained tokenizer")
     assert_user_error(run_cli("evaluate", "--compare", str(tmp_path / "empty")), "neither a run folder")
+
+
+def test_a_folder_of_test_images_is_prepared_once_and_labelled_in_the_runs_classes(
+    image_folder, tmp_path, capfd, monkeypatch
+):
+    """--test-images FOLDER goes through the prepared cache (read in batches, reused next time); its class folders
+    map to the run's classes by name, and a class the run does not know is -1."""
+    from vqgen.stages.data.eval_images import load_test_images
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.pixels import PixelSplit
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    folder = tmp_path / "test"
+    for name in ("3", "7"):
+        shutil.copytree(image_folder / name, folder / name)
+    shutil.copytree(image_folder / "5", folder / "cats")
+    run_classes = [str(c) for c in range(10)]
+    images, labels = load_test_images(folder, DataConfig(), run_classes)
+    assert "data: prepared" in capfd.readouterr().err
+    split = PixelSplit(images)
+    assert split.shape == (18, 1, 28, 28) and len(labels) == 18
+    assert sorted(labels.tolist()) == [-1] * 6 + [3] * 6 + [7] * 6
+    assert sum(len(b) for b in split.batches(5)) == 18
+    again, labels_again = load_test_images(folder, DataConfig(), run_classes)
+    assert "data: reusing the prepared cache" in capfd.readouterr().err
+    assert torch.equal(labels_again, labels) and torch.equal(PixelSplit(again)[:], split[:])

@@ -133,3 +133,30 @@ def test_a_stopped_streamed_run_resumes_with_exactly_the_same_samples(tmp_path, 
     ids = [list(map(int, line.split("\t")[1].split(","))) for line in order(tmp_path / "whole").splitlines()]
     first_epoch = sorted(i for row in ids[:6] for i in row)
     assert first_epoch == list(range(24))  # one epoch: every sample once, shuffled
+
+
+def test_a_streamed_run_is_evaluated_on_the_first_samples_of_its_stream(tmp_path):
+    """evaluate reads a streamed run's real training images from the stream (its first ones, prepared once)."""
+    from vqgen.stages.commands.evaluate import run_evaluate
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    from vqgen.stages.data.streaming import reference_sample
+    from vqgen.stages.evaluation.settings import EvaluateConfig
+    from vqgen.stages.tokenizer.model import TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.training.config import TrainConfig
+
+    shards = write_shards(tmp_path / "wds")
+    splits = load_image_splits(stream_cfg(shards))
+    reference = reference_sample(splits.train, 10)
+    first = torch.cat([x for x, _ in splits.train.batches(4)])[:10]
+    assert torch.equal(pixel_tensor(reference), first)
+
+    model = TokenizerConfig(
+        image_size=8, channels=3, base_channels=8, num_res_blocks=1,
+        quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
+    )  # fmt: skip
+    run = tmp_path / "run"
+    train = TrainConfig(steps=2, batch_size=4, sample_every=0)
+    run_tokenize(TokenizeConfig(run_dir=str(run), data=stream_cfg(shards), model=model, train=train))
+    metrics = run_evaluate(EvaluateConfig(run_dir=str(run), n_samples=8, batch_size=4), log=lambda _: None)
+    assert metrics["eval_images"] == 6 and 0 <= metrics["tokenizer"]["codebook_usage"] <= 1

@@ -59,13 +59,12 @@ def run_data_config(run: Path) -> DataConfig:
 
 
 def load_eval_data(cfg: EvaluateConfig, data_cfg: DataConfig) -> EvalData:
-    if data_cfg.streaming:
-        raise UserError(
-            "evaluate: this run was trained with --streaming, and evaluating it (which reads the training split "
-            "for the classifier and the floor) is not supported yet; its held-out figures are in RUN/metrics.json"
-        )
     splits = load_image_splits(data_cfg)
     labels = lambda ds: torch.as_tensor(label_array(ds), dtype=torch.long)  # noqa: E731
+    if data_cfg.streaming:  # the real training images: the stream's first ones, prepared once (memory-mapped)
+        from vqgen.stages.data.streaming import reference_sample
+
+        splits.train = reference_sample(splits.train, max(cfg.stream_reference, cfg.n_samples))
     train, train_labels = PixelSplit(splits.train), labels(splits.train)
     if cfg.test_images:
         images, image_labels = load_test_images(Path(cfg.test_images), data_cfg, splits.class_names)

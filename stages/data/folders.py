@@ -61,8 +61,6 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     """A local folder through `datasets`' imagefolder builder (class sub-folders = a ClassLabel, `train/` and
     `test/` split folders and metadata.jsonl honoured), prepared once into an Arrow cache named by a hash of the
     source and the preparation settings (`_source_key`) and memory-mapped from there by every later run."""
-    from datasets import load_dataset, load_from_disk
-
     if not path.is_dir():
         raise UserError(
             f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
@@ -84,7 +82,7 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     if (cache / PREPARED_META).is_file():
         try:
             meta = json.loads((cache / PREPARED_META).read_text())
-            train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
+            train, heldout = _open_prepared(cache)
             print(
                 f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
                 f"in {time.perf_counter() - started:.2f} s",
@@ -98,36 +96,50 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
         tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
     )  # unpredictable: no link followed
     try:
-        try:
-            raw = load_dataset("imagefolder", data_dir=str(path), cache_dir=str(tmp / "builder"))
-        except Exception as exc:  # a layout the builder refuses: one line
-            raise UserError(f"--dataset {path}: cannot read the folder as images ({one_line(exc)})") from None
-        train_raw = raw["train"] if "train" in raw else raw[next(iter(raw))]
-        held_name = next((n for n in ("test", "validation", "heldout") if n in raw and n != "train"), None)
-        column = cfg.image_column if cfg.image_column in train_raw.column_names else "image"
-        class_names, label_of = _label_reader(train_raw, cfg.label_column or None)
-        prep = lambda ds: _preprocess(_no_decode(ds, column), cfg, column, label_of)  # noqa: E731
-        total = sum(len(raw[n]) for n in raw)
-        if held_name:
-            train, heldout = prep(train_raw), prep(raw[held_name])
-        else:
-            prepared = prep(train_raw)
-            if len(prepared) == 0:
-                raise UserError(f"--dataset {path}: none of the {len(files)} images could be read")
-            train, heldout = _split(prepared, cfg)
-        splits = _finish(train, heldout, class_names, total)
-        train.save_to_disk(str(tmp / "train"), max_shard_size="64MB")  # bounded memory while flattening
-        heldout.save_to_disk(str(tmp / "heldout"), max_shard_size="64MB")
-        (tmp / PREPARED_META).write_text(json.dumps({"class_names": class_names, "skipped": splits.skipped}))
+        skipped, class_names = _prepare(path, cfg, tmp, len(files))
+        (tmp / PREPARED_META).write_text(json.dumps({"class_names": class_names, "skipped": skipped}))
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    train, heldout = load_from_disk(str(cache / "train")), load_from_disk(str(cache / "heldout"))
+    train, heldout = _open_prepared(cache)
     print(
         f"data: prepared {len(train)} + {len(heldout)} images of {path} in {time.perf_counter() - started:.1f} s "
         f"into {cache}",
         file=sys.stderr,
     )
-    return ImageSplits(train, heldout, class_names, splits.skipped)
+    return ImageSplits(train, heldout, class_names, skipped)
+
+
+def _open_prepared(cache: Path):
+    """The prepared train and held-out splits, memory-mapped (nothing is read until asked)."""
+    from datasets import Dataset
+
+    return tuple(Dataset.from_file(str(cache / f"{name}.arrow")) for name in ("train", "heldout"))
+
+
+def _prepare(path: Path, cfg: DataConfig, tmp: Path, n_files: int) -> tuple[int, list[str]]:
+    """Decode the folder once into tmp/train.arrow and tmp/heldout.arrow; returns (images skipped, class names).
+    The held-out images are drawn from the listing before decoding (the split folders, or a seeded
+    `train_test_split` of the file table), so each split is written once, straight from the decoded batches:
+    no later pass reads the pixels back through the memory map, and memory does not grow with the folder."""
+    from datasets import load_dataset
+
+    try:
+        raw = load_dataset("imagefolder", data_dir=str(path), cache_dir=str(tmp / "builder"))
+    except Exception as exc:  # a layout the builder refuses: one line
+        raise UserError(f"--dataset {path}: cannot read the folder as images ({one_line(exc)})") from None
+    train_raw = raw["train"] if "train" in raw else raw[next(iter(raw))]
+    held_name = next((n for n in ("test", "validation", "heldout") if n in raw and n != "train"), None)
+    column = cfg.image_column if cfg.image_column in train_raw.column_names else "image"
+    class_names, label_of = _label_reader(train_raw, cfg.label_column or None)
+    parts = (train_raw, raw[held_name]) if held_name else _split(train_raw, cfg)
+    train, heldout = (
+        _preprocess(_no_decode(part, column), cfg, column, label_of, str(tmp / f"{name}.arrow"))
+        for part, name in zip(parts, ("train", "heldout"), strict=True)
+    )
+    if len(train) + len(heldout) == 0:
+        raise UserError(f"--dataset {path}: none of the {n_files} images could be read")
+    splits = _finish(train, heldout, class_names, sum(len(raw[n]) for n in raw))
+    return splits.skipped, class_names

@@ -20,7 +20,7 @@ from vqgen.stages.core.errors import UserError, first_line
 
 EMBEDDED = "mnist5k"
 RESIZE_MODES = ("center-crop", "pad")
-PREPARED_FORMAT = 1  # bump when the preparation changes: older prepared caches are then not reused
+PREPARED_FORMAT = 2  # bump when the preparation changes: older prepared caches are then not reused
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -136,8 +136,9 @@ def fit_array(image: Image.Image, size: int, channels: int, resize: str = "pad")
     return to_array(image, size, channels)
 
 
-def _preprocess(ds, cfg: DataConfig, image_column: str, label_of):
-    """Map a dataset with an image column (decode=False) to pixels + label, dropping unreadable images."""
+def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_name: str | None = None):
+    """Map a dataset with an image column (decode=False) to pixels + label, dropping unreadable images; written
+    to `cache_file_name` when given (else datasets' own cache), 256 rows per Arrow record batch."""
     from datasets import Array3D, Features, Value
 
     def convert(batch):
@@ -166,6 +167,8 @@ def _preprocess(ds, cfg: DataConfig, image_column: str, label_of):
         remove_columns=ds.column_names,
         features=features,
         desc="preparing images",
+        cache_file_name=cache_file_name,
+        writer_batch_size=256,  # rows the writer holds before it writes them: 50 MB at 256 px
     )
 
 

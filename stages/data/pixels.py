@@ -1,8 +1,16 @@
 """Pixels read from a prepared split in batches, straight from Arrow (never a whole split in memory), and the
 seeded augmentation of training batches."""
 
+import ctypes
+import os
+import sys
+
 import numpy as np
 import torch
+
+# Linux madvise(2): drop pages from the process's page tables (a file's pages stay in the page cache), and fault
+# in only the pages a read touches (no read-around)
+MADV_DONTNEED, MADV_RANDOM = 4, 1
 
 
 def arrow_pixels(column, shape) -> np.ndarray:
@@ -19,10 +27,35 @@ def arrow_pixels(column, shape) -> np.ndarray:
     return values.reshape(-1, *shape).astype(np.uint8, copy=False)
 
 
+def release_mapped_pages(ds) -> None:
+    """Unmap the pages of `ds`'s memory-mapped Arrow files that reads have faulted in (Linux; elsewhere nothing).
+    `datasets` memory-maps a split's files, and every read through the map, with the kernel's read-around, leaves
+    its pages in the process's resident set: random training batches over a 100,000-image split would end up
+    holding most of the files. Only read-only mappings of the split's own cache files are touched, so no data is
+    lost: the pages stay in the page cache and the next read maps them again."""
+    if not sys.platform.startswith("linux"):
+        return
+    names = {os.path.realpath(f["filename"]) for f in getattr(ds, "cache_files", [])}
+    if not names:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+            if len(fields) == 6 and "w" not in fields[1] and fields[5].rstrip("\n") in names:
+                lo, hi = (int(a, 16) for a in fields[0].split("-"))
+                for advice in (MADV_DONTNEED, MADV_RANDOM):  # later reads fault in only what they touch
+                    libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
+
+
 def read_rows(ds, key) -> torch.Tensor:
-    """uint8 (B, C, S, S) pixels of some rows of a prepared split: a slice or a list of indices."""
+    """uint8 (B, C, S, S) pixels of some rows of a prepared split: a slice or a list of indices. The mapped pages
+    the read touched are released afterwards, so that random reads do not pile a large split up in memory."""
     table = ds.select_columns(["pixels"]).with_format("arrow")[key]
-    return torch.from_numpy(arrow_pixels(table.column("pixels"), ds.features["pixels"].shape).copy())
+    rows = torch.from_numpy(arrow_pixels(table.column("pixels"), ds.features["pixels"].shape).copy())
+    del table
+    release_mapped_pages(ds)
+    return rows
 
 
 def pixel_tensor(ds) -> torch.Tensor:
@@ -33,8 +66,10 @@ def pixel_tensor(ds) -> torch.Tensor:
 
 
 def label_array(ds) -> np.ndarray:
-    """The label column of a prepared split, read without its pixels."""
-    return np.asarray(ds.select_columns(["label"]).with_format("numpy")[:]["label"], dtype=np.int64)
+    """The label column of a prepared split, read without its pixels (nor the pixel pages around the labels)."""
+    labels = np.array(ds.select_columns(["label"]).with_format("numpy")[:]["label"], dtype=np.int64)
+    release_mapped_pages(ds)
+    return labels
 
 
 def iter_pixel_batches(ds, batch_size: int, start: int = 0, stop: int | None = None):

@@ -175,6 +175,29 @@ def load_stream(cfg: DataConfig) -> ImageSplits:
     return ImageSplits(split, heldout, class_names, 0)
 
 
+def reference_sample(split: StreamSplit, n: int):
+    """The first `n` readable training samples of a stream as a prepared split (written by `datasets` into its
+    cache and memory-mapped, never held whole): the real images that `evaluate` trains its classifier on and
+    measures the floor with, for a run trained with --streaming."""
+    from datasets import Array3D, Dataset, Features, Value
+
+    cfg = split.cfg
+    features = Features(
+        {"pixels": Array3D((cfg.channels, cfg.image_size, cfg.image_size), "uint8"), "label": Value("int64")}
+    )
+
+    def rows():
+        for i, (pixels, label) in enumerate(split.samples(split.node(0, 1))):
+            if i == n:
+                return
+            yield {"pixels": pixels, "label": label}
+
+    ds = Dataset.from_generator(rows, features=features, writer_batch_size=256)
+    if len(ds) == 0:
+        raise UserError(f"--dataset {cfg.dataset}: the stream holds no readable training image")
+    return ds
+
+
 class StreamReader:
     """One process's training batches from a StreamSplit, block-shuffled, with an exactly resumable position.
 

@@ -44,12 +44,16 @@ def evaluate_prior(
 
 
 @torch.no_grad()
-def sample_and_measure(prior, tokenizer, cfg: EvaluateConfig, space, classifier) -> tuple[dict, torch.Tensor]:
-    """Sample cfg.n_samples images with a fixed seed (balanced classes for a conditional prior); return their
-    features, class predictions and sampling speed, and the first 100 images for a preview grid."""
+def sample_and_measure(
+    prior, tokenizer, cfg: EvaluateConfig, space, classifier, sampling: SamplingConfig | None = None
+) -> tuple[dict, torch.Tensor]:
+    """Sample cfg.n_samples images with a fixed seed (balanced classes for a conditional prior) with the sampling
+    defaults at guidance cfg.cfg_scale, or with `sampling` (benchmarks/prior_sweep.py); return their features,
+    class predictions and sampling speed, and the first 100 images for a preview grid."""
     k = prior.config.num_classes
     labels = torch.arange(cfg.n_samples) % k if k else None
-    sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
+    if sampling is None:
+        sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
     feats, preds, preview, seconds = [], [], [], 0.0
     start = time.perf_counter()
     for _, grids in sample_chunks(prior, cfg.n_samples, cfg.batch_size, labels, sampling, cfg.seed):

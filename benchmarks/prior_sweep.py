@@ -1,0 +1,155 @@
+"""The sweep that chooses the priors' defaults: training variants x sampling settings, scored the way `evaluate`
+scores a run (its classifier, its features, its floor), so the winner is what `evaluate` will then report.
+
+For every prior and every training variant (extra `cli.py train-prior` flags; "" is the run's own RUN/prior-NAME,
+trained with the defaults if it is missing) it reads the training time and held-out bits/token, then samples
+--n-samples class-balanced images (fixed seed) under every combination of guidance scale, temperature, top-k and
+guidance schedule, and reports the share the evaluation classifier recognises as the requested class, the worst
+class, gFID against the evaluation split and its ratio to the real-image floor, precision and recall.
+
+    python benchmarks/prior_sweep.py --run runs/demo --cfg-scales 2 3 4 5 --temperatures 1.0 0.9
+    python benchmarks/prior_sweep.py --run runs/demo --priors gru --variants "" "--steps 2400"
+    python benchmarks/prior_sweep.py --run runs/demo --test-images ../shared/data/mnist-test
+
+Variant priors are trained into RUN/sweep/prior-NAME-<variant> (kept, reused). Prints a markdown table and writes
+benchmarks/results/prior_sweep.json (or --json).
+"""
+
+import argparse
+import itertools
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from measure import save_result
+from vqgen.stages.artifacts.codes import load_codes
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.commands.evaluate import load_eval_data, run_data_config
+from vqgen.stages.evaluation import fid
+from vqgen.stages.evaluation.classifier import eval_classifier
+from vqgen.stages.evaluation.priors import floor, nll, sample_and_measure
+from vqgen.stages.evaluation.settings import EvaluateConfig
+from vqgen.stages.sampling.config import SamplingConfig
+from vqgen.stages.sampling.sampler import check_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prior_folder(run: Path, name: str, variant: str) -> Path:
+    """RUN/prior-NAME for the default variant, RUN/sweep/prior-NAME-<slug of the flags> otherwise; trained here
+    through the CLI when it holds no weights yet."""
+    if not variant:
+        folder = run / f"prior-{name}"
+    else:
+        slug = re.sub(r"[^A-Za-z0-9.=]+", "_", variant.replace("--", "")).strip("_")
+        folder = run / "sweep" / f"prior-{name}-{slug}"
+    if not (folder / "model.safetensors").is_file():
+        cmd = [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "train-prior",
+            "--prior",
+            name,
+            "--codes",
+            str(run / "codes"),
+        ]
+        cmd += ["--out", str(folder), "--overwrite", *shlex.split(variant)]
+        print(f"training: {' '.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--priors", nargs="+", default=["gru", "pixelcnn", "transformer"])
+    parser.add_argument(
+        "--variants", nargs="+", default=[""], help='extra train-prior flags; "" = the defaults'
+    )
+    parser.add_argument("--cfg-scales", nargs="+", type=float, default=[3.0])
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--top-k", nargs="+", type=int, default=[0], help="0 = no top-k")
+    parser.add_argument("--schedules", nargs="+", default=["constant"])
+    parser.add_argument("--n-samples", type=int, default=1000)
+    parser.add_argument("--test-images", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    run = args.run
+    cfg = EvaluateConfig(run_dir=str(run), test_images=args.test_images, n_samples=args.n_samples)
+    data = load_eval_data(cfg, run_data_config(run))
+    torch.manual_seed(cfg.seed)
+    classifier, clf_info = eval_classifier(run, data, cfg, print)
+    space = fid.choose_space("classifier", torch.device("cpu"), classifier, f"classifier-{data.dataset_tag}")
+    real_feats = fid.extract_features(space, data.eval, cfg.batch_size)
+    ground = floor(data, space, real_feats, cfg)
+    print(f"floor (real training images vs {data.eval_name}): FD {ground['fid']:.3f}", flush=True)
+    tokenizer = load_tokenizer(run / "tokenizer").eval()
+    codes = load_codes(run / "codes")
+    image_dims = tokenizer.config.channels * tokenizer.config.image_size**2
+
+    rows = []
+    for name, variant in itertools.product(args.priors, args.variants):
+        folder = prior_folder(run, name, variant)
+        prior = load_prior(folder).eval()
+        check_pair(prior, tokenizer)
+        trained = json.loads((folder / "metrics.json").read_text())["prior"]
+        bits = nll(prior, codes.val_codes, codes.val_labels, cfg.batch_size, image_dims, "val")[
+            "val_bits_per_token"
+        ]
+        grid = itertools.product(args.cfg_scales, args.temperatures, args.top_k, args.schedules)
+        for scale, temperature, top_k, schedule in grid:
+            sampling = SamplingConfig(
+                cfg_scale=scale, temperature=temperature, top_k=top_k or None, cfg_schedule=schedule
+            )
+            started = time.perf_counter()
+            s, _ = sample_and_measure(prior, tokenizer, cfg, space, classifier, sampling)
+            hit = (s["preds"] == s["labels"]).double()
+            gfid = fid.frechet_distance(real_feats, s["feats"])
+            precision, recall = fid.precision_recall(real_feats, s["feats"], cfg.pr_k)
+            row = {
+                "prior": name, "variant": variant or "defaults", "train_seconds": trained["train_seconds"],
+                "steps": trained.get("steps"), "val_bits_per_token": bits, "cfg_scale": scale,
+                "temperature": temperature, "top_k": top_k or None, "schedule": schedule,
+                "class_accuracy": float(hit.mean()),
+                "worst_class_accuracy": min(float(hit[s["labels"] == c].mean()) for c in s["labels"].unique()),
+                "gfid": gfid, "gfid_over_floor": gfid / ground["fid"], "precision": precision, "recall": recall,
+                "seconds": time.perf_counter() - started,
+            }  # fmt: skip
+            rows.append(row)
+            print(
+                f"{name:12s} {row['variant']:16s} scale {scale:4.1f} T {temperature:4.2f} top-k {top_k or '-':>4} "
+                f"{schedule:8s}  acc {row['class_accuracy']:.1%} worst {row['worst_class_accuracy']:.1%} "
+                f"gFID {gfid:.3f} ({row['gfid_over_floor']:.1f}x floor) P {precision:.2f} R {recall:.2f}",
+                flush=True,
+            )
+
+    print(f"\nfeatures classifier-{data.dataset_tag}; evaluation split: {data.eval_name}; "
+          f"floor FD {ground['fid']:.3f} ({ground['n_train_images']} real training images)\n")  # fmt: skip
+    print(
+        "| prior | variant | train s | bits/token | scale | T | top-k | schedule | class acc | worst | gFID | / floor | P | R |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['prior']} | {r['variant']} | {r['train_seconds']:.0f} | {r['val_bits_per_token']:.3f} | "
+            f"{r['cfg_scale']:g} | {r['temperature']:g} | {r['top_k'] or '-'} | {r['schedule']} | "
+            f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['gfid']:.3f} | "
+            f"{r['gfid_over_floor']:.1f}x | {r['precision']:.2f} | {r['recall']:.2f} |"
+        )
+    result = {"run": str(run), "evaluation": asdict(cfg), "eval_split": data.eval_name, "floor": ground,
+              "classifier": clf_info, "torch": torch.__version__, "rows": rows}  # fmt: skip
+    save_result(result, args.json or ROOT / "benchmarks" / "results" / "prior_sweep.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()
