@@ -1,25 +1,28 @@
-"""VQ-VAE against VQGAN on RGB images, for the same wall-clock training budget.
+"""VQ-VAE against VQGAN on RGB images for the same wall-clock training budget, each with and without the GAN plugin.
 
     python benchmarks/rgb_data.py --out data/emoji
-    python benchmarks/rgb_compare.py --data data/emoji [--image-size 32] [--budget-s 300] [--json OUT.json]
+    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --budget-s 120 \
+        --archs vqvae vqgan vqvae+gan vqgan+gan [--keep runs/rgb32] [--json OUT.json]
 
-Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed:
-`vqgan:base_channels=32`) is trained on DATA/train by `tokenize`'s own code (run_tokenize, 64 images a step) for
-as many steps as fit `--budget-s`: a short calibration run measures its training images/s first. Then PSNR, SSIM,
-codebook usage and perplexity on the never-seen DATA/heldout. On a shared machine the budget buys each model
-whatever the load leaves it, so compare figures from one run, and repeat it before drawing conclusions.
+Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed and plugins
+added: `vqgan:base_channels=32`, `vqvae+gan`) is trained on the folder's training split by `tokenize`'s own code
+(run_tokenize, 64 images a step) for as many steps as fit `--budget-s`: a short calibration run measures its
+training images/s first. A `+plugin` variant takes the steps of its plain architecture (the same schedule, plus
+the plugin's cost). Then, on the held-out split (test/ of rgb_data.py's folder, never trained on): PSNR, SSIM,
+codebook usage and perplexity, and rFID in the features of the classifier `evaluate` trains on the folder's
+classes (trained once here, named in the output). On a shared machine the budget buys each model whatever the
+load leaves it, so compare figures from one run, and repeat it before drawing conclusions.
 """
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
@@ -27,9 +30,13 @@ if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
 
 from measure import machine_info, save_result  # noqa: E402
 from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
+from vqgen.stages.commands.evaluate import load_eval_data  # noqa: E402
 from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize, tokenizer_config  # noqa: E402
 from vqgen.stages.core.options import parse_options  # noqa: E402
-from vqgen.stages.data.images import DataConfig, to_array  # noqa: E402
+from vqgen.stages.data.images import DataConfig  # noqa: E402
+from vqgen.stages.evaluation import fid  # noqa: E402
+from vqgen.stages.evaluation.classifier import eval_classifier  # noqa: E402
+from vqgen.stages.evaluation.settings import EvaluateConfig  # noqa: E402
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 from vqgen.stages.training.config import TOKENIZER_TRAINING  # noqa: E402
 
@@ -38,46 +45,45 @@ CALIBRATION_STEPS = 10
 
 
 def arch_config(spec: str):
-    """'vqgan:base_channels=32,num_res_blocks=2' -> (name, the preset's config with those fields)."""
+    """'vqgan:base_channels=32,num_res_blocks=2+gan' -> (name, the preset's config with those fields, plugins)."""
+    spec, *plugins = spec.split("+")
     name, _, fields = spec.partition(":")
     config = tokenizer_config(name, {}, {})
     if fields:
         options = dict(item.split("=", 1) for item in fields.split(","))
         config = parse_options(name, type(config), options, **vars(config))
-    return name, config
-
-
-def heldout_pixels(folder: Path, size: int) -> torch.Tensor:
-    """(N, 3, size, size) uint8 of every PNG in `folder`, fitted as the data pipeline fits them."""
-    arrays = [to_array(Image.open(p), size, 3) for p in sorted(folder.glob("*.png"))]
-    return torch.from_numpy(np.stack(arrays))
+    return name, config, plugins
 
 
 def train(spec: str, data: Path, size: int, steps: int, run_dir: Path) -> dict:
-    name, model = arch_config(spec)
+    name, model, plugins = arch_config(spec)
     cfg = TokenizeConfig(
-        run_dir=str(run_dir), data=DataConfig(str(data / "train"), image_size=size, channels=3), arch=name,
-        model=model, overwrite=True,
+        run_dir=str(run_dir), data=DataConfig(str(data), image_size=size, channels=3), arch=name,
+        model=replace(model, image_size=size, channels=3), overwrite=True, plugins=plugins,
         train=replace(TOKENIZER_TRAINING, steps=steps, batch_size=BATCH, sample_every=0, checkpoint_every=steps),
     )  # fmt: skip
     return run_tokenize(cfg)
 
 
-def compare(spec: str, data: Path, size: int, budget_s: float, work: Path) -> dict:
-    calibration = train(spec, data, size, CALIBRATION_STEPS, work / "calibration")
-    steps = max(CALIBRATION_STEPS, int(budget_s * calibration["train_images_per_s"] / BATCH))
-    print(f"{spec}: {calibration['train_images_per_s']:.1f} training images/s -> {steps} steps", flush=True)
+def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout) -> dict:
     started = time.perf_counter()
-    train(spec, data, size, steps, work / "run")
+    train(spec, args.data, args.image_size, steps, work)
     train_s = time.perf_counter() - started
-    tokenizer = load_tokenizer(work / "run" / "tokenizer")
-    scores, _ = evaluate_tokenizer(tokenizer, heldout_pixels(data / "heldout", size), batch_size=100)
+    tokenizer = load_tokenizer(work / "tokenizer").eval()
+    scores, _ = evaluate_tokenizer(tokenizer, heldout.batches(100), 100, space, real_feats)
     return {
         "arch": spec, "steps": steps, "seconds_with_eval_and_encoding": train_s,
         "parameters": sum(p.numel() for p in tokenizer.parameters()), "grid": tokenizer.config.grid_size,
         "codebook_size": tokenizer.config.quantizer.codebook_size,
-        **{k: scores[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "dead_codes", "eval_images")},
+        **{k: scores[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "dead_codes", "eval_images", "rfid")},
     }  # fmt: skip
+
+
+def calibrated_steps(spec: str, args, work: Path) -> int:
+    calibration = train(spec, args.data, args.image_size, CALIBRATION_STEPS, work / "calibration")
+    steps = max(CALIBRATION_STEPS, int(args.budget_s * calibration["train_images_per_s"] / BATCH))
+    print(f"{spec}: {calibration['train_images_per_s']:.1f} training images/s -> {steps} steps", flush=True)
+    return steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,26 +91,51 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="the folder rgb_data.py wrote")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds per tokenizer")
-    parser.add_argument("--archs", nargs="+", default=["vqvae", "vqgan"])
+    parser.add_argument("--archs", nargs="+", default=["vqvae", "vqgan", "vqvae+gan", "vqgan+gan"])
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep each run in KEEP/<arch> (default: deleted)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    rows = []
-    for spec in args.archs:
-        with tempfile.TemporaryDirectory() as work:
-            rows.append(compare(spec, args.data, args.image_size, args.budget_s, Path(work)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        data = load_eval_data(
+            EvaluateConfig(), DataConfig(str(args.data), image_size=args.image_size, channels=3)
+        )
+        classifier, info = eval_classifier(root / "features", data, EvaluateConfig(), print)
+        space = fid.choose_space(
+            "classifier", torch.device("cpu"), classifier, f"classifier-{data.dataset_tag}"
+        )
+        real_feats = fid.extract_features(space, data.eval, 100)
+        steps, rows = {}, []
+        for spec in args.archs:
+            base = spec.split("+")[0]
+            if base not in steps:
+                steps[base] = calibrated_steps(base, args, Path(tmp))
+            work = root / spec.replace(":", "_").replace("=", "-").replace(",", "_")
+            rows.append(compare(spec, steps[base], args, work, space, real_feats, data.eval))
+            if args.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\n| arch | params | steps | held-out PSNR | SSIM | usage | perplexity | ({args.image_size} px, {args.budget_s:.0f} s each)"
+        f"\n{args.image_size} px, {args.budget_s:.0f} s of training per architecture; held-out: {data.eval_name} "
+        f"({data.eval.shape[0]} images); rFID in {space.name} features (its accuracy there: "
+        f"{info.get('eval_accuracy', float('nan')):.1%})\n"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| arch | params | grid | codes | steps | PSNR | SSIM | usage | perplexity | rFID |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['arch']} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} "
-            f"| {r['codebook_usage']:.1%} | {r['perplexity']:.0f} |"
+            f"| {r['arch']} | {r['parameters'] / 1e6:.2f}M | {r['grid']}x{r['grid']} | {r['codebook_size']} | "
+            f"{r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} | {r['codebook_usage']:.1%} | "
+            f"{r['perplexity']:.0f} | {r['rfid']:.3f} |"
         )
     result = {
         "machine": machine_info(torch.device("cpu")),
         "image_size": args.image_size,
         "budget_s": args.budget_s,
+        "features": space.name,
+        "classifier": info,
         "rows": rows,
     }
     if args.json:

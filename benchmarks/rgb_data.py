@@ -2,14 +2,18 @@
 
     python benchmarks/rgb_data.py --out data/emoji [--deb ruby-gemojione_3.3.0-1_all.deb] [--heldout-every 10]
 
-Debian's `ruby-gemojione` package carries EmojiOne 2's 1,795 emoji as 64x64 PNGs (assets: Copyright 2014
-Ranks.com Inc., CC-BY-SA-4.0; the package's copyright file is copied beside the images). Without `--deb` the
-package is fetched with `apt-get download` from the configured Debian mirror and unpacked with `dpkg-deb -x`.
-Each emoji is composited on white and written as RGB: OUT/train/*.png and OUT/heldout/*.png, where every
-`--heldout-every`-th emoji in name order is held out. The images are not part of the repository.
+Debian's `ruby-gemojione` package carries EmojiOne 2's 1,794 emoji as 64x64 PNGs (assets: Copyright 2014
+Ranks.com Inc., CC-BY-SA-4.0; the package's copyright file is copied beside the images), with an index that
+gives each its category. Without `--deb` the package is fetched with `apt-get download` from the configured
+Debian mirror and unpacked with `dpkg-deb -x`. Each emoji is composited on white and written as RGB into a
+folder per category, the classes (people, symbols, flags, objects, nature, activity, travel, food; the five
+skin-tone swatches and the one extra count as symbols): OUT/train/CATEGORY/*.png and OUT/test/CATEGORY/*.png,
+where every `--heldout-every`-th emoji in name order is held out. `--dataset OUT` then reads test/ as the
+held-out split. The images are not part of the repository.
 """
 
 import argparse
+import json
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +23,9 @@ from PIL import Image
 
 PACKAGE = "ruby-gemojione"
 ASSETS = "usr/share/rubygems-integration/all/gems/gemojione-*/assets/png"
+INDEX = "usr/share/rubygems-integration/all/gems/gemojione-*/config/index.json"
 COPYRIGHT = "usr/share/doc/ruby-gemojione/copyright"
+MERGED = {"modifier": "symbols", "extras": "symbols"}  # too few to be classes of their own (5 and 1)
 
 
 def unpack(deb: Path | None, workdir: Path) -> Path:
@@ -43,12 +49,17 @@ def write_folder(root: Path, out: Path, heldout_every: int) -> dict[str, int]:
     (pngs,) = list(root.glob(ASSETS)) or [None]
     if pngs is None:
         raise SystemExit(f"no emoji PNGs under {root}/{ASSETS}")
-    counts = {"train": 0, "heldout": 0}
-    for split in counts:
-        (out / split).mkdir(parents=True, exist_ok=True)
+    (index,) = list(root.glob(INDEX))
+    category = {
+        entry["unicode"].lower(): entry["category"] for entry in json.loads(index.read_text()).values()
+    }
+    counts = {"train": 0, "test": 0}
     for i, path in enumerate(sorted(pngs.glob("*.png"))):
-        split = "heldout" if i % heldout_every == heldout_every - 1 else "train"
-        on_white(path).save(out / split / path.name)
+        split = "test" if i % heldout_every == heldout_every - 1 else "train"
+        name = category.get(path.stem.lower(), "symbols")
+        folder = out / split / MERGED.get(name, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        on_white(path).save(folder / path.name)
         counts[split] += 1
     shutil.copy(root / COPYRIGHT, out / "COPYRIGHT-emojione.txt")
     return counts
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         root = unpack(args.deb.resolve() if args.deb else None, Path(tmp))
         counts = write_folder(root, args.out, args.heldout_every)
     print(
-        f"wrote {counts['train']} training and {counts['heldout']} held-out emoji (64x64 RGB) to {args.out}"
+        f"wrote {counts['train']} training and {counts['test']} held-out emoji (64x64 RGB, a folder per category) "
+        f"to {args.out}"
     )
     return counts
 

@@ -249,3 +249,39 @@ def test_a_folder_of_test_images_is_prepared_once_and_labelled_in_the_runs_class
     again, labels_again = load_test_images(folder, DataConfig(), run_classes)
     assert "data: reusing the prepared cache" in capfd.readouterr().err
     assert torch.equal(labels_again, labels) and torch.equal(PixelSplit(again)[:], split[:])
+
+
+def test_the_prior_sweep_scores_every_setting_as_evaluate_does(tiny_run, tmp_path):
+    """benchmarks/prior_sweep.py on a copy of the tiny run: one row per (prior, variant, sampling setting)."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prior_sweep
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    out = tmp_path / "sweep.json"
+    argv = [
+        "--run",
+        str(run),
+        "--priors",
+        "gru",
+        "--cfg-scales",
+        "1",
+        "3",
+        "--n-samples",
+        "20",
+        "--json",
+        str(out),
+    ]
+    result = prior_sweep.main(argv)
+    rows = result["rows"]
+    assert [(r["prior"], r["variant"], r["cfg_scale"]) for r in rows] == [
+        ("gru", "defaults", 1.0),
+        ("gru", "defaults", 3.0),
+    ]
+    assert all(0 <= r["worst_class_accuracy"] <= r["class_accuracy"] <= 1 and r["gfid"] >= 0 for r in rows)
+    assert rows[0]["gfid_over_floor"] == rows[0]["gfid"] / result["floor"]["fid"]
+    assert json.loads(out.read_text())["rows"][1]["cfg_scale"] == 3.0

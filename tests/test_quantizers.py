@@ -85,3 +85,15 @@ def test_lfq_entropy_penalty_favours_decisive_spread_codes(code_dim):
     undecided = torch.zeros(256, code_dim)  # every bit a coin toss
     assert q.entropy_loss(spread) < q.entropy_loss(collapsed)
     assert q.entropy_loss(spread) < q.entropy_loss(undecided)
+
+
+def test_dead_codes_are_judged_against_an_even_share_in_large_codebooks():
+    """A fixed threshold of one vector a step would call most of 4,096 codes dead at 3,136 vectors a step."""
+    from vqgen.stages.tokenizer.base import dead_code_mask
+
+    small = torch.full((512,), 3136 / 512)
+    small[:7] = 0.9  # below one vector a step: dead
+    assert dead_code_mask(small, 1.0, 0.2).sum() == 7
+    large = torch.full((4096,), 3136 / 4096)  # an even split: 0.77 a step each, all alive
+    large[:30] = 0.1  # below a fifth of the even split: dead
+    assert dead_code_mask(large, 1.0, 0.2).sum() == 30

@@ -271,3 +271,11 @@ def test_tokenizer_sizes_benchmark_in_its_tiny_mode(tmp_path):
     (row,) = result["train_step"]
     assert row["name"] == "vqgan-tiny" and row["throughput"] > 0 and row["params_m"] > 0
     assert json.loads((tmp_path / "s.json").read_text())["train_step"][0]["gflops_per_image"] > 0
+
+
+def test_the_default_vqvae_grid_suits_the_image_size():
+    from vqgen.stages.tokenizer.model import downsample_for
+
+    sizes = {28: 4, 32: 4, 64: 4, 96: 8, 128: 8, 256: 16, 512: 16, 100: 4, 200: 8, 30: 2}
+    assert {s: downsample_for(s) for s in sizes} == sizes
+    assert {s: s // downsample_for(s) for s in (28, 64, 128, 256)} == {28: 7, 64: 16, 128: 16, 256: 16}

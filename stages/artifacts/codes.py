@@ -80,17 +80,42 @@ def read_codes_meta(meta_file: Path) -> dict:
 
 def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], meta: dict) -> None:
     """Save {split: ((N, H, W) codes, (N,) labels)} and the description `meta` (see the module docstring)."""
-    from datasets import Array2D, Dataset, DatasetDict, Features, Value
+    from datasets import Array2D, Dataset, DatasetDict, DatasetInfo, Features, Value
 
     features = Features(
         {"codes": Array2D((meta["grid_height"], meta["grid_width"]), "int32"), "label": Value("int64")}
     )
-    parts = {
-        name: Dataset.from_dict({"codes": codes.int().numpy(), "label": labels.numpy()}, features=features)
+    parts = {  # named fingerprints: datasets would otherwise hash every code to make one (4x their size in memory)
+        name: Dataset(
+            _codes_table(codes, labels, features),
+            info=DatasetInfo(features=features),
+            fingerprint=f"vqgen-codes-{meta.get('tokenizer_fingerprint')}-{name}-{len(codes)}",
+        )
         for name, (codes, labels) in splits.items()
     }
     DatasetDict(parts).save_to_disk(str(folder))
     write_json(meta, Path(folder) / CODES_META)
+
+
+def _codes_table(codes: torch.Tensor, labels: torch.Tensor, features, rows: int = 65536):
+    """The Arrow table of (N, H, W) codes and (N,) labels, built from the arrays themselves in record batches of
+    `rows` (no Python object per code: `Dataset.from_dict` would take five times the codes' size on the way)."""
+    import numpy as np
+    import pyarrow as pa
+
+    n, h, w = codes.shape
+    codes_type = features["codes"]()  # the Array2D extension type
+    flat, lab = codes.to(torch.int32).contiguous().numpy().reshape(n, h * w), labels.to(torch.int64).numpy()
+    batches = []
+    for lo in range(0, n, rows):
+        part = flat[lo : lo + rows]
+        m = len(part)
+        inner = pa.ListArray.from_arrays(np.arange(0, m * h * w + 1, w, dtype=np.int32), part.reshape(-1))
+        outer = pa.ListArray.from_arrays(np.arange(0, m * h + 1, h, dtype=np.int32), inner)
+        column = pa.ExtensionArray.from_storage(codes_type, outer)
+        batches.append(pa.record_batch([column, pa.array(lab[lo : lo + rows])], names=["codes", "label"]))
+    schema = pa.schema([("codes", codes_type), ("label", pa.int64())])
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 def meta_file(folder: Path) -> Path | None:

@@ -30,7 +30,7 @@ from vqgen.stages.data.pixels import augment, iter_pixel_batches, label_array, p
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.model import TokenizerConfig, downsample_for
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.trainer import Trainer
@@ -169,6 +169,8 @@ def config_from_flags(f: dict, train: TrainConfig) -> TokenizeConfig:
         kind=kind, codebook_size=f["codebook_size"], code_dim=f["code_dim"], beta=f["beta"], cosine=f["cosine"],
         levels=levels, entropy_weight=f["entropy_weight"], update=f["codebook_update"], init=f["codebook_init"],
     )  # fmt: skip
+    if tokenizer_preset(arch).name == "vqvae" and f["downsample"] is None and f["image_size"] is not None:
+        model_fields["downsample"] = downsample_for(f["image_size"])  # a grid that suits the image size
     model = tokenizer_config(arch, model_fields, quantizer_fields)
     data = DataConfig(
         f["dataset"], f["split"], f["heldout_split"], f["image_column"], f["label_column"] or None,

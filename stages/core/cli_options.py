@@ -371,7 +371,11 @@ EntropyWeightOption = Annotated[
 
 DownsampleOption = Annotated[
     Optional[int],
-    typer.Option(min=1, max=256, help="vqvae: spatial downsampling factor (a power of two)."),
+    typer.Option(
+        min=1,
+        max=256,
+        help="vqvae: spatial downsampling factor (a power of two); default 4 up to 64 px, 8 up to 128, 16 above.",
+    ),
 ]
 
 BaseChannelsOption = Annotated[Optional[int], typer.Option(min=1, max=4096, help="Width of the first level.")]

@@ -88,13 +88,22 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
 
+def dead_code_mask(ema_count: torch.Tensor, threshold: float, share: float) -> torch.Tensor:
+    """(K,) bool: codes whose EMA count of assigned vectors per step is below `threshold`, or below `share` of an
+    even split of the step's vectors when that is lower. With more codes than a step has vectors (4,096 codes,
+    batches of 64 x 7 x 7), an even split gives each code less than one vector a step, and a fixed threshold of 1
+    would call most codes dead (and the VQ quantizer would restart them over and over)."""
+    even = ema_count.sum() / ema_count.numel()
+    return ema_count < torch.clamp(even * share, max=threshold)
+
+
 class UsageTracker(nn.Module):
     """Running code usage for quantizers without a codebook to maintain: an EMA of per-step assignment counts
     (as VectorQuantizer keeps), so dead codes and perplexity are reported the same way for every quantizer."""
 
-    def __init__(self, codebook_size: int, decay: float, threshold: float):
+    def __init__(self, codebook_size: int, decay: float, threshold: float, share: float):
         super().__init__()
-        self.decay, self.threshold = decay, threshold
+        self.decay, self.threshold, self.share = decay, threshold, share
         self.register_buffer(
             "ema_count", torch.ones(codebook_size)
         )  # saved, as VectorQuantizer's: exact resume
@@ -107,7 +116,7 @@ class UsageTracker(nn.Module):
                 self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        return perplexity, int((self.ema_count < self.threshold).sum())
+        return perplexity, int(dead_code_mask(self.ema_count, self.threshold, self.share).sum())
 
 
 def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

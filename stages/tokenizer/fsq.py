@@ -44,7 +44,7 @@ class FSQ(Quantizer):
         basis = torch.cumprod(torch.tensor([1] + config.levels[:-1]), 0)
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("basis", basis, persistent=False)  # mixed-radix place values
-        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold)
+        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold, config.restart_share)
 
     def _round(self, z: torch.Tensor) -> torch.Tensor:
         """(..., d) -> the nearest grid values, normalised to [-1, 1], with straight-through gradients."""

@@ -45,7 +45,7 @@ class LFQ(Quantizer):
         self.proj_in = nn.Conv2d(in_channels, d, 1)
         self.proj_out = nn.Conv2d(d, in_channels, 1)
         self.register_buffer("bit_values", 2 ** torch.arange(d), persistent=False)
-        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold)
+        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold, config.restart_share)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Codes (N,) of (N, d) vectors: the bits of their signs."""

@@ -19,12 +19,22 @@ from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 __all__ = ["VQVAE", "TokenizerConfig", "TokenizerOutput"]
 
 
+def downsample_for(image_size: int) -> int:
+    """The downsampling factor `tokenize` gives a VQ-VAE when none is asked for: f4 up to 64 px (7x7 codes at
+    28 px, 8x8 at 32, 16x16 at 64), f8 up to 128 px and f16 above (16x16 at 128 and 256, as LlamaGen's VQ-16), so
+    that larger images do not give grids of thousands of tokens; lowered until it divides the image size."""
+    factor = 4 if image_size <= 64 else 8 if image_size <= 128 else 16
+    while factor > 1 and image_size % factor:
+        factor //= 2
+    return factor
+
+
 @dataclass
 class TokenizerConfig:
     model_type: str = "vqvae"
     image_size: int = 28  # input images are (channels, image_size, image_size)
     channels: int = 1  # 1 = grey, 3 = RGB
-    downsample: int = 4  # spatial reduction factor, a power of two; the code grid is image_size / downsample
+    downsample: int = 4  # spatial reduction factor, a power of two; code grid image_size / downsample (tokenize: downsample_for)
     base_channels: int = 32  # width after the first downsampling; doubled at every further level
     max_channels: int = 128
     num_res_blocks: int = 2  # residual blocks on the code grid, in the encoder and in the decoder

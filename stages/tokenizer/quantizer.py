@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from vqgen.stages.tokenizer.base import Quantizer
+from vqgen.stages.tokenizer.base import Quantizer, dead_code_mask
 
 
 @dataclass
@@ -40,6 +40,9 @@ class QuantizerConfig:
     restart_every: int = (
         10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
     )
+    # ... or, in a codebook larger than a step's vectors can fill, below this share of an even split of them
+    # (4,096 codes and 3,136 vectors a step: 0.15; 512 codes: the 1.0 above): `dead_mask`
+    restart_share: float = 0.2
     # fsq: values per dimension, K = prod(levels) (fsq.py)
     levels: list[int] = field(default_factory=lambda: [8, 8, 8])
     entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample minus codebook entropy)
@@ -151,7 +154,7 @@ class VectorQuantizer(Quantizer):
 
         quant_st = flat + (quant - flat).detach()  # straight-through: forward = code, backward = identity
         z_q = self.proj_out(quant_st.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous())  # (B, C, H, W)
-        dead = (self.ema_count < self.config.restart_threshold).sum()  # a tensor: read back only when logged
+        dead = self.dead_mask().sum()  # a tensor: read back only when logged
         return QuantizerOutput(z_q, idx.view(b, h, w), loss, perplexity, dead)
 
     def _is_initialised(self) -> bool:
@@ -174,9 +177,13 @@ class VectorQuantizer(Quantizer):
         quant = self._normalise(self.codebook)[codes]  # (B, H, W, D)
         return self.proj_out(quant.permute(0, 3, 1, 2).contiguous())
 
+    def dead_mask(self) -> torch.Tensor:
+        """(K,) bool: the codes counted dead and restarted (base.dead_code_mask)."""
+        return dead_code_mask(self.ema_count, self.config.restart_threshold, self.config.restart_share)
+
     def dead_codes(self) -> int:
         """Codes currently considered dead (reads the device: not for per-step use; forward returns a tensor)."""
-        return int((self.ema_count < self.config.restart_threshold).sum())
+        return int(self.dead_mask().sum())
 
     # --- codebook maintenance (training only, no gradients) ---------------------------------------------
     @torch.no_grad()
@@ -219,7 +226,7 @@ class VectorQuantizer(Quantizer):
         cfg = self.config
         k = cfg.codebook_size
         due = (self.steps % cfg.restart_every) == 0
-        dead = (self.ema_count < cfg.restart_threshold) & due  # (K,)
+        dead = self.dead_mask() & due  # (K,)
         pick = torch.randint(0, flat.shape[0], (k,), device=flat.device)
         fresh = _broadcast(flat[pick].contiguous())  # rank 0's choice wins, so every process agrees
         count = self.ema_count.mean().clamp(min=1.0)
