@@ -297,7 +297,7 @@ def train_tokenizer(
     if cfg.resume:
         trainer.accelerator.print(f"resuming from step {start_step}")
     trainer.fit()
-    return trainer.unwrapped(), trainer, start_step
+    return trainer.final_model(), trainer, start_step
 
 
 @locked_command  # RUN stays locked while the command runs (stages/artifacts/runs.py)

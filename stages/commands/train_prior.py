@@ -135,7 +135,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     train_seconds = time.perf_counter() - started
     results: dict = {}
     if trainer.accelerator.is_main_process:
-        model = trainer.unwrapped()
+        model = trainer.final_model()  # the weight average with --model-ema-decay
         save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None

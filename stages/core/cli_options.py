@@ -51,6 +51,11 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
     "lr": (float, "Peak learning rate (AdamW, warm-up then cosine).", 0.0),
     "weight_decay": (float, "AdamW weight decay.", 0.0),
     "grad_accum": (int, "Micro-batches per optimizer step.", 1),
+    "model_ema_decay": (
+        float,
+        "Keep an exponential moving average of the weights with this decay (0 = off); the saved model is it.",
+        0.0,
+    ),
     "mixed_precision": (
         Optional[Precision],
         "Mixed precision; default: accelerate's own setting (`accelerate config`, `accelerate launch "
@@ -82,6 +87,7 @@ TRAIN_MAXIMA = {
     "lr": 1.0,
     "weight_decay": 10.0,
     "grad_accum": 2**16,
+    "model_ema_decay": 0.99999,
     "seed": MAX_SEED,
 }
 

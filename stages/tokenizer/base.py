@@ -34,7 +34,7 @@ BUILTIN_QUANTIZERS = {
 }
 # Config fields added after tokenizers were first published: hashed into the fingerprint only when they differ from
 # their defaults, so a tokenizer saved before they existed keeps its fingerprint (and its priors keep working).
-LATER_FIELDS = ("kind", "levels", "entropy_weight")
+LATER_FIELDS = ("kind", "levels", "entropy_weight", "restart_share")
 
 
 def _import(target: str) -> type:

@@ -26,6 +26,7 @@ class TrainConfig:
     # torch.compile the model after accelerate.prepare ($VQGEN_COMPILE_BACKEND, default inductor)
     compile: bool = False
     clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
+    model_ema_decay: float = 0.0  # EMA of the weights (0 = off); the saved model is the average
     seed: int = 0
     log_every: int = 25
     sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)

@@ -1,6 +1,6 @@
 """What a checkpoint holds of a trainer, and how a trainer is put back in that state: the model, the optimizer,
 every plugin's state (plain torch state, flattened), the RNG states, the step and learning-rate scale, the
-non-finite and skipped-step counts, the data digest, the loss scaler and a stream's position."""
+non-finite and skipped-step counts, the data digest, the loss scaler, a stream's position and the weight average."""
 
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +18,9 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
     rng_tensors, rng_meta = ckpt.rng_state()
     tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
     tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
+    if trainer.ema is not None:
+        ema_tensors, ema_updates = trainer.ema.state_dict()
+        tensors.update(ckpt.add_prefix(ema_tensors, "ema"))
     plugin_meta = {}
     for plugin in trainer.plugins:
         p_tensors, p_meta = ckpt.flatten_state(plugin.state_dict())
@@ -31,6 +34,8 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
     }  # fmt: skip
     if data_state is not None:
         meta["data_state"] = data_state
+    if trainer.ema is not None:
+        meta["ema_updates"] = ema_updates
     return tensors, meta
 
 
@@ -49,6 +54,12 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
         ckpt.set_rng_state(ckpt.split_prefix(tensors, "rng"), meta["rng"])
     else:
         set_seed(trainer.cfg.seed + trainer.accelerator.process_index + meta["step"])
+    if trainer.ema is not None:
+        if "ema_updates" not in meta:
+            raise UserError(
+                f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay"
+            )
+        trainer.ema.load_state_dict(ckpt.split_prefix(tensors, "ema"), meta["ema_updates"])
     trainer.step, trainer.lr_scale = meta["step"], meta["lr_scale"]
     trainer.nonfinite_total = meta.get("nonfinite_total", 0)
     trainer.data_digest = meta.get("data_digest", "")

@@ -34,6 +34,7 @@ from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler
 from vqgen.stages.training.distribution import launched_processes, refuse_unsupported_distribution
+from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
 from vqgen.stages.training.state import checkpoint_state, restore_state
 
@@ -106,6 +107,9 @@ class Trainer:
             ""  # sha256 chained over the indices of every completed step (see the module docstring)
         )
         self._saved_step: int | None = None  # the step of the newest checkpoint on disk
+        self.ema = (
+            WeightAverage(self.unwrapped(), config.model_ema_decay) if config.model_ema_decay > 0 else None
+        )
         self._stop_requested = False
 
     # --- schedule -----------------------------------------------------------------------------------------
@@ -169,6 +173,8 @@ class Trainer:
         self.optimizer.step()
         if scaled and self.optimizer.step_was_skipped:
             self.skipped_steps += 1
+        elif self.ema is not None:
+            self.ema.update(self.unwrapped())
         self.optimizer.zero_grad(set_to_none=True)
         for plugin in self.plugins:
             metrics.update(plugin.after_step(self.ctx, batch, out, step))
@@ -252,6 +258,7 @@ class Trainer:
             "model": copy.deepcopy(self.unwrapped().state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "plugins": [copy.deepcopy(p.state_dict()) for p in self.plugins],
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _restore_snapshot(self) -> None:
@@ -260,6 +267,8 @@ class Trainer:
         self.optimizer.load_state_dict(snap["optimizer"])
         for plugin, state in zip(self.plugins, snap["plugins"]):
             plugin.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(*snap["ema"])
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
@@ -356,6 +365,14 @@ class Trainer:
             self.accelerator.log(metrics, step=self.step)
         keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
         self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics}, refresh=False)
+
+    def final_model(self) -> torch.nn.Module:
+        """The model to save once training has ended: with --model-ema-decay, the average of its weights (loaded into the
+        model, so call it after the last checkpoint), else the model as trained."""
+        model = self.unwrapped()
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        return model
 
     def unwrapped(self) -> torch.nn.Module:
         """The trained model itself: without accelerate's wrappers (DDP, mixed precision) nor torch.compile's, so
