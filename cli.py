@@ -81,7 +81,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     training_options,
 )
 from vqgen.stages.core.errors import UserError  # noqa: E402
-from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
 
 app = typer.Typer(
@@ -214,13 +213,16 @@ def generate(
         list[int], typer.Option("--label", help="Class to sample (repeatable; default: a row per class).")
     ] = [],  # noqa: B006
     n: Annotated[int, typer.Option("--n", min=1, max=10**8, help="Number of images.")] = 100,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 1.0,
+    temperature: Annotated[
+        Optional[float],
+        typer.Option(help="Softmax temperature (> 0). Default: the prior's own (its config)."),
+    ] = None,
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Keep the k most likely codes.")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1].")] = None,
     cfg_scale: Annotated[
         Optional[float],
         typer.Option(
-            help=f"Classifier-free guidance (1 = off). Default: {DEFAULT_CFG_SCALE:g} for a conditional prior."
+            help="Classifier-free guidance (1 = off). Default: the prior's own for a conditional prior (its config)."
         ),
     ] = None,
     cfg_schedule: Annotated[
@@ -346,11 +348,13 @@ def evaluate(
     ] = None,
     n_samples: Annotated[int, typer.Option(min=1, max=10**7, help="Images sampled per prior.")] = 1000,
     cfg_scale: Annotated[
-        float,
+        Optional[float],
         typer.Option(
-            min=-100.0, max=100.0, help="Classifier-free guidance for class-conditional priors (as generate)."
+            min=-100.0,
+            max=100.0,
+            help="Classifier-free guidance for class-conditional priors (default: each prior's own, as generate).",
         ),
-    ] = DEFAULT_CFG_SCALE,
+    ] = None,
     seed: Seed = 0,
     features: Annotated[
         FeatureChoice, typer.Option(help="FID features: Inception if it loads (auto), else the classifier.")

@@ -38,6 +38,12 @@ class PriorConfig:
     num_classes: int = 0  # 0 = unconditional; labels are 0..num_classes-1, num_classes is the null label
     label_dropout: float = 0.1  # fraction of training labels replaced by the null label (for CFG)
     tokenizer_fingerprint: str = ""  # sha256 prefix of the tokenizer weights these codes came from
+    # what `generate`, `evaluate` and `Pipeline.generate` sample with unless told otherwise (saved with the prior, as
+    # a Hub model's generation config); each built-in prior sets the values benchmarks/prior_sweep.py chose
+    sample_temperature: float = 1.0
+    sample_cfg_scale: float = (
+        3.0  # classifier-free guidance, for a prior trained with labels and label dropout
+    )
 
     @property
     def seq_len(self) -> int:

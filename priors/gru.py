@@ -22,6 +22,8 @@ class GRUPriorConfig(PriorConfig):
     hidden_size: int = 192  # sized to train in minutes on 2 CPU cores and sample >= 20k tokens/s
     num_layers: int = 2
     dropout: float = 0.1  # between GRU layers and before the output head, training only
+    sample_temperature: float = 0.5  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
+    sample_cfg_scale: float = 2.5
 
 
 @dataclass

@@ -33,6 +33,8 @@ class PixelCNNPriorConfig(PriorConfig):
     num_layers: int = 0
     kernel_size: int = 3  # odd; each layer widens the receptive field by k // 2 rows and columns
     head_channels: int = 128  # hidden width of the ReLU -> 1x1 -> ReLU -> 1x1 output head
+    sample_temperature: float = 0.6  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
+    sample_cfg_scale: float = 2.5
 
 
 def layers_to_cover(grid_height: int, grid_width: int, kernel_size: int) -> int:

@@ -37,6 +37,8 @@ class TransformerPriorConfig(PriorConfig):
     # 2-D positions: learned row and column embeddings of the position being predicted, added to every input
     # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is
     pos_2d: bool = False
+    sample_temperature: float = 0.7  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
+    sample_cfg_scale: float = 2.0
 
 
 def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:

@@ -9,7 +9,7 @@ from vqgen.priors.base import GUIDANCE_SCHEDULES, guidance_scales
 from vqgen.stages.artifacts.models import load_prior
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.registry import PRIORS
-from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE, SamplingConfig
+from vqgen.stages.sampling.config import SamplingConfig
 
 G, V, K = 16, 32, 3  # grid side, vocabulary, classes
 TINY = {
@@ -87,6 +87,7 @@ def test_guidance_schedules():
 class Config:
     def __init__(self, num_classes, label_dropout):
         self.num_classes, self.label_dropout = num_classes, label_dropout
+        self.sample_cfg_scale, self.sample_temperature = 2.5, 0.8
 
 
 class Stub:
@@ -95,7 +96,9 @@ class Stub:
 
 
 def test_guidance_defaults_and_refusals():
-    assert SamplingConfig().for_prior(Stub()).cfg_scale == DEFAULT_CFG_SCALE
+    resolved = SamplingConfig().for_prior(Stub())  # the prior's own defaults
+    assert (resolved.cfg_scale, resolved.temperature) == (2.5, 0.8)
+    assert SamplingConfig(temperature=1.0, cfg_scale=3.0).for_prior(Stub()).temperature == 1.0
     assert SamplingConfig().for_prior(Stub(num_classes=0)).cfg_scale == 1.0
     assert SamplingConfig().for_prior(Stub(label_dropout=0.0)).cfg_scale == 1.0
     with pytest.raises(UserError, match="unconditional"):

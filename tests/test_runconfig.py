@@ -92,7 +92,7 @@ def test_set_fields_reaches_nested_fields_and_keeps_the_defaults():
 
 
 def test_stage_defaults_are_declared_once():
-    assert (TOKENIZER_TRAINING.steps, PRIOR_TRAINING.steps, PRIOR_TRAINING.weight_decay) == (3200, 1200, 0.01)
+    assert (TOKENIZER_TRAINING.steps, PRIOR_TRAINING.steps, PRIOR_TRAINING.weight_decay) == (3200, 2000, 0.01)
 
 
 class Loss(Enum):

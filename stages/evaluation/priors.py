@@ -54,6 +54,7 @@ def sample_and_measure(
     labels = torch.arange(cfg.n_samples) % k if k else None
     if sampling is None:
         sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
+    sampling = sampling.for_prior(prior)  # the prior's own defaults filled in, as recorded below
     feats, preds, preview, seconds = [], [], [], 0.0
     start = time.perf_counter()
     for _, grids in sample_chunks(prior, cfg.n_samples, cfg.batch_size, labels, sampling, cfg.seed):
@@ -71,6 +72,8 @@ def sample_and_measure(
         "feats": torch.cat(feats) if feats else None,
         "labels": labels,
         "preds": torch.cat(preds) if preds else None,
+        "cfg_scale": sampling.cfg_scale,
+        "temperature": sampling.temperature,
     }
     return out, torch.cat(preview)
 
@@ -122,7 +125,8 @@ def evaluate_priors(run: Path, tokenizer, ctx: dict, cfg: EvaluateConfig, log: L
         save_png(M.image_grid(preview, nrow=10), run / "eval" / f"samples-{name}.png")
         r.update(
             n_samples=cfg.n_samples,
-            cfg_scale=cfg.cfg_scale if r["conditional"] else None,
+            cfg_scale=s["cfg_scale"] if r["conditional"] else None,
+            temperature=s["temperature"],
             tokens_per_s=s["tokens_per_s"],
             sampling_seconds=s["sampling_seconds"],
         )

@@ -39,7 +39,8 @@ def render_report(m: dict) -> str:
         lines += [
             "## Priors",
             "",
-            f"{s['n_samples']} samples each, seed {s['seed']}, guidance scale {s['cfg_scale']} "
+            f"{s['n_samples']} samples each, seed {s['seed']}, guidance scale "
+            f"{s['cfg_scale'] if s['cfg_scale'] is not None else 'and temperature of each prior (its defaults)'} "
             f"(class-conditional priors), batch {s['batch_size']}, {m['device']}, {m['threads']} threads.",
             "",
             *prior_table([{"name": k, **r, "floor_fid": fl["fid"]} for k, r in m["priors"].items()]),
@@ -68,14 +69,15 @@ def tokenizer_table(rows: list[tuple[str, dict, dict]]) -> list[str]:
 def prior_table(rows: list[dict]) -> list[str]:
     out = [
         "| prior | bits/token | bits/dim | gFID | FD floor | precision | recall | class accuracy | worst class "
-        "| tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| guidance | temperature | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
             f"| {r['name']} | {_f(r['val_bits_per_token'], '.3f')} | {_f(r['val_bits_per_dim'], '.4f')} | "
             f"{_f(r['gfid'], '.3f')} | {_f(r['floor_fid'], '.3f')} | {_f(r['precision'], '.3f')} | "
             f"{_f(r['recall'], '.3f')} | {_f(r['class_accuracy'], '.1%')} | "
-            f"{_f(r['worst_class_accuracy'], '.1%')} | {r['tokens_per_s']:,.0f} |"
+            f"{_f(r['worst_class_accuracy'], '.1%')} | {_f(r.get('cfg_scale'), 'g')} | "
+            f"{_f(r.get('temperature'), 'g')} | {r['tokens_per_s']:,.0f} |"
         )
     return out

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 import torch
 from vqgen.stages.data.pixels import PixelSplit
-from vqgen.stages.sampling.config import DEFAULT_CFG_SCALE
 
 
 @dataclass
@@ -12,7 +11,7 @@ class EvaluateConfig:
     run_dir: str = "runs/demo"
     test_images: str | None = None  # folder of images (class subfolders = labels) or of MNIST idx files
     n_samples: int = 1000  # generated images per prior (and real training images for the floor)
-    cfg_scale: float = DEFAULT_CFG_SCALE  # classifier-free guidance for class-conditional priors
+    cfg_scale: float | None = None  # classifier-free guidance (None = each prior's own default, as generate)
     seed: int = 0  # sampling and the floor's choice of training images
     features: str = "auto"  # auto (Inception if it loads, else the classifier) | inception | classifier
     device: str = "auto"  # cpu | cuda | cuda:N | mps | auto (vqgen.stages.core.device)

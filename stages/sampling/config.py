@@ -5,7 +5,6 @@ from dataclasses import dataclass, replace
 
 from vqgen.stages.core.errors import UserError
 
-DEFAULT_CFG_SCALE = 3.0  # classifier-free guidance of conditional priors, everywhere a default is needed
 GUIDANCE_SCHEDULES = ("constant", "linear", "power")  # vqgen.priors.base.guidance_scales says what each does
 MAX_TEMPERATURE, MIN_TEMPERATURE = (
     100.0,
@@ -16,10 +15,11 @@ MAX_CFG_SCALE = 100.0  # |scale| above this makes cond - uncond overflow into no
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0
+    temperature: float | None = None  # None = the prior's own default (its config's sample_temperature)
     top_k: int | None = None
     top_p: float | None = None
-    # classifier-free guidance (1 = off); None = DEFAULT_CFG_SCALE for a conditional prior, 1 for an unconditional one
+    # classifier-free guidance (1 = off); None = the prior's own default (default_cfg_scale: its config's
+    # sample_cfg_scale when it can be guided, else 1)
     cfg_scale: float | None = None
     cfg_schedule: str = (
         "constant"  # how the scale varies over the raster positions: constant | linear | power
@@ -29,7 +29,7 @@ class SamplingConfig:
 
     def validate(self) -> None:
         t = self.temperature
-        if not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        if t is not None and not (math.isfinite(t) and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
             raise UserError(f"--temperature must lie in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {t}")
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top-k must be at least 1, got {self.top_k}")
@@ -51,8 +51,10 @@ class SamplingConfig:
             raise UserError(f"--cfg-interval LO HI must satisfy 0 <= LO < HI <= 1, got {lo} {hi}")
 
     def for_prior(self, prior) -> "SamplingConfig":
-        """These settings with the guidance scale resolved for `prior`; guidance it cannot give is refused."""
+        """These settings with the prior's defaults filled in; guidance it cannot give is refused."""
         c = prior.config
+        if self.temperature is None:
+            return replace(self, temperature=c.sample_temperature).for_prior(prior)
         if self.cfg_scale is None:
             return replace(self, cfg_scale=default_cfg_scale(prior))
         if self.cfg_scale != 1.0 and not c.num_classes:
@@ -75,6 +77,7 @@ class SamplingConfig:
 
 
 def default_cfg_scale(prior) -> float:
-    """DEFAULT_CFG_SCALE for a prior that can be guided (class-conditional, trained with label dropout), else 1."""
+    """The prior's own guidance scale (sample_cfg_scale) if it can be guided (class-conditional, trained with label
+    dropout), else 1."""
     c = prior.config
-    return DEFAULT_CFG_SCALE if c.num_classes and c.label_dropout > 0 else 1.0
+    return c.sample_cfg_scale if c.num_classes and c.label_dropout > 0 else 1.0

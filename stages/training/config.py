@@ -70,4 +70,6 @@ class TrainTask(Protocol):
 
 # Each stage's training defaults, declared once: the stage configs and the CLI's --help both read them.
 TOKENIZER_TRAINING = TrainConfig()
-PRIOR_TRAINING = replace(TrainConfig(), steps=1200, weight_decay=0.01, sample_every=1000)
+PRIOR_TRAINING = replace(
+    TrainConfig(), steps=2000, weight_decay=0.01, sample_every=1000
+)  # benchmarks/prior_sweep.py
