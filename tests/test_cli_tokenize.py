@@ -83,7 +83,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, imag
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        (("--image-size", "30"), ("not divisible",)),
+        (("--image-size", "30", "--downsample", "4"), ("not divisible",)),
         (("--codebook-size", "1"), ("--codebook-size", "greater than or equal to 2")),
         (("--downsample", "3"), ("power of two",)),
         (("--plugin", "no-such-plugin"), ("unknown plugin", "no-such-plugin")),

@@ -134,12 +134,21 @@ def _prepare(path: Path, cfg: DataConfig, tmp: Path, n_files: int) -> tuple[int,
     held_name = next((n for n in ("test", "validation", "heldout") if n in raw and n != "train"), None)
     column = cfg.image_column if cfg.image_column in train_raw.column_names else "image"
     class_names, label_of = _label_reader(train_raw, cfg.label_column or None)
-    parts = (train_raw, raw[held_name]) if held_name else _split(train_raw, cfg)
+    if held_name:
+        parts = (train_raw, raw[held_name])
+    else:  # fewer than 2 files: decoded anyway, so that unreadable ones are reported as such
+        parts = _split(train_raw, cfg) if len(train_raw) >= 2 else (train_raw, train_raw.select([]))
     train, heldout = (
         _preprocess(_no_decode(part, column), cfg, column, label_of, str(tmp / f"{name}.arrow"))
         for part, name in zip(parts, ("train", "heldout"), strict=True)
     )
     if len(train) + len(heldout) == 0:
         raise UserError(f"--dataset {path}: none of the {n_files} images could be read")
+    if not len(train) or not len(heldout):
+        missing = "training" if not len(train) else "held-out"
+        raise UserError(
+            f"--dataset {path}: {len(train) + len(heldout)} usable image(s) and no {missing} image; at least 2 are "
+            "needed (train and held-out)"
+        )
     splits = _finish(train, heldout, class_names, sum(len(raw[n]) for n in raw))
     return splits.skipped, class_names
