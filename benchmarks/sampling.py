@@ -77,7 +77,8 @@ def bench_prior(
         f"{name} cached": seeded_run(model.sample),
         f"{name} naive (baseline)": seeded_run(model.sample_naive),
     }
-    if hasattr(model, "sample_hf_generate"):  # it seeds the global RNG from a CPU generator
+    # `generate` knows no 2-D positions; it seeds the global RNG from a CPU generator
+    if hasattr(model, "sample_hf_generate") and not getattr(model.config, "pos_2d", False):
         runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
     compile_failed = None
     if compile_backend:

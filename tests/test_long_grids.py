@@ -167,3 +167,11 @@ def test_long_grid_benchmark_runs_in_tiny_mode(tmp_path):
         cached = [r for r in grid["sampling"] if r["sampler"] == "cached"]
         assert cached and all(r["same_as_naive"] for r in cached)
         assert {r["prior"] for r in grid["train"]} == set(PRIORS.names())
+
+
+def test_the_transformer_knows_rows_and_columns_from_16x16_by_default():
+    from vqgen.priors.transformer import TransformerPriorConfig
+
+    assert TransformerPriorConfig(grid_height=7, grid_width=7).pos_2d is False  # the digits' 7x7 codes
+    assert TransformerPriorConfig(grid_height=16, grid_width=16).pos_2d is True
+    assert TransformerPriorConfig(grid_height=32, grid_width=32, pos_2d=False).pos_2d is False  # asked for
