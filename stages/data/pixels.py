@@ -2,6 +2,7 @@
 seeded augmentation of training batches."""
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -11,6 +12,11 @@ import torch
 # Linux madvise(2): drop pages from the process's page tables (a file's pages stay in the page cache), and fault
 # in only the pages a read touches (no read-around)
 MADV_DONTNEED, MADV_RANDOM = 4, 1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)  # loaded once: releases run after every training batch read
 
 
 def arrow_pixels(column, shape) -> np.ndarray:
@@ -38,7 +44,7 @@ def release_mapped_pages(ds) -> None:
     names = {os.path.realpath(f["filename"]) for f in getattr(ds, "cache_files", [])}
     if not names:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
