@@ -22,7 +22,7 @@ from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
 from vqgen.stages.core.registry import PRIORS
 from vqgen.stages.evaluation.priors import evaluate_prior
-from vqgen.stages.sampling.config import default_cfg_scale
+from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.trainer import Trainer
@@ -95,10 +95,11 @@ class PriorTask:
             return
         labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
         n = labels.numel() if labels is not None else 64
+        defaults = SamplingConfig().for_prior(model).prior_kwargs()  # the prior's own, as `generate` uses
         grids = model.sample(
             n,
             labels=labels,
-            cfg_scale=default_cfg_scale(model),
+            **defaults,
             generator=torch.Generator(device=model.device).manual_seed(0),
         )
         save_png(
