@@ -115,8 +115,9 @@ class Timing:
     repeats: int = 20  # timed calls of each function; the median is reported
     warmup: int = 2  # untimed calls first (one more call then measures the peak memory)
     budget_s: float | None = (
-        None  # a slow function gets fewer timed calls (at least 3) to take about this long
+        None  # a slow function gets fewer timed calls (at least min_repeats) to take about this long
     )
+    min_repeats: int = 3  # the fewest timed calls under a budget
 
 
 @dataclass
@@ -141,7 +142,7 @@ def measure_runs(
 
     The memory figure is the working memory of a call (activations, gradients, temporaries, caches) beyond the
     weights, optimizer state and inputs that exist before it. With a time budget, a function whose memory call
-    took long gets fewer timed calls (at least 3, or `timing.repeats` if that is less)."""
+    took long gets fewer timed calls (at least `timing.min_repeats`, or `timing.repeats` if that is less)."""
     for run in runs.values():
         for _ in range(timing.warmup):
             run()
@@ -151,7 +152,7 @@ def measure_runs(
             one = _seconds(run, device)
         peaks[name] = mem.mib
         fit = int(timing.budget_s / one) if timing.budget_s else timing.repeats
-        calls[name] = min(timing.repeats, max(3, fit))
+        calls[name] = min(timing.repeats, max(timing.min_repeats, fit))
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(timing.repeats):  # interleaved: a change in the machine's load hits every function alike
         for name, run in runs.items():
