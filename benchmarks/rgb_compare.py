@@ -3,15 +3,17 @@
     python benchmarks/rgb_data.py --out data/emoji
     python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --budget-s 120 \
         --archs vqvae vqgan vqvae+gan vqgan+gan [--keep runs/rgb32] [--json OUT.json]
+    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --steps 221 --archs vqvae vqgan
 
 Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed and plugins
 added: `vqgan:base_channels=32`, `vqvae+gan`) is trained on the folder's training split by `tokenize`'s own code
-(run_tokenize, 64 images a step) for as many steps as fit `--budget-s`: a short calibration run measures its
+(run_tokenize, 64 images a step unless `--batch-size`) for as many steps as fit `--budget-s`: a short calibration run measures its
 training images/s first. A `+plugin` variant takes the steps of its plain architecture (the same schedule, plus
-the plugin's cost). Then, on the held-out split (test/ of rgb_data.py's folder, never trained on): PSNR, SSIM,
-codebook usage and perplexity, and rFID in the features of the classifier `evaluate` trains on the folder's
-classes (trained once here, named in the output). On a shared machine the budget buys each model whatever the
-load leaves it, so compare figures from one run, and repeat it before drawing conclusions.
+the plugin's cost). With `--steps`, every tokenizer trains that many steps instead (quality per step, not per
+second). Then, on the held-out split (test/ of rgb_data.py's folder, never trained on): PSNR, SSIM, codebook usage
+and perplexity, and rFID in the features of the classifier `evaluate` trains on the folder's classes (trained
+once here, named in the output). On a shared machine the budget buys each model whatever the load leaves it, so
+compare figures from one run, and repeat it before drawing conclusions.
 """
 
 import argparse
@@ -55,19 +57,19 @@ def arch_config(spec: str):
     return name, config, plugins
 
 
-def train(spec: str, data: Path, size: int, steps: int, run_dir: Path) -> dict:
+def train(spec: str, data: Path, size: int, steps: int, run_dir: Path, batch: int = BATCH) -> dict:
     name, model, plugins = arch_config(spec)
     cfg = TokenizeConfig(
         run_dir=str(run_dir), data=DataConfig(str(data), image_size=size, channels=3), arch=name,
         model=replace(model, image_size=size, channels=3), overwrite=True, plugins=plugins,
-        train=replace(TOKENIZER_TRAINING, steps=steps, batch_size=BATCH, sample_every=0, checkpoint_every=steps),
+        train=replace(TOKENIZER_TRAINING, steps=steps, batch_size=batch, sample_every=0, checkpoint_every=steps),
     )  # fmt: skip
     return run_tokenize(cfg)
 
 
 def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout) -> dict:
     started = time.perf_counter()
-    train(spec, args.data, args.image_size, steps, work)
+    train(spec, args.data, args.image_size, steps, work, args.batch_size)
     train_s = time.perf_counter() - started
     tokenizer = load_tokenizer(work / "tokenizer").eval()
     scores, _ = evaluate_tokenizer(tokenizer, heldout.batches(100), 100, space, real_feats)
@@ -80,8 +82,10 @@ def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout)
 
 
 def calibrated_steps(spec: str, args, work: Path) -> int:
-    calibration = train(spec, args.data, args.image_size, CALIBRATION_STEPS, work / "calibration")
-    steps = max(CALIBRATION_STEPS, int(args.budget_s * calibration["train_images_per_s"] / BATCH))
+    calibration = train(
+        spec, args.data, args.image_size, CALIBRATION_STEPS, work / "calibration", args.batch_size
+    )
+    steps = max(CALIBRATION_STEPS, int(args.budget_s * calibration["train_images_per_s"] / args.batch_size))
     print(f"{spec}: {calibration['train_images_per_s']:.1f} training images/s -> {steps} steps", flush=True)
     return steps
 
@@ -91,10 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="the folder rgb_data.py wrote")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--budget-s", type=float, default=300.0, help="training seconds per tokenizer")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="train every tokenizer this many steps instead (no budget)"
+    )
     parser.add_argument("--archs", nargs="+", default=["vqvae", "vqgan", "vqvae+gan", "vqgan+gan"])
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep each run in KEEP/<arch> (default: deleted)"
     )
+    parser.add_argument("--batch-size", type=int, default=BATCH, help=f"images a step (default {BATCH})")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -112,13 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
         for spec in args.archs:
             base = spec.split("+")[0]
             if base not in steps:
-                steps[base] = calibrated_steps(base, args, Path(tmp))
+                steps[base] = args.steps or calibrated_steps(base, args, Path(tmp))
             work = root / spec.replace(":", "_").replace("=", "-").replace(",", "_")
             rows.append(compare(spec, steps[base], args, work, space, real_feats, data.eval))
             if args.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
     print(
-        f"\n{args.image_size} px, {args.budget_s:.0f} s of training per architecture; held-out: {data.eval_name} "
+        f"\n{args.image_size} px, "
+        + (f"{args.steps} steps" if args.steps else f"{args.budget_s:.0f} s of training")
+        + f" per architecture; held-out: {data.eval_name} "
         f"({data.eval.shape[0]} images); rFID in {space.name} features (its accuracy there: "
         f"{info.get('eval_accuracy', float('nan')):.1%})\n"
     )
@@ -133,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "machine": machine_info(torch.device("cpu")),
         "image_size": args.image_size,
-        "budget_s": args.budget_s,
+        "budget_s": None if args.steps else args.budget_s,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
         "features": space.name,
         "classifier": info,
         "rows": rows,

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -156,3 +157,40 @@ def test_compiled_prior_training_and_sampling_rows(tmp_path):
     names = {r["name"] for r in sampled}
     assert {"gru cached, torch.compile", "transformer cached, torch.compile"} <= names
     assert "transformer transformers generate" in names  # HF generate: the transformer's other baseline
+
+
+def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
+    """benchmarks/rgb_compare.py on a tiny RGB folder with train/ and test/ class folders: every spec (an
+    architecture, a preset with a plugin) trains the steps asked and is scored on the held-out split."""
+    import rgb_compare
+    from PIL import Image
+
+    images, labels = digits
+    for split, rows in (("train", range(0, 40)), ("test", range(40, 60))):
+        for i in rows:
+            tint = np.array([255, 128, 0] if labels[i] % 2 else [0, 128, 255], dtype=np.uint8)
+            rgb = (images[i][..., None].astype(np.uint16) * tint // 255).astype(np.uint8)
+            folder = tmp_path / "data" / split / ("odd" if labels[i] % 2 else "even")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb, mode="RGB").save(folder / f"{i}.png")
+    out = tmp_path / "rgb.json"
+    argv = [
+        "--data",
+        str(tmp_path / "data"),
+        "--image-size",
+        "16",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--json",
+        str(out),
+    ]
+    result = rgb_compare.main([*argv, "--archs", "vqvae", "vqgan-tiny+gan"])
+    rows = {row["arch"]: row for row in result["rows"]}
+    assert set(rows) == {"vqvae", "vqgan-tiny+gan"}
+    assert rows["vqvae"]["grid"] == 4 and rows["vqgan-tiny+gan"]["grid"] == 4  # f4 at 16 px, both
+    for row in rows.values():
+        assert row["steps"] == 2 and row["eval_images"] == 20
+        assert math.isfinite(row["psnr"]) and math.isfinite(row["rfid"]) and 0 < row["codebook_usage"] <= 1
+    assert json.loads(out.read_text())["steps"] == 2
