@@ -34,16 +34,19 @@ from measure import machine_info, save_result  # noqa: E402
 from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
 from vqgen.stages.commands.evaluate import load_eval_data  # noqa: E402
 from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize, tokenizer_config  # noqa: E402
+from vqgen.stages.core.files import save_png  # noqa: E402
 from vqgen.stages.core.options import parse_options  # noqa: E402
-from vqgen.stages.data.images import DataConfig  # noqa: E402
+from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
 from vqgen.stages.evaluation import fid  # noqa: E402
 from vqgen.stages.evaluation.classifier import eval_classifier  # noqa: E402
+from vqgen.stages.evaluation.metrics import image_grid  # noqa: E402
 from vqgen.stages.evaluation.settings import EvaluateConfig  # noqa: E402
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 from vqgen.stages.training.config import TOKENIZER_TRAINING  # noqa: E402
 
 BATCH = 64
 CALIBRATION_STEPS = 10
+GRID_IMAGES = 8  # held-out images in the reconstruction grid: one row each for the originals and every spec
 
 
 def arch_config(spec: str):
@@ -67,18 +70,39 @@ def train(spec: str, data: Path, size: int, steps: int, run_dir: Path, batch: in
     return run_tokenize(cfg)
 
 
-def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout) -> dict:
+def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout) -> tuple[dict, torch.Tensor]:
+    """The scores of one spec and its reconstructions of the first GRID_IMAGES held-out images, (n, C, S, S)."""
     started = time.perf_counter()
     train(spec, args.data, args.image_size, steps, work, args.batch_size)
     train_s = time.perf_counter() - started
     tokenizer = load_tokenizer(work / "tokenizer").eval()
     scores, _ = evaluate_tokenizer(tokenizer, heldout.batches(100), 100, space, real_feats)
-    return {
+    with torch.no_grad():
+        recon = tokenizer.decode(tokenizer.encode(first_heldout(heldout)))
+    row = {
         "arch": spec, "steps": steps, "seconds_with_eval_and_encoding": train_s,
         "parameters": sum(p.numel() for p in tokenizer.parameters()), "grid": tokenizer.config.grid_size,
         "codebook_size": tokenizer.config.quantizer.codebook_size,
-        **{k: scores[k] for k in ("psnr", "ssim", "codebook_usage", "perplexity", "dead_codes", "eval_images", "rfid")},
+        **{k: scores[k] for k in SCORES},
     }  # fmt: skip
+    return row, recon
+
+
+SCORES = (
+    "psnr",
+    "ssim",
+    "edge_sharpness_ratio",
+    "codebook_usage",
+    "perplexity",
+    "dead_codes",
+    "eval_images",
+    "rfid",
+)
+
+
+def first_heldout(heldout) -> torch.Tensor:
+    """The first GRID_IMAGES held-out images as floats in [-1, 1], (n, C, S, S)."""
+    return to_float(next(iter(heldout.batches(GRID_IMAGES)))[:GRID_IMAGES])
 
 
 def calibrated_steps(spec: str, args, work: Path) -> int:
@@ -104,6 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--batch-size", type=int, default=BATCH, help=f"images a step (default {BATCH})")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        help="PNG: held-out originals (top row), then each spec's reconstructions",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,13 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
             "classifier", torch.device("cpu"), classifier, f"classifier-{data.dataset_tag}"
         )
         real_feats = fid.extract_features(space, data.eval, 100)
-        steps, rows = {}, []
+        steps, rows, recons = {}, [], [first_heldout(data.eval)]
         for spec in args.archs:
             base = spec.split("+")[0]
             if base not in steps:
                 steps[base] = args.steps or calibrated_steps(base, args, Path(tmp))
             work = root / spec.replace(":", "_").replace("=", "-").replace(",", "_")
-            rows.append(compare(spec, steps[base], args, work, space, real_feats, data.eval))
+            row, recon = compare(spec, steps[base], args, work, space, real_feats, data.eval)
+            rows.append(row)
+            recons.append(recon)
             if args.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
     print(
@@ -132,12 +164,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"({data.eval.shape[0]} images); rFID in {space.name} features (its accuracy there: "
         f"{info.get('eval_accuracy', float('nan')):.1%})\n"
     )
-    print("| arch | params | grid | codes | steps | PSNR | SSIM | usage | perplexity | rFID |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| arch | params | grid | codes | steps | PSNR | SSIM | edge sharpness | usage | perplexity | rFID |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['arch']} | {r['parameters'] / 1e6:.2f}M | {r['grid']}x{r['grid']} | {r['codebook_size']} | "
-            f"{r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} | {r['codebook_usage']:.1%} | "
+            f"{r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} | {r['edge_sharpness_ratio']:.3f} | "
+            f"{r['codebook_usage']:.1%} | "
             f"{r['perplexity']:.0f} | {r['rfid']:.3f} |"
         )
     result = {
@@ -152,6 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.json:
         save_result(result, args.json)
+    if args.grid:
+        grid = torch.cat(recons)
+        print(
+            f"wrote {save_png(image_grid(grid, nrow=GRID_IMAGES), args.grid)}: originals, then {', '.join(args.archs)}"
+        )
     return result
 
 

@@ -186,7 +186,9 @@ def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
         "--json",
         str(out),
     ]
-    result = rgb_compare.main([*argv, "--archs", "vqvae", "vqgan-tiny+gan"])
+    result = rgb_compare.main(
+        [*argv, "--archs", "vqvae", "vqgan-tiny+gan", "--grid", str(tmp_path / "grid.png")]
+    )
     rows = {row["arch"]: row for row in result["rows"]}
     assert set(rows) == {"vqvae", "vqgan-tiny+gan"}
     assert rows["vqvae"]["grid"] == 4 and rows["vqgan-tiny+gan"]["grid"] == 4  # f4 at 16 px, both
@@ -194,3 +196,4 @@ def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
         assert row["steps"] == 2 and row["eval_images"] == 20
         assert math.isfinite(row["psnr"]) and math.isfinite(row["rfid"]) and 0 < row["codebook_usage"] <= 1
     assert json.loads(out.read_text())["steps"] == 2
+    assert Image.open(tmp_path / "grid.png").size == (8 * 18 + 2, 3 * 18 + 2)  # originals + 2 specs, 8 each
