@@ -604,3 +604,17 @@ def test_dot_dot_in_a_path_creates_no_folder_on_the_way(tmp_path, image_folder):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_written_files_get_the_permissions_of_a_plain_open(tmp_path):
+    """The atomic writer renames a mkstemp file into place; the file must not keep mkstemp's owner-only 0600,
+    or generated images and published runs could not be shared."""
+    import stat
+
+    from vqgen.stages.core.files import write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this process's umask
+    written = write_text("x", tmp_path / "written.txt")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert not list(tmp_path.glob(".*.tmp"))

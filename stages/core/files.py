@@ -2,7 +2,8 @@
 
 A file is written to a fresh temporary file in the same folder (`mkstemp`: an unpredictable name, created with
 O_EXCL, so a link placed there in advance is never followed), then renamed into place: a file under its final
-name is always whole, and a failed write leaves nothing behind.
+name is always whole, and a failed write leaves nothing behind. The file gets the permissions a plain `open` would
+give it (0666 less the umask), not mkstemp's owner-only 0600.
 """
 
 import contextlib
@@ -16,12 +17,23 @@ from typing import IO, Any
 TMP_SUFFIX = ".tmp"  # temporary files are named .<final name>.<random>.tmp
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # read once at import, before any thread of ours writes
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], fsync: bool = False) -> Path:
     """Call `write(f)` on a temporary binary file beside `path`, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        if hasattr(os, "fchmod"):  # POSIX; elsewhere the platform's default stays
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             if fsync:
