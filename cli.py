@@ -39,6 +39,7 @@ if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
 from vqgen.stages.core.cli_options import (  # noqa: E402
+    PRIOR_TRAIN_OPTIONS,
     ArchOption,
     BaseChannelsOption,
     BetaOption,
@@ -150,7 +151,7 @@ def tokenize(
 
 
 @app.command("train-prior")
-@training_options(PRIOR_TRAINING)
+@training_options(PRIOR_TRAINING, PRIOR_TRAIN_OPTIONS)
 def train_prior(
     train,
     config: ConfigFile = None,

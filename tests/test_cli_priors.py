@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from conftest import TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
 from PIL import Image
 
@@ -45,13 +46,17 @@ def train(run, prior, *extra):
 
 @pytest.mark.parametrize("prior", sorted(TINY_PRIOR_OPTIONS))
 def test_train_prior_and_generate(run, prior):
-    result = train(run, prior)
+    result = train(run, prior, "--eval-every", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = run / f"prior-{prior}"
     config = json.loads((folder / "config.json").read_text())
     assert config["prior_type"] == prior and config["vocab_size"] == 16 and config["num_classes"] == 10
-    metrics = json.loads((folder / "metrics.json").read_text())["prior"]
+    saved = json.loads((folder / "metrics.json").read_text())
+    metrics = saved["prior"]
     assert metrics["val_bits_per_token"] > 0 and metrics["val_bits_per_dim"] > 0
+    scored = [h for h in saved["history"] if "val_bits_per_token" in h]  # --eval-every 2 of 3 steps: step 2
+    assert [h["step"] for h in scored] == [2] and scored[0]["val_bits_per_token"] > 0
+    assert metrics["best_val_step"] in (2, 3)
 
     out = run / f"{prior}-sevens.png"
     gen = run_cli(
@@ -165,3 +170,33 @@ def test_priors_command_lists_the_builtins():
     assert result.returncode == 0
     for name in ("gru", "pixelcnn", "transformer"):
         assert name in result.stdout and "built-in" in result.stdout
+
+
+def test_the_best_held_out_step_and_the_overfitting_warning():
+    from vqgen.stages.commands.train_prior import best_validation, overfit_note
+
+    history = [{"step": 25, "loss": 3.0}, {"step": 200, "loss": 2.0, "val_bits_per_token": 5.1},
+               {"step": 400, "val_bits_per_token": 5.0}, {"step": 600, "val_bits_per_token": 6.0}]  # fmt: skip
+    rising = {"val_bits_per_token": 10.5, **best_validation(history, 10.5, 2000)}
+    assert rising["best_val_step"] == 400 and rising["best_val_bits_per_token"] == 5.0
+    note = overfit_note(rising, 1615)
+    assert "lowest at step 400 (5.000 bits/token)" in note and "--steps 400" in note and "1,615" in note
+    falling = {"val_bits_per_token": 4.9, **best_validation(history, 4.9, 2000)}
+    assert falling["best_val_step"] == 2000 and overfit_note(falling, 1615) is None
+    level = {"val_bits_per_token": 5.2, **best_validation(history, 5.2, 2000)}  # within 5% of the best
+    assert overfit_note(level, 1615) is None
+
+
+def test_scoring_the_held_out_split_during_training_changes_no_weight(run, tmp_path):
+    """--eval-every uses no random numbers (label dropout and dropout are back on for the next step): the same
+    weights as without."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for every in ("0", "1"):
+        out = tmp_path / f"every-{every}"
+        result = train(run, "transformer", "--eval-every", every, "--out", str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[every] = load_file(out / "model.safetensors")
+    assert weights["0"].keys() == weights["1"].keys()
+    assert all(torch.equal(weights["0"][k], weights["1"][k]) for k in weights["0"])

@@ -2,7 +2,8 @@
 
 RUN/codes/                 input: datasets.DatasetDict (train, validation) + vqgen.json
 RUN/prior-<name>/          output: config.json + model.safetensors + README.md (the Hub layout),
-                           metrics.json (validation NLL in bits per token and per image dimension),
+                           metrics.json (validation NLL in bits per token and per image dimension, and every
+                           --eval-every steps in its history),
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
@@ -74,9 +75,10 @@ class PriorTask:
     stage = "prior"
     progress_keys = ("bits_per_token",)
 
-    def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None):
+    def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer
         self.conditional = model.config.num_classes > 0
+        self.eval_batch_size = eval_batch_size
 
     def num_examples(self) -> int:
         return self.codes.train_codes.shape[0]
@@ -89,6 +91,12 @@ class PriorTask:
         codes, labels = batch
         out = model(codes, labels)
         return out.loss, out, {"bits_per_token": out.loss.detach() / math.log(2)}  # read back at log steps
+
+    def validate(self, model: Prior) -> dict[str, float]:
+        """The held-out NLL of the weights as they are now (every --eval-every steps)."""
+        labels = self.codes.val_labels if self.conditional else None
+        scores = evaluate_prior(model, self.codes.val_codes, labels, self.eval_batch_size, image_dims=1)
+        return {"val_bits_per_token": scores["val_bits_per_token"]}
 
     def save_samples(self, model: Prior, step: int, run_dir: Path) -> None:
         if self.tokenizer is None:
@@ -105,6 +113,28 @@ class PriorTask:
         save_png(
             decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"
         )
+
+
+def best_validation(history: list[dict], final_bits: float, final_step: int) -> dict:
+    """The step with the lowest held-out NLL among the --eval-every scores in `history` and the final one."""
+    curve = [(h["step"], h["val_bits_per_token"]) for h in history if "val_bits_per_token" in h]
+    step, bits = min([*curve, (final_step, final_bits)], key=lambda point: point[1])
+    return {"best_val_step": step, "best_val_bits_per_token": bits}
+
+
+OVERFIT_MARGIN = 0.05  # the final held-out NLL this much (relative) above the best one: the prior overfits
+
+
+def overfit_note(results: dict, train_examples: int) -> str | None:
+    """One line when the held-out NLL rose well above its best during training, else None."""
+    best, final = results["best_val_bits_per_token"], results["val_bits_per_token"]
+    if final <= best * (1 + OVERFIT_MARGIN):
+        return None
+    return (
+        f"warning: the held-out NLL was lowest at step {results['best_val_step']} ({best:.3f} bits/token) and ends "
+        f"at {final:.3f}: the prior overfits its {train_examples:,} training grids; train fewer steps "
+        f"(--steps {results['best_val_step']}) or on more data"
+    )
 
 
 @locked_command  # the prior folder stays locked while the command runs
@@ -126,7 +156,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     set_seed(cfg.train.seed)
     model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
-    trainer = Trainer(PriorTask(model, codes, tokenizer), cfg.train, out_dir)
+    trainer = Trainer(PriorTask(model, codes, tokenizer, cfg.eval_batch_size), cfg.train, out_dir)
     if tokenizer is not None:
         tokenizer.to(trainer.accelerator.device)  # the sample grids decode where the prior samples
     if cfg.resume:
@@ -146,6 +176,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
             nonfinite_rolled_back=trainer.nonfinite_total,
             train_tokens_per_s=cfg.train.steps * cfg.train.batch_size * codes.train_codes[0].numel() / train_seconds,
         )  # fmt: skip
+        results.update(best_validation(trainer.history, results["val_bits_per_token"], cfg.train.steps))
+        note = overfit_note(results, codes.train_codes.shape[0])
+        if note:
+            trainer.accelerator.print(f"{cfg.prior}: {note}")
         if tokenizer is not None:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")

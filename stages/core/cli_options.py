@@ -80,6 +80,15 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
         None,
     ),
 }
+# Training options of `train-prior` only: stage two has a held-out split to score during training.
+PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
+    "eval_every": (
+        int,
+        "Measure the held-out NLL every N steps (metrics.json's history; a warning when the prior overfits). "
+        "0: only at the end.",
+        0,
+    ),
+}
 # Largest sane values: beyond them a run is a typo (a learning rate of 1e5) or cannot be allocated.
 TRAIN_MAXIMA = {
     "steps": 10**9,
@@ -130,14 +139,15 @@ ConfigFile = Annotated[
 ]  # fmt: skip
 
 
-def training_options(defaults):
-    """Give a command the shared training options (TRAIN_OPTIONS) with the stage's `defaults` (a TrainConfig);
-    the command receives them as one `train: TrainConfig`."""
+def training_options(defaults, stage_options: dict | None = None):
+    """Give a command the shared training options (TRAIN_OPTIONS, plus its stage's own `stage_options`) with the
+    stage's `defaults` (a TrainConfig); the command receives them as one `train: TrainConfig`."""
+    options = {**TRAIN_OPTIONS, **(stage_options or {})}
 
     def decorate(command):
         signature = inspect.signature(command)
         extra = []
-        for name, (kind, help_text, low) in TRAIN_OPTIONS.items():
+        for name, (kind, help_text, low) in options.items():
             limits = {"min": low, "max": TRAIN_MAXIMA.get(name)} if low is not None else {}
             flag = typer.Option(f"--{name.replace('_', '-')}", help=help_text, **limits)
             default = getattr(defaults, name)
@@ -151,7 +161,7 @@ def training_options(defaults):
         @functools.wraps(command)
         def with_train(**kwargs):
             _CONTEXT.set(kwargs.pop("vqgen_context"))
-            values = {name: kwargs.pop(name) for name in TRAIN_OPTIONS}
+            values = {name: kwargs.pop(name) for name in options}
             precision = values["mixed_precision"]
             values["mixed_precision"] = precision.value if precision is not None else None
             return command(**kwargs, train=dataclasses.replace(defaults, **values))

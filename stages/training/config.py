@@ -30,6 +30,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)
+    eval_every: int = (
+        0  # score the task's held-out split every this many steps (tasks with `validate`; 0 = never)
+    )
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
@@ -67,9 +70,11 @@ class TrainTask(Protocol):
 
     def save_samples(self, model: "torch.nn.Module", step: int, run_dir: Path) -> None: ...
 
+    # optional: `validate(model) -> {name: value}` scores the held-out split (every TrainConfig.eval_every steps)
+
 
 # Each stage's training defaults, declared once: the stage configs and the CLI's --help both read them.
 TOKENIZER_TRAINING = TrainConfig()
 PRIOR_TRAINING = replace(
-    TrainConfig(), steps=2000, weight_decay=0.01, sample_every=1000
+    TrainConfig(), steps=2000, weight_decay=0.01, sample_every=1000, eval_every=200
 )  # benchmarks/prior_sweep.py

@@ -317,6 +317,8 @@ class Trainer:
         self._log(metrics)
         if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
             self.task.save_samples(self.unwrapped(), self.step, self.run_dir)
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and acc.is_main_process:
+            self._validate()
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
@@ -365,6 +367,17 @@ class Trainer:
             self.accelerator.log(metrics, step=self.step)
         keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
         self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics}, refresh=False)
+
+    def _validate(self) -> None:
+        """The task's held-out scores of the weights as they are now, added to this step's history entry. Uses no
+        random numbers, so a run with it draws the same batches and weights as one without."""
+        validate = getattr(self.task, "validate", None)
+        if validate is None:
+            return
+        scores = validate(self.unwrapped())  # in eval mode; the next train_step sets training mode again
+        if not self.history or self.history[-1]["step"] != self.step:
+            self.history.append({"step": self.step})
+        self.history[-1].update(scores)
 
     def final_model(self) -> torch.nn.Module:
         """The model to save once training has ended: with --model-ema-decay, the average of its weights (loaded into the
