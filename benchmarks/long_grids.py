@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     grids = [3, 4] if args.tiny else args.grids
     train_timing = Timing(repeats=1, warmup=1) if args.tiny else Timing(repeats=5, warmup=1, budget_s=20)
-    sample_timing = Timing(repeats=1, warmup=0) if args.tiny else Timing(3, warmup=0, budget_s=30, min_repeats=1)
+    sample_timing = (
+        Timing(repeats=1, warmup=0) if args.tiny else Timing(3, warmup=0, budget_s=30, min_repeats=1)
+    )
     names = args.priors or PRIORS.names()
     machine = machine_info(device)
     print(
