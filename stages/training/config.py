@@ -30,9 +30,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     sample_every: int = 500  # save a sample grid every this many steps (0 = only at the end)
-    eval_every: int = (
-        0  # score the task's held-out split every this many steps (tasks with `validate`; 0 = never)
-    )
+    # score the task's held-out split every this many steps (tasks with a `validate` method; 0 = never)
+    eval_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
