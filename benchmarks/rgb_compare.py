@@ -7,13 +7,14 @@
 
 Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed and plugins
 added: `vqgan:base_channels=32`, `vqvae+gan`) is trained on the folder's training split by `tokenize`'s own code
-(run_tokenize, 64 images a step unless `--batch-size`) for as many steps as fit `--budget-s`: a short calibration run measures its
-training images/s first. A `+plugin` variant takes the steps of its plain architecture (the same schedule, plus
-the plugin's cost). With `--steps`, every tokenizer trains that many steps instead (quality per step, not per
-second). Then, on the held-out split (test/ of rgb_data.py's folder, never trained on): PSNR, SSIM, codebook usage
-and perplexity, and rFID in the features of the classifier `evaluate` trains on the folder's classes (trained
-once here, named in the output). On a shared machine the budget buys each model whatever the load leaves it, so
-compare figures from one run, and repeat it before drawing conclusions.
+(run_tokenize, 64 images a step unless `--batch-size`) for as many steps as fit `--budget-s`: a short calibration
+run measures its training images/s first. A `+plugin` variant takes the steps of its plain architecture (the
+same schedule, plus the plugin's cost). With `--steps`, every tokenizer trains that many steps instead (quality
+per step, not per second). Then, on the held-out split (test/ of rgb_data.py's folder, never trained on): PSNR,
+SSIM, edge sharpness, codebook usage and perplexity, and rFID in the features of the classifier `evaluate` trains
+on the folder's classes (trained once here, named in the output); `--grid` writes the reconstructions. On a
+shared machine the budget buys each model whatever the load leaves it, so compare figures from one run, and repeat
+it before drawing conclusions.
 """
 
 import argparse

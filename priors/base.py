@@ -41,9 +41,7 @@ class PriorConfig:
     # what `generate`, `evaluate` and `Pipeline.generate` sample with unless told otherwise (saved with the prior, as
     # a Hub model's generation config); each built-in prior sets the values benchmarks/prior_sweep.py chose
     sample_temperature: float = 1.0
-    sample_cfg_scale: float = (
-        3.0  # classifier-free guidance, for a prior trained with labels and label dropout
-    )
+    sample_cfg_scale: float = 3.0  # classifier-free guidance (a prior trained with labels and label dropout)
 
     @property
     def seq_len(self) -> int:

@@ -121,8 +121,8 @@ def _sample_grid(tokenizer, prior, seed: int) -> tuple[Image.Image, str]:
     if k:
         more = f" (the first {min(k, 10)} of {k})" if k > 10 else ""
         caption = (
-            f"Samples from the published weights: seed {seed}, temperature {sampling.temperature:g}, guidance scale {sampling.cfg_scale:g} "
-            f"({sampling.cfg_schedule}), one row per class{more}."
+            f"Samples from the published weights: seed {seed}, temperature {sampling.temperature:g}, guidance "
+            f"scale {sampling.cfg_scale:g} ({sampling.cfg_schedule}), one row per class{more}."
         )
     return decode_grid(tokenizer, codes, nrow=SAMPLES_PER_CLASS), caption
 
