@@ -452,6 +452,23 @@ def import_(
 
 
 @app.command()
+def export(
+    tokenizer: Annotated[
+        str, typer.Argument(help="A vqgen tokenizer: RUN/tokenizer, a run folder or a Hub id.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="The layout to write: diffusers (a VQModel folder).")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Export a vqgen tokenizer for another library: `--format diffusers` writes a folder that
+    diffusers.VQModel.from_pretrained loads."""
+    from vqgen.stages.commands.interop import ExportConfig, run_export
+
+    r = run_export(ExportConfig(tokenizer, fmt, str(out), overwrite))
+    typer.echo(f"wrote {r['folder']} ({', '.join(r['files'])})")
+
+
+@app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""
     typer.echo(listing("prior"))
