@@ -287,9 +287,18 @@ def generate(
         raise UserError("--revision applies to --from only")
     from vqgen.stages.sampling.config import SamplingConfig
 
+    sampling = SamplingConfig(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        cfg_scale=cfg_scale,
+        cfg_schedule=cfg_schedule,
+        cfg_power=cfg_power,
+        cfg_interval=cfg_interval,
+    )
     cfg = GenerateConfig(
         prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n,
-        sampling=SamplingConfig(temperature, top_k, top_p, cfg_scale, cfg_schedule, cfg_power, cfg_interval), seed=seed, out=str(out) if out else None,
+        sampling=sampling, seed=seed, out=str(out) if out else None,
         overwrite=overwrite, batch_size=batch_size, resume=resume, device=device, compile=compile,
     )  # fmt: skip
     r = run_generate(cfg)
