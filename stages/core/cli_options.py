@@ -43,63 +43,45 @@ PluginOpts = Annotated[
     list[str], typer.Option("--plugin-opt", help="Plugin option NAME.OPTION=VALUE (repeatable).")
 ]
 
-# The training options `tokenize` and `train-prior` share, declared once: (type, help, smallest value).
-# Their defaults are each stage's (vqgen.stages.training.config); every other TrainConfig field is set with --config.
-TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
-    "steps": (int, "Optimizer steps.", 1),
-    "batch_size": (int, "Examples per process per micro-batch.", 1),
-    "lr": (float, "Peak learning rate (AdamW, warm-up then cosine).", 0.0),
-    "weight_decay": (float, "AdamW weight decay.", 0.0),
-    "grad_accum": (int, "Micro-batches per optimizer step.", 1),
+# The training options `tokenize` and `train-prior` share, declared once: (type, help). Their defaults and ranges
+# are each stage's (vqgen.stages.training.config: TrainConfig.LIMITS); every other TrainConfig field is set with
+# --config.
+TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "steps": (int, "Optimizer steps."),
+    "batch_size": (int, "Examples per process per micro-batch."),
+    "lr": (float, "Peak learning rate (AdamW, warm-up then cosine)."),
+    "weight_decay": (float, "AdamW weight decay."),
+    "grad_accum": (int, "Micro-batches per optimizer step."),
     "model_ema_decay": (
         float,
         "Keep an exponential moving average of the weights with this decay (0 = off); the saved model is it.",
-        0.0,
     ),
     "mixed_precision": (
         Optional[Precision],
         "Mixed precision; default: accelerate's own setting (`accelerate config`, `accelerate launch "
         "--mixed_precision`), else no.",
-        None,
     ),
-    "device": (str, "cpu, cuda, cuda:N, mps or auto (accelerate's choice: GPU when there is one).", None),
-    "compile": (bool, "torch.compile the model ($VQGEN_COMPILE_BACKEND, default inductor).", None),
-    "seed": (int, "Random seed (data order, initialisation, sampling).", 0),
-    "sample_every": (int, "Save a sample grid every N steps (0: only at the end).", 0),
-    "checkpoint_every": (int, "Save a checkpoint every N steps.", 1),
-    "log_with": (Optional[str], "accelerate tracker: tensorboard or wandb.", None),
-    "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt.", None),
-    "max_nonfinite": (
-        int,
-        "Stop after this many non-finite losses in a row (each is skipped, rolled back).",
-        1,
-    ),
+    "device": (str, "cpu, cuda, cuda:N, mps or auto (accelerate's choice: GPU when there is one)."),
+    "compile": (bool, "torch.compile the model ($VQGEN_COMPILE_BACKEND, default inductor)."),
+    "seed": (int, "Random seed (data order, initialisation, sampling)."),
+    "sample_every": (int, "Save a sample grid every N steps (0: only at the end)."),
+    "checkpoint_every": (int, "Save a checkpoint every N steps."),
+    "log_with": (Optional[str], "accelerate tracker: tensorboard or wandb."),
+    "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt."),
+    "max_nonfinite": (int, "Stop after this many non-finite losses in a row (each is skipped, rolled back)."),
     "num_workers": (
         Optional[int],
         "DataLoader worker processes reading image batches (default: min(4, cores - 1); 0 on 2 cores).",
-        None,
     ),
 }
 # Training options of `train-prior` only: stage two has a held-out split to score during training.
-PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
+PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "eval_every": (
         int,
         "Measure the held-out NLL every N steps (metrics.json's history; a warning when the prior overfits). "
         "0: only at the end.",
-        0,
     ),
 }
-# Largest sane values: beyond them a run is a typo (a learning rate of 1e5) or cannot be allocated.
-TRAIN_MAXIMA = {
-    "steps": 10**9,
-    "batch_size": 2**20,
-    "lr": 1.0,
-    "weight_decay": 10.0,
-    "grad_accum": 2**16,
-    "model_ema_decay": 0.99999,
-    "seed": MAX_SEED,
-}
-
 # Config field names whose command-line option is spelled otherwise.
 FLAG_OF_FIELD = {
     "run_dir": "run", "num_res_blocks": "res_blocks", "update": "codebook_update", "init": "codebook_init",
@@ -114,9 +96,9 @@ def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
     without an option are kept for `_finish`."""
     if value is None:
         return value
-    from vqgen.stages.core.runconfig import flat_file, read_config_file
+    from vqgen.stages.core.runconfig import file_values, read_config_file
 
-    values = flat_file(read_config_file(value), f"--config {value}")
+    values = file_values(read_config_file(value), f"--config {value}")
     params = {p.name for p in ctx.command.params}
     defaults = {}
     for name, v in values.items():
@@ -147,8 +129,9 @@ def training_options(defaults, stage_options: dict | None = None):
     def decorate(command):
         signature = inspect.signature(command)
         extra = []
-        for name, (kind, help_text, low) in options.items():
-            limits = {"min": low, "max": TRAIN_MAXIMA.get(name)} if low is not None else {}
+        for name, (kind, help_text) in options.items():
+            low, high = type(defaults).LIMITS.get(name, (None, None))
+            limits = {"min": low, "max": high} if low is not None else {}
             flag = typer.Option(f"--{name.replace('_', '-')}", help=help_text, **limits)
             default = getattr(defaults, name)
             default = Precision(default) if kind is Optional[Precision] and default is not None else default
@@ -193,16 +176,17 @@ def saved_setting(saved: Path, name: str, default):
 def finish(cfg, saved: Path):
     """The command's config with the --config fields that have no option, and on --resume the run's saved
     settings (`saved`, its run_config.json) with any change checked (vqgen.stages.core.runconfig)."""
-    from vqgen.stages.core.runconfig import resumed, set_fields
+    from vqgen.stages.core.runconfig import check_limits, resumed, set_fields
 
     ctx = _CONTEXT.get()
     file_only = ctx.meta.get("vqgen.config", {})
     cfg = set_fields(cfg, file_only, "--config")
-    if not cfg.resume:
-        return cfg
-    field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
-    named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
-    return resumed(cfg, saved, named | set(file_only))
+    if cfg.resume:
+        field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
+        named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
+        cfg = resumed(cfg, saved, named | set(file_only))
+    check_limits(cfg)  # the same ranges whether a value came from a flag, a file or the saved run
+    return cfg
 
 
 def run_app(app: typer.Typer) -> None:
@@ -237,6 +221,11 @@ def run_app(app: typer.Typer) -> None:
         typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except Exception as exc:
+        from vqgen.stages.core.errors import environment_error
+
+        if environment_error(exc) is not None:  # a full disk met by a library that raises its own type
+            typer.echo(f"error: {environment_error(exc)}", err=True)
+            sys.exit(2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""

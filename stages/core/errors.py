@@ -70,17 +70,25 @@ def read_json_object(path, label: str) -> dict:
     return value
 
 
-def environment_error(exc: OSError) -> str | None:
-    """One line for an OSError that the user's environment causes (a full disk, a read-only or forbidden path),
-    or None for any other OSError (a bug of ours, which keeps its traceback)."""
+def environment_error(exc: BaseException) -> str | None:
+    """One line for an error that the user's environment causes (a full disk, a quota or a file-size limit met by
+    any library, a read-only or forbidden path), or None for any other (a bug of ours, which keeps its traceback).
+    Writers name their folder and the bytes they need themselves (vqgen.stages.core.files.disk_writes); this is
+    the last resort for one that did not."""
     import errno
 
-    where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    from vqgen.stages.core.files import DISK_ERRNOS, disk_errno
+
+    code = disk_errno(exc)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    if code is not None:
         return (
-            f"{exc.strerror or 'no space left'}{where}; free some space and run again "
+            f"{DISK_ERRNOS[code][0]} {filename or 'the folder being written'}; {DISK_ERRNOS[code][1]} and run again "
             "(training continues from its last complete checkpoint with --resume)"
         )
+    if not isinstance(exc, OSError):
+        return None
     if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename:
         return f"{exc.filename}: a file stands where a folder is needed; choose another path"
     if exc.errno == errno.ENAMETOOLONG:

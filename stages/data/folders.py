@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.core.files import disk_writes, write_json
 from vqgen.stages.data.images import (
     EMBEDDED,
     IMAGE_SUFFIXES,
@@ -95,9 +96,11 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
     )  # unpredictable: no link followed
+    needed = len(files) * cfg.channels * cfg.image_size**2  # the decoded uint8 pixels
     try:
-        skipped, class_names = _prepare(path, cfg, tmp, len(files))
-        (tmp / PREPARED_META).write_text(json.dumps({"class_names": class_names, "skipped": skipped}))
+        with disk_writes(cache.parent, needed, "the prepared data cache"):
+            skipped, class_names = _prepare(path, cfg, tmp, len(files))
+            write_json({"class_names": class_names, "skipped": skipped}, tmp / PREPARED_META)
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)

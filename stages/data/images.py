@@ -12,6 +12,7 @@ import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,6 +47,12 @@ class DataConfig:
     )
     shuffle_buffer: int = 1000  # streaming: samples per shuffled block
     heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
+
+    # each number's range (vqgen.stages.core.runconfig.check_limits: flags, --config files and saved runs alike)
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "image_size": (4, 4096), "channels": (1, 3), "heldout_fraction": (0.001, 0.5),
+        "shuffle_buffer": (1, 10**7), "heldout_size": (1, 10**7),
+    }  # fmt: skip
 
     def resize_mode(self) -> str:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and

@@ -26,6 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
@@ -111,6 +112,8 @@ class Trainer:
             WeightAverage(self.unwrapped(), config.model_ema_decay) if config.model_ema_decay > 0 else None
         )
         self._stop_requested = False
+        if self.accelerator.is_main_process:  # a disk too small for one checkpoint: said before any step
+            ckpt.check_space(self.run_dir, self.unwrapped(), self.ema is not None)
 
     # --- schedule -----------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -401,6 +404,7 @@ class Trainer:
         if acc.is_main_process:
             tensors, meta = checkpoint_state(self, data_state)
             path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
+            replaced.commit(self.run_dir)  # the new run is safe: what --overwrite set aside can go
         self._saved_step = self.step
         acc.wait_for_everyone()
         return path
