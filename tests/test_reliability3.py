@@ -223,3 +223,183 @@ def test_a_moved_run_resumes(tmp_path, finished):
     )  # codes: from the run
     assert answer.code == 0, answer.err[-3000:]
     assert json.loads((moved / "prior-gru" / "run_config.json").read_text())["codes"] == "../codes"
+
+
+# --- 2. a real full disk, quota or file-size limit ----------------------------------------------------------------
+
+PAGE = 4096
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs) mounted for the test: where it cannot be made, the test is skipped and says
+    why."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs a small file system: mounting a tmpfs needs root here")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill `disk` until `leave` bytes are free."""
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
+    st = os.statvfs(disk)
+    assert st.f_bavail * st.f_frsize == leave
+
+
+PRIOR = [*GRU_FLAGS, "--batch-size", "8", "--sample-every", "0"]
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(finished, small_disk):
+    """safetensors meets ENOSPC (its own SafetensorError, not an OSError) writing the second checkpoint: one line
+    naming the folder and the bytes, the first checkpoint intact, no temporary left, and --resume goes on once there
+    is room."""
+    from vqgen.stages.training.checkpoint import list_checkpoints, verify_checkpoint
+
+    out = small_disk / "prior"
+    first = call_cli("train-prior", "--codes", finished / "codes", "--out", out, *PRIOR, "--steps", "1")
+    assert first.code == 0, first.err[-3000:]
+    fill(
+        small_disk, leave=6 * PAGE
+    )  # room for the lock file and the trainer's estimate (18 KB), not 22 KB tensors
+    answer = call_cli("train-prior", "--codes", finished / "codes", "--out", out, "--resume", "--steps", "3")
+    assert_one_line_error(
+        answer, f"no space left on the device of {out / 'checkpoints'}", "needs about", "free"
+    )
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000001"]
+    assert verify_checkpoint(out / "checkpoints" / "step_0000001") is None
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000001"]  # no temporary
+    (small_disk / "filler").unlink()
+    again = call_cli("train-prior", "--codes", finished / "codes", "--out", out, "--resume", "--steps", "3")
+    assert again.code == 0, again.err[-3000:]
+
+
+def test_an_overwrite_that_fills_the_disk_gives_the_old_run_back(finished, small_disk):
+    out = small_disk / "prior"
+    first = call_cli("train-prior", "--codes", finished / "codes", "--out", out, *PRIOR, "--steps", "1")
+    assert first.code == 0, first.err[-3000:]
+    before = snapshot(out)
+    fill(small_disk, leave=6 * PAGE)
+    answer = call_cli(
+        "train-prior", "--codes", finished / "codes", "--out", out, *PRIOR, "--steps", "1", "--overwrite"
+    )
+    assert_one_line_error(answer, "no space left on the device of")
+    assert snapshot(out) == before
+    no_bookkeeping_left(out)
+
+
+def test_generate_overwrite_on_a_full_disk_keeps_the_old_grid(finished, small_disk):
+    grid = small_disk / "grid.png"
+    gen = ["generate", "--prior", finished / "prior-gru", "--out", grid, "--n", "10", "--batch-size", "5"]
+    assert call_cli(*gen).code == 0
+    before = snapshot(small_disk)
+    fill(small_disk, leave=2 * PAGE)
+    answer = call_cli(*gen[:-4], "--n", "40", "--batch-size", "5", "--seed", "1", "--overwrite")
+    assert_one_line_error(answer, "no space left on the device of")
+    assert {k: v for k, v in snapshot(small_disk).items() if k != "filler"} == before
+    no_bookkeeping_left(small_disk)
+
+
+def test_codes_on_a_full_disk_are_not_half_written(small_disk):
+    import torch
+    from vqgen.stages.artifacts.codes import write_codes
+    from vqgen.stages.core.errors import UserError
+
+    fill(small_disk, leave=64 * PAGE)
+    codes = torch.zeros(4000, 8, 8, dtype=torch.int32)  # 1 MB of codes for 256 KB free
+    meta = {"grid_height": 8, "grid_width": 8, "tokenizer_fingerprint": "x"}
+    with pytest.raises(UserError, match="no space left on the device of .* while writing the codes"):
+        write_codes(small_disk / "codes", {"train": (codes, torch.zeros(4000))}, meta)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_file_size_limit_is_one_line(finished, tmp_path):
+    """EFBIG, made for real: the command runs under `ulimit -f` (RLIMIT_FSIZE) below its checkpoint's size."""
+    import resource
+
+    out = tmp_path / "prior"
+    args = ["train-prior", "--codes", str(finished / "codes"), "--out", str(out), *PRIOR, "--steps", "1"]
+    limit = 16 * 1024  # the checkpoint's tensors take 22 KB
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"}, preexec_fn=limited, timeout=300,
+    )  # fmt: skip
+    from conftest import assert_user_error
+
+    assert_user_error(result, "file-size limit", str(out / "checkpoints"))
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+
+
+# --- 5. the lock file follows no link, and works where flock does not ---------------------------------------------
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_a_link_at_the_lock_file_is_never_followed(tmp_path, image_folder, dangling):
+    run, target = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    if not dangling:
+        target.write_text("keep me")
+    (run / LOCK_FILE).symlink_to(target)
+    answer = call_cli(
+        "tokenize", "--run", run, "--dataset", image_folder, *TINY_TOKENIZER_FLAGS, "--steps", "1"
+    )
+    assert_one_line_error(answer, "is a symbolic link", "remove it")
+    assert target.read_text() == "keep me" if not dangling else not target.exists()
+    assert [p.name for p in run.iterdir()] == [LOCK_FILE]
+
+
+def test_without_flock_the_lock_is_an_exclusive_file_with_pid_and_host(tmp_path, monkeypatch):
+    """Where flock answers ENOLCK (some NFS and Lustre mounts; simulated: no such mount here), the lock is the file
+    itself, created O_EXCL with `pid host`; another host's is refused, a dead local process's taken over."""
+    import errno
+    import socket
+
+    from vqgen.stages.artifacts import runs
+    from vqgen.stages.core.errors import UserError
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_flock)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with runs.run_lock(folder):
+        assert (folder / LOCK_FILE).read_text().split() == [str(os.getpid()), socket.gethostname()]
+    assert not (folder / LOCK_FILE).exists()  # released: removed
+    (folder / LOCK_FILE).write_text("4242 another-host\n")
+    with pytest.raises(UserError, match=r"in use .*\(pid 4242 on another-host\).* remove .*\.vqgen\.lock"):
+        runs.hold_lock(folder)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (folder / LOCK_FILE).write_text(f"{dead.stdout.strip()} {socket.gethostname()}\n")
+    with runs.run_lock(folder):  # a stale lock of a dead process of this host: taken over
+        assert (folder / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+
+
+# --- 6. what a user's folder really holds --------------------------------------------------------------------------
+
+
+def test_unusable_file_names_and_dangling_links_are_skipped_and_counted(tmp_path, image_folder):
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(image_folder), str(data)], check=True)
+    first = next((data / "3").iterdir())
+    (data / "3" / os.fsdecode(b"caf\xe9.png")).write_bytes(first.read_bytes())  # Latin-1, not UTF-8
+    (data / "4" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    run = tmp_path / "run"
+    answer = call_cli("tokenize", "--run", run, "--dataset", data, *TINY_TOKENIZER_FLAGS, "--steps", "1")
+    assert answer.code == 0, answer.err[-3000:]
+    assert "skipped 2 file(s) that cannot be read" in answer.err
+    assert json.loads((run / "metrics.json").read_text())["tokenizer"]["skipped_images"] == 2

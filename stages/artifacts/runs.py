@@ -93,8 +93,15 @@ class FolderLock:
         """The descriptor of the held lock file: flock'ed, or, where the file system has no flock, created with
         O_EXCL and holding `pid host` (`exclusive_file`)."""
         while True:
+            created = True
             try:
-                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | _NO_LINKS, 0o644)
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NO_LINKS, 0o644)
+            except FileExistsError:
+                created = False
+                try:
+                    fd = os.open(self.file, os.O_RDWR | _NO_LINKS)
+                except FileNotFoundError:  # its holder removed it meanwhile: again
+                    continue
             except FileNotFoundError:  # a command that failed just now removed the empty folder: again
                 self.folder.mkdir(parents=True, exist_ok=True)
                 continue
@@ -106,6 +113,10 @@ class FolderLock:
                 who = f"pid {holder}" if holder else "a process whose pid is not written yet"
                 raise self._in_use(who) from None
             except OSError as exc:
+                if exc.errno in NO_FLOCK and created:  # no flock here, and this file is ours: it is the lock
+                    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                    self.exclusive_file = True
+                    return fd
                 os.close(fd)
                 if exc.errno not in NO_FLOCK:
                     raise

@@ -46,16 +46,21 @@ def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
         "image_column": cfg.image_column, "label_column": cfg.label_column,
     }  # fmt: skip
     h.update(json.dumps(settings, sort_keys=True).encode())
-    images = []
+    images, unusable = [], []
     for root, dirs, names in os.walk(path):
         dirs.sort()
         for name in sorted(names):
             f = Path(root) / name
-            st = f.stat()
-            h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            try:
+                st = f.stat()
+                h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except (OSError, UnicodeEncodeError):  # a dangling link, a name that is not UTF-8
+                unusable.append(f)
+                h.update(f"unusable\t{ascii(str(f.relative_to(path)))}\n".encode())
+                continue
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(f)
-    return h.hexdigest()[:20], images
+    return h.hexdigest()[:20], images, unusable
 
 
 def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
@@ -67,7 +72,13 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
         )
     started = time.perf_counter()  # the listing of the files counts: it is part of every later run
-    key, files = _source_key(path, cfg)
+    key, files, unusable = _source_key(path, cfg)
+    if unusable:
+        print(
+            f"warning: --dataset {path}: skipped {len(unusable)} file(s) that cannot be read: dangling links or "
+            f"names that are not UTF-8 (such as {ascii(unusable[0].name)}); rename or remove them",
+            file=sys.stderr,
+        )
     if not files:
         raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     parents = sorted({f.parent.relative_to(path).as_posix() for f in files})
@@ -99,7 +110,9 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     needed = len(files) * cfg.channels * cfg.image_size**2  # the decoded uint8 pixels
     try:
         with disk_writes(cache.parent, needed, "the prepared data cache"):
-            skipped, class_names = _prepare(path, cfg, tmp, len(files))
+            source = _without(path, unusable, tmp / "source") if unusable else path
+            skipped, class_names = _prepare(source, cfg, tmp, len(files))
+            skipped += sum(f.suffix.lower() in IMAGE_SUFFIXES for f in unusable)
             write_json({"class_names": class_names, "skipped": skipped}, tmp / PREPARED_META)
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
@@ -120,6 +133,20 @@ def _open_prepared(cache: Path):
     from datasets import Dataset
 
     return tuple(Dataset.from_file(str(cache / f"{name}.arrow")) for name in ("train", "heldout"))
+
+
+def _without(path: Path, unusable: list[Path], shadow: Path) -> Path:
+    """A mirror of the folder `path` made of links to its files, the `unusable` ones left out (the imagefolder
+    builder stops at a name that is not UTF-8), so that the builder sees the same layout without them."""
+    for root, _, names in os.walk(path):
+        for name in names:
+            f = Path(root) / name
+            if f in unusable:
+                continue
+            link = shadow / f.relative_to(path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f.absolute())
+    return shadow
 
 
 def _prepare(path: Path, cfg: DataConfig, tmp: Path, n_files: int) -> tuple[int, list[str]]:

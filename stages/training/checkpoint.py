@@ -13,6 +13,7 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import disk_writes, free_bytes, human_bytes
+from vqgen.stages.core.files import disk_message, disk_writes, free_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 TENSOR, INT_KEYS = "__tensor__", "__int_keys__"  # markers in a flattened state's JSON skeleton
@@ -172,10 +173,7 @@ def check_space(run_dir: Path, model: torch.nn.Module, ema: bool) -> None:
     needed = int(weights * (3 + ema) * 1.1)
     free = free_bytes(run_dir)
     if free is not None and free < needed:
-        raise UserError(
-            f"no space for a checkpoint in {run_dir} (needs about {human_bytes(needed)}, {human_bytes(free)} "
-            "free); free some space or choose another folder"
-        )
+        raise UserError(disk_message(errno.ENOSPC, run_dir, needed, "a checkpoint"))
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
