@@ -12,6 +12,7 @@ the folder and the bytes needed (`disk_writes`); every writer of vqgen runs unde
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -164,3 +165,12 @@ def save_png(image, path: str | Path) -> Path:
     else:
         image.save(buffer, format="PNG")
     return write_bytes(buffer.getvalue(), path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
