@@ -403,3 +403,43 @@ def test_unusable_file_names_and_dangling_links_are_skipped_and_counted(tmp_path
     assert answer.code == 0, answer.err[-3000:]
     assert "skipped 2 file(s) that cannot be read" in answer.err
     assert json.loads((run / "metrics.json").read_text())["tokenizer"]["skipped_images"] == 2
+
+
+def test_a_killed_data_worker_is_one_line(tmp_path, image_folder):
+    """A DataLoader worker killed for real (SIGKILL, as the out-of-memory killer does): one line, the last
+    checkpoint kept."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "tokenize", "--run", str(run), "--dataset", str(image_folder),
+         *TINY_TOKENIZER_FLAGS, "--num-workers", "1", "--steps", "100000", "--checkpoint-every", "5"],
+        cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("step_*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert children, "no DataLoader worker"
+        os.kill(int(children[0]), signal.SIGKILL)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    from conftest import assert_user_error
+
+    assert_user_error(result, "a data-loading worker process died", "--resume")
+    assert list((run / "checkpoints").glob("step_*"))
+
+
+def test_an_unknown_compile_backend_is_one_line_in_training(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("VQGEN_COMPILE_BACKEND", "no-such-backend")
+    answer = call_cli(
+        "tokenize", "--run", tmp_path / "run", "--dataset", image_folder, *TINY_TOKENIZER_FLAGS, "--steps", "1",
+        "--compile",
+    )  # fmt: skip
+    assert_one_line_error(answer, "$VQGEN_COMPILE_BACKEND='no-such-backend' is not a torch.compile backend")
+    assert not (tmp_path / "run").exists()

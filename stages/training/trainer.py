@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
-from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
+from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
-from vqgen.stages.training.data_order import BatchFeed, EpochSampler
+from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
 from vqgen.stages.training.distribution import launched_processes, refuse_unsupported_distribution
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
@@ -88,7 +88,7 @@ class Trainer:
             self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
             self.feed = self._data_feed()
         if config.compile:
-            self.model = torch.compile(self.model, backend=compile_backend())
+            self.model = torch.compile(self.model, backend=checked_compile_backend())
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -291,6 +291,8 @@ class Trainer:
                         if self._saved_step != self.step:
                             self.save()
                         raise KeyboardInterrupt
+        except RuntimeError as exc:
+            raise (worker_died(exc) or exc) from None
         finally:
             bar.close()
             if self.feed is not None:
