@@ -443,3 +443,79 @@ def test_an_unknown_compile_backend_is_one_line_in_training(tmp_path, image_fold
     )  # fmt: skip
     assert_one_line_error(answer, "$VQGEN_COMPILE_BACKEND='no-such-backend' is not a torch.compile backend")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_parquet_image_column_of_numbers_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "shards"
+    data.mkdir()
+    pq.write_table(pa.table({"image": list(range(64)), "label": [0] * 64}), data / "part-0.parquet")
+    answer = call_cli(
+        "tokenize", "--run", tmp_path / "run", "--dataset", data, "--streaming", "--heldout-size", "8",
+        *TINY_TOKENIZER_FLAGS, "--steps", "1",
+    )  # fmt: skip
+    assert_one_line_error(answer, "the column 'image' holds int values, not images", "--image-column")
+
+
+# --- 8. silent data errors: EXIF orientation, a damaged prepared cache --------------------------------------------
+
+
+def _folders_with_orientation(tmp_path, digits):
+    """Two folders of the same pictures: one stored sideways with EXIF orientation 6 (as a phone writes them), one
+    stored upright."""
+    from PIL import Image
+
+    images, labels = digits
+    tagged, upright = tmp_path / "tagged", tmp_path / "upright"
+    for i, (img, lab) in enumerate(zip(images[:20], labels[:20])):
+        picture = Image.fromarray(img[:, :20], mode="L")  # 28 x 20: not square, so a turn shows
+        for folder in (tagged, upright):
+            (folder / str(lab)).mkdir(parents=True, exist_ok=True)
+        picture.save(upright / str(lab) / f"{i}.png")
+        sideways = picture.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 turns back clockwise
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        sideways.save(tagged / str(lab) / f"{i}.png", exif=exif)
+    return tagged, upright
+
+
+def test_exif_orientation_is_applied_and_keys_the_cache(tmp_path, digits):
+    from vqgen.stages.data.folders import load_folder
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.pixels import pixel_tensor
+
+    tagged, upright = _folders_with_orientation(tmp_path, digits)
+    cfg = DataConfig(str(tagged), image_size=28, channels=1)
+    a, b = load_folder(tagged, cfg), load_folder(upright, replace_dataset(cfg, upright))
+    assert (pixel_tensor(a.train) == pixel_tensor(b.train)).all()
+    assert (pixel_tensor(a.heldout) == pixel_tensor(b.heldout)).all()
+
+
+def replace_dataset(cfg, path):
+    import dataclasses
+
+    return dataclasses.replace(cfg, dataset=str(path))
+
+
+def test_a_damaged_prepared_cache_of_the_same_size_is_prepared_again(tmp_path, digits, capsys):
+    from vqgen.stages.data.folders import load_folder
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.pixels import pixel_tensor
+
+    _, upright = _folders_with_orientation(tmp_path, digits)
+    cfg = DataConfig(str(upright), image_size=28, channels=1)
+    first = pixel_tensor(load_folder(upright, cfg).train)
+    cache = Path(capsys.readouterr().err.split("into ")[-1].strip())
+    arrow = cache / "train.arrow"
+    raw = bytearray(arrow.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(255 - b for b in raw[middle : middle + 64])  # same size, other bytes
+    arrow.write_bytes(bytes(raw))
+    again = pixel_tensor(load_folder(upright, cfg).train)
+    assert (
+        "is damaged (train.arrow changed since it was prepared); preparing it again"
+        in capsys.readouterr().err
+    )
+    assert (again == first).all()

@@ -94,6 +94,9 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     if (cache / PREPARED_META).is_file():
         try:
             meta = json.loads((cache / PREPARED_META).read_text())
+            damaged = [n for n, digest in meta["files"].items() if _digest(cache / n) != digest]
+            if damaged:
+                raise ValueError(f"{', '.join(damaged)} changed since it was prepared")
             train, heldout = _open_prepared(cache)
             print(
                 f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
@@ -101,8 +104,11 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
                 file=sys.stderr,
             )
             return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
-        except (OSError, ValueError, KeyError, FileNotFoundError):
-            shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(
+                f"warning: the prepared cache {cache} is damaged ({exc}); preparing it again", file=sys.stderr
+            )
+            shutil.rmtree(cache, ignore_errors=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
@@ -113,7 +119,8 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             source = _without(path, unusable, tmp / "source") if unusable else path
             skipped, class_names = _prepare(source, cfg, tmp, len(files))
             skipped += sum(f.suffix.lower() in IMAGE_SUFFIXES for f in unusable)
-            write_json({"class_names": class_names, "skipped": skipped}, tmp / PREPARED_META)
+            files = {f"{name}.arrow": _digest(tmp / f"{name}.arrow") for name in ("train", "heldout")}
+            write_json({"class_names": class_names, "skipped": skipped, "files": files}, tmp / PREPARED_META)
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)
@@ -126,6 +133,27 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
         file=sys.stderr,
     )
     return ImageSplits(train, heldout, class_names, skipped)
+
+
+FULL_CHECK_BYTES = (
+    256 << 20
+)  # prepared files up to this size are hashed whole on every reuse; larger, sampled
+
+
+def _digest(path: Path) -> list:
+    """[size, sha256] of a prepared file, checked on every reuse: of the whole file up to FULL_CHECK_BYTES (about
+    0.2 s), beyond that of 64 blocks of 1 MiB spread over it, so that a check stays cheap whatever the size."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_CHECK_BYTES:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        else:
+            for i in range(64):
+                f.seek((size - (1 << 20)) * i // 63)
+                h.update(f.read(1 << 20))
+    return [size, h.hexdigest()]
 
 
 def _open_prepared(cache: Path):
