@@ -35,6 +35,7 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
+    size: str | None = None  # a size preset (the prior config's sizes()); prior_options override it
     train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
     eval_batch_size: int = 256
     overwrite: bool = False
@@ -44,6 +45,22 @@ class PriorTrainConfig:
 def prior_config_class(cls: type[Prior]) -> type:
     """The dataclass a prior's __init__ takes (its `config` annotation)."""
     return typing.get_type_hints(cls.__init__)["config"]
+
+
+def sized_options(name: str, size: str | None, options: dict[str, str]) -> dict[str, str]:
+    """The options with a size preset's fields under them (an option given names its own value); an unknown
+    preset is a UserError, raised before anything is read or built."""
+    if size is None:
+        return options
+    sizes = prior_config_class(PRIORS.get(name)).sizes()
+    if size not in sizes:
+        have = (
+            f"has the sizes {', '.join(sizes)}"
+            if sizes
+            else "has no size presets (transformer and llamagen do)"
+        )
+        raise UserError(f"--size {size}: prior {name!r} {have}")
+    return {**{k: str(v) for k, v in sizes[size].items()}, **options}
 
 
 def build_prior(name: str, meta: dict, options: dict[str, str]) -> Prior:
@@ -142,6 +159,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
@@ -154,7 +172,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     set_seed(cfg.train.seed)
-    model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
+    model = build_prior(cfg.prior, codes.meta, options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer, cfg.eval_batch_size), cfg.train, out_dir)
     if tokenizer is not None:

@@ -1,0 +1,1 @@
+"""Bridges to other projects' released models (`vqgen import` formats, one file each)."""

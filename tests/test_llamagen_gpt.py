@@ -1,0 +1,151 @@
+"""LlamaGen's class-conditional GPT imported as a `llamagen` prior computes what LlamaGen's own code computes.
+
+The fixtures (tests/fixtures/llamagen_gpt/, made by its make_fixtures.py from LlamaGen's public code) hold a tiny
+GPT's checkpoint in LlamaGen's format, teacher-forced logits of their `forward`, and sequences their `generate`
+sampled with top-k 1, without and with guidance (cfg_interval in tokens)."""
+
+import argparse
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from vqgen.priors.llamagen import LlamaGenPrior, LlamaGenPriorConfig
+from vqgen.stages.artifacts.models import load_prior, save_model
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.interop.llamagen_gpt import (
+    GptSource,
+    convert,
+    import_llamagen_gpt,
+    llamagen_cfg_interval,
+    read_checkpoint,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "llamagen_gpt"
+CHECKPOINT = FIXTURES / "c2i_tiny.pt.fixture"
+EXPECTED = torch.load(FIXTURES / "expected.fixture", weights_only=True)
+C = EXPECTED["config"]  # dim 32, 2 layers, 2 heads, 64 codes, 36 tokens (6x6), 10 classes
+GRID = 6
+
+
+def tokenizer(codebook_size: int = C["vocab_size"], image_size: int = 24):
+    """A tiny tokenizer with the fixture's vocabulary; 24 px at f4 gives its 6x6 grid."""
+    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+
+    torch.manual_seed(0)
+    q = QuantizerConfig(codebook_size=codebook_size, code_dim=4, init="random")
+    config = TokenizerConfig(image_size=image_size, downsample=4, base_channels=8, num_res_blocks=1,
+                             latent_channels=8, quantizer=q)  # fmt: skip
+    return VQVAE(config).eval()
+
+
+def tiny_preset(monkeypatch):
+    """The fixture's widths as a preset: a GPT-B checkpoint is far too large for a test."""
+    from vqgen.priors.sizes import SizePreset
+    from vqgen.stages.interop import llamagen_gpt
+
+    preset = SizePreset(C["n_layer"], C["n_head"], C["dim"], multiple_of=C["multiple_of"])
+    monkeypatch.setitem(llamagen_gpt.SIZES, "tiny", preset)
+    monkeypatch.setitem(llamagen_gpt.MODELS, "GPT-tiny", "tiny")
+
+
+@pytest.fixture
+def imported(monkeypatch) -> LlamaGenPrior:
+    tiny_preset(monkeypatch)
+    model, provenance = import_llamagen_gpt(GptSource("GPT-tiny", CHECKPOINT, image_size=24), tokenizer())
+    assert provenance["format"] == "llamagen-gpt" and len(provenance["sha256"]) == 64
+    return model
+
+
+def test_logits_equal_llamagen(imported):
+    codes = EXPECTED["codes"].view(-1, GRID, GRID)
+    with torch.no_grad():
+        logits = imported(codes, EXPECTED["labels"]).logits.reshape(codes.shape[0], GRID * GRID, -1)
+    assert imported.config.num_classes == C["num_classes"] and imported.config.vocab_size == C["vocab_size"]
+    assert EXPECTED["logits"].abs().max() > 1  # random output weights: the comparison is not of zeros
+    torch.testing.assert_close(logits, EXPECTED["logits"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("key", ["greedy", "guided"])
+def test_top_k_1_samples_equal_llamagen(imported, key):
+    s = EXPECTED["sampled"][key]
+    kwargs = dict(
+        top_k=1, cfg_scale=s["cfg_scale"], cfg_interval=llamagen_cfg_interval(s["cfg_interval"], 36)
+    )
+    labels = EXPECTED["sample_labels"]
+    cached = imported.sample(2, labels=labels, generator=torch.Generator().manual_seed(0), **kwargs)
+    naive = imported.sample_naive(2, labels=labels, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(cached.view(2, -1), s["seq"])
+    assert torch.equal(naive, cached)
+
+
+def test_guidance_and_its_interval_change_the_samples(imported):
+    """The two fixture sequences differ, and guiding every token (no interval) differs again: each setting is
+    checked, not just greedy decoding."""
+    greedy, guided = EXPECTED["sampled"]["greedy"]["seq"], EXPECTED["sampled"]["guided"]["seq"]
+    assert not torch.equal(greedy, guided)
+    everywhere = imported.sample(2, labels=EXPECTED["sample_labels"], top_k=1, cfg_scale=4.0)
+    assert not torch.equal(everywhere.view(2, -1), guided)
+
+
+def test_interval_in_tokens_as_a_fraction():
+    assert llamagen_cfg_interval(-1, 256) == (0.0, 1.0)
+    lo, hi = llamagen_cfg_interval(10, 36)  # LlamaGen guides tokens 0..11
+    assert [t for t in range(36) if lo <= t / 36 < hi] == list(range(12))
+
+
+def test_saved_and_loaded_prior_is_the_same(imported, tmp_path):
+    save_model(imported, tmp_path / "prior")
+    again = load_prior(tmp_path / "prior")
+    assert isinstance(again, LlamaGenPrior) and again.config.provenance is None  # set by the import command
+    codes = EXPECTED["codes"].view(-1, GRID, GRID)
+    with torch.no_grad():
+        assert torch.equal(
+            again(codes, EXPECTED["labels"]).logits, imported(codes, EXPECTED["labels"]).logits
+        )
+
+
+def test_bad_checkpoints_are_one_line(monkeypatch, tmp_path):
+    tiny_preset(monkeypatch)
+    checkpoint = read_checkpoint(CHECKPOINT)
+    assert isinstance(checkpoint["args"], argparse.Namespace)  # train_c2i.py's "args" loads as plain data
+
+    def refused(state, tok=None, model="GPT-tiny", image_size=24) -> str:
+        with pytest.raises(UserError) as info:
+            convert(GptSource(model, tmp_path / "c.pt", image_size), state, tok or tokenizer())
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    state = checkpoint["model"]
+    assert "GPT-Q" in refused(state, model="GPT-Q")
+    wrong = {**state, "layers.1.attention.wo.weight": torch.zeros(32, 16)}
+    message = refused(wrong)
+    assert "layers.1.attention.wo.weight" in message and "[32, 16]" in message and "[32, 32]" in message
+    fewer = {k: v for k, v in state.items() if not k.startswith("layers.1.")}
+    assert "layers.1." in refused(fewer)
+    assert "tokenizer has 128" in refused(state, tok=tokenizer(codebook_size=128))  # another vocabulary
+    assert "--image-size 32" in refused(state, image_size=32)  # an 8x8 grid, the tokenizer makes 6x6
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_pickle_that_needs_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": Payload()}, path)
+    with pytest.raises(UserError, match="never runs"):
+        read_checkpoint(path)
+    assert "must never run" not in capsys.readouterr().out
+    path.write_bytes(pickle.dumps([1, 2]) + b"junk")
+    with pytest.raises(UserError):
+        read_checkpoint(path)
+
+
+def test_default_config_builds_and_keeps_llamagen_widths():
+    config = LlamaGenPriorConfig(hidden_size=768, num_heads=12, num_layers=1)
+    assert config.ffn_size == 2048  # LlamaGen's GPT-B SwiGLU width
+    with pytest.raises(ValueError, match="divisible by 4"):
+        LlamaGenPriorConfig(hidden_size=36, num_heads=6)
