@@ -4,6 +4,8 @@
     python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --budget-s 120 \
         --archs vqvae vqgan vqvae+gan vqgan+gan [--keep runs/rgb32] [--json OUT.json]
     python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --steps 221 --archs vqvae vqgan
+    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --steps 1200 --archs vqvae vqvae+gan \
+        --plugin-opt gan.min_adaptive_weight=0.02 --seeds 0 1 2
 
 Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed and plugins
 added: `vqgan:base_channels=32`, `vqvae+gan`) is trained on the folder's training split by `tokenize`'s own code
@@ -14,7 +16,8 @@ per step, not per second). Then, on the held-out split (test/ of rgb_data.py's f
 SSIM, edge sharpness, codebook usage and perplexity, and rFID in the features of the classifier `evaluate` trains
 on the folder's classes (trained once here, named in the output); `--grid` writes the reconstructions. On a
 shared machine the budget buys each model whatever the load leaves it, so compare figures from one run, and repeat
-it before drawing conclusions.
+it before drawing conclusions. `--plugin-opt` sets plugin fields for every spec that has the plugin (as
+`tokenize --plugin-opt`); `--seeds` trains every spec once per seed and adds a table of the means and spreads.
 """
 
 import argparse
@@ -61,27 +64,41 @@ def arch_config(spec: str):
     return name, config, plugins
 
 
-def train(spec: str, data: Path, size: int, steps: int, run_dir: Path, batch: int = BATCH) -> dict:
+def train(
+    spec: str,
+    data: Path,
+    size: int,
+    steps: int,
+    run_dir: Path,
+    batch: int = BATCH,
+    seed: int = 0,
+    plugin_options: tuple[str, ...] = (),
+) -> dict:
     name, model, plugins = arch_config(spec)
+    options = [o for o in plugin_options if o.split(".", 1)[0] in plugins]
     cfg = TokenizeConfig(
         run_dir=str(run_dir), data=DataConfig(str(data), image_size=size, channels=3), arch=name,
-        model=replace(model, image_size=size, channels=3), overwrite=True, plugins=plugins,
-        train=replace(TOKENIZER_TRAINING, steps=steps, batch_size=batch, sample_every=0, checkpoint_every=steps),
+        model=replace(model, image_size=size, channels=3), overwrite=True, plugins=plugins, plugin_options=options,
+        train=replace(
+            TOKENIZER_TRAINING, steps=steps, batch_size=batch, sample_every=0, checkpoint_every=steps, seed=seed
+        ),
     )  # fmt: skip
     return run_tokenize(cfg)
 
 
-def compare(spec: str, steps: int, args, work: Path, space, real_feats, heldout) -> tuple[dict, torch.Tensor]:
+def compare(
+    spec: str, steps: int, args, work: Path, space, real_feats, heldout, seed: int = 0
+) -> tuple[dict, torch.Tensor]:
     """The scores of one spec and its reconstructions of the first GRID_IMAGES held-out images, (n, C, S, S)."""
     started = time.perf_counter()
-    train(spec, args.data, args.image_size, steps, work, args.batch_size)
+    train(spec, args.data, args.image_size, steps, work, args.batch_size, seed, tuple(args.plugin_opt))
     train_s = time.perf_counter() - started
     tokenizer = load_tokenizer(work / "tokenizer").eval()
     scores, _ = evaluate_tokenizer(tokenizer, heldout.batches(100), 100, space, real_feats)
     with torch.no_grad():
         recon = tokenizer.decode(tokenizer.encode(first_heldout(heldout)))
     row = {
-        "arch": spec, "steps": steps, "seconds_with_eval_and_encoding": train_s,
+        "arch": spec, "seed": seed, "steps": steps, "seconds_with_eval_and_encoding": train_s,
         "parameters": sum(p.numel() for p in tokenizer.parameters()), "grid": tokenizer.config.grid_size,
         "codebook_size": tokenizer.config.quantizer.codebook_size,
         **{k: scores[k] for k in SCORES},
@@ -115,6 +132,46 @@ def calibrated_steps(spec: str, args, work: Path) -> int:
     return steps
 
 
+def print_rows(rows: list[dict]) -> None:
+    print(
+        "| arch | seed | params | grid | codes | steps | PSNR | SSIM | edge sharpness | usage | perplexity | rFID |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['arch']} | {r['seed']} | {r['parameters'] / 1e6:.2f}M | {r['grid']}x{r['grid']} | "
+            f"{r['codebook_size']} | {r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} | "
+            f"{r['edge_sharpness_ratio']:.3f} | {r['codebook_usage']:.1%} | {r['perplexity']:.0f} | {r['rfid']:.3f} |"
+        )
+
+
+def seed_means(rows: list[dict]) -> list[dict]:
+    """Per spec: the mean and sample standard deviation over its seeds of PSNR, SSIM, edge sharpness and rFID."""
+    out = []
+    for spec in dict.fromkeys(r["arch"] for r in rows):
+        mine = [r for r in rows if r["arch"] == spec]
+        entry = {"arch": spec, "steps": mine[0]["steps"], "seeds": [r["seed"] for r in mine]}
+        for key in ("psnr", "ssim", "edge_sharpness_ratio", "rfid"):
+            values = torch.tensor([r[key] for r in mine], dtype=torch.float64)
+            entry[key] = float(values.mean())
+            entry[f"{key}_std"] = float(values.std()) if len(mine) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def print_means(means: list[dict], seeds: list[int]) -> None:
+    if not means:
+        return
+    print(f"\nMeans over seeds {', '.join(map(str, seeds))} (+- the sample standard deviation):\n")
+    print("| arch | steps | PSNR | SSIM | edge sharpness | rFID |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for m in means:
+        cells = [
+            f"{m[k]:.3f} +- {m[k + '_std']:.3f}" for k in ("psnr", "ssim", "edge_sharpness_ratio", "rfid")
+        ]
+        print(f"| {m['arch']} | {m['steps']} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="the folder rgb_data.py wrote")
@@ -135,6 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="PNG: held-out originals (top row), then each spec's reconstructions",
     )
+    parser.add_argument(
+        "--plugin-opt", action="append", default=[], help="PLUGIN.FIELD=VALUE for every spec with that plugin"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train every spec once per seed")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,16 +209,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
         real_feats = fid.extract_features(space, data.eval, 100)
         steps, rows, recons = {}, [], [first_heldout(data.eval)]
-        for spec in args.archs:
-            base = spec.split("+")[0]
-            if base not in steps:
-                steps[base] = args.steps or calibrated_steps(base, args, Path(tmp))
-            work = root / spec.replace(":", "_").replace("=", "-").replace(",", "_")
-            row, recon = compare(spec, steps[base], args, work, space, real_feats, data.eval)
-            rows.append(row)
-            recons.append(recon)
-            if args.keep is None:
-                shutil.rmtree(work, ignore_errors=True)
+        for seed in args.seeds:
+            for spec in args.archs:
+                base = spec.split("+")[0]
+                if base not in steps:
+                    steps[base] = args.steps or calibrated_steps(base, args, Path(tmp))
+                name = spec.replace(":", "_").replace("=", "-").replace(",", "_")
+                work = root / (name if len(args.seeds) == 1 else f"{name}-seed{seed}")
+                row, recon = compare(spec, steps[base], args, work, space, real_feats, data.eval, seed)
+                rows.append(row)
+                if seed == args.seeds[0]:
+                    recons.append(recon)
+                if args.keep is None:
+                    shutil.rmtree(work, ignore_errors=True)
     print(
         f"\n{args.image_size} px, "
         + (f"{args.steps} steps" if args.steps else f"{args.budget_s:.0f} s of training")
@@ -165,17 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"({data.eval.shape[0]} images); rFID in {space.name} features (its accuracy there: "
         f"{info.get('eval_accuracy', float('nan')):.1%})\n"
     )
-    print(
-        "| arch | params | grid | codes | steps | PSNR | SSIM | edge sharpness | usage | perplexity | rFID |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['arch']} | {r['parameters'] / 1e6:.2f}M | {r['grid']}x{r['grid']} | {r['codebook_size']} | "
-            f"{r['steps']} | {r['psnr']:.2f} dB | {r['ssim']:.3f} | {r['edge_sharpness_ratio']:.3f} | "
-            f"{r['codebook_usage']:.1%} | "
-            f"{r['perplexity']:.0f} | {r['rfid']:.3f} |"
-        )
+    print_rows(rows)
+    means = seed_means(rows) if len(args.seeds) > 1 else []
+    print_means(means, args.seeds)
     result = {
         "machine": machine_info(torch.device("cpu")),
         "image_size": args.image_size,
@@ -185,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
         "features": space.name,
         "classifier": info,
         "rows": rows,
+        "plugin_options": args.plugin_opt,
+        "means": means,
     }
     if args.json:
         save_result(result, args.json)

@@ -7,7 +7,13 @@ the tokenizer's reconstructions. The tokenizer gets `weight * lambda * L_G`, whe
 
 balances the adversarial gradient against the reconstruction gradient at the decoder's last layer.
 
-Schedule: the discriminator trains from `start - disc_warmup_steps`; its loss reaches the tokenizer from `start`.
+Schedule: the discriminator trains from `start - disc_warmup_steps`; its loss reaches the tokenizer from `start`,
+with a weight that ramps linearly from 0 to `weight` over `ramp_steps` (`GANPlugin.schedule`), times lambda clamped
+to [`min_adaptive_weight`, `max_adaptive_weight`]. The floor is what makes the term act on a small tokenizer trained
+with a pixel loss alone: there the reconstruction gradient at the last layer is small next to the adversarial one
+(lambda ~0.001-0.003 on 32 px emoji), and without a floor the adversarial term never moves the reconstructions.
+`adaptive=false` drops lambda altogether (a fixed weight, as LlamaGen's tokenizer loss does by default,
+arXiv:2406.06525). The weight the tokenizer got is the metric `gan_weight`.
 Guardrails: LeCAM (Tseng et al. 2021, arXiv:2104.03310) or R1 (Mescheder et al. 2018, arXiv:1801.04406)
 regularisation; a discriminator step with a non-finite loss or an exploding gradient is skipped; a discriminator
 that overpowers the tokenizer (logit gap too large, accuracy stuck at 1) is reported. Events print a warning line
@@ -37,7 +43,12 @@ class GANConfig:
     start_fraction: float = 0.3  # the adversarial term reaches the tokenizer after this fraction of the run
     start_step: int = -1  # ... or from this step, when >= 0 (overrides start_fraction)
     disc_warmup_steps: int = 100  # the discriminator trains this many steps before `start`
-    max_adaptive_weight: float = 1e4  # lambda is clamped to [0, this] (VQGAN's value)
+    ramp_steps: int = (
+        0  # the weight grows linearly from 0 at `start` to `weight` over this many steps (0: at once)
+    )
+    adaptive: bool = True  # VQGAN's adaptive lambda; false: lambda = 1 (a fixed weight)
+    min_adaptive_weight: float = 0.0  # lambda is clamped to [this, max_adaptive_weight]: the floor
+    max_adaptive_weight: float = 1e4  # (VQGAN's value)
     reg: str = "lecam"  # discriminator regulariser: "none" | "lecam" | "r1"
     reg_weight: float = 0.1  # LeCAM: ~0.1-0.3; R1 (gamma): ~0.1-10
     lecam_decay: float = 0.99  # EMA decay of the mean real / fake logits that LeCAM anchors to
@@ -52,6 +63,10 @@ class GANConfig:
             raise ValueError(f"reg must be none, lecam or r1, got {self.reg!r}")
         if self.layers < 1 or self.channels < 1:
             raise ValueError("layers and channels must be at least 1")
+        if not 0 <= self.min_adaptive_weight <= self.max_adaptive_weight:
+            raise ValueError("min_adaptive_weight must lie in [0, max_adaptive_weight]")
+        if self.ramp_steps < 0 or self.weight < 0:
+            raise ValueError("ramp_steps and weight must be >= 0")
 
 
 # --- losses: each takes logits of any shape and returns a scalar --------------------------------------------
@@ -85,13 +100,17 @@ GAN_LOSSES: dict[str, GANLoss] = {
 
 
 def adaptive_weight(
-    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float
+    rec_loss: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    max_weight: float,
+    min_weight: float = 0.0,
 ) -> torch.Tensor:
-    """VQGAN's lambda = ||grad_last rec_loss|| / (||grad_last g_loss|| + 1e-4), clamped to [0, max_weight],
-    detached. Both graphs are kept for the stage's backward."""
+    """VQGAN's lambda = ||grad_last rec_loss|| / (||grad_last g_loss|| + 1e-4), clamped to [min_weight,
+    max_weight], detached. Both graphs are kept for the stage's backward."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, max_weight).detach()
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(min_weight, max_weight).detach()
 
 
 class PatchDiscriminator(nn.Module):
@@ -126,7 +145,7 @@ class GANPlugin(TrainingPlugin):
 
     config_class = GANConfig
     stages = ("tokenizer",)
-    progress_keys = ("d_loss", "g_loss", "adaptive_weight")
+    progress_keys = ("d_loss", "g_loss", "gan_weight")
     EVENTS = ("nonfinite", "exploding", "overpowering", "saturated")
 
     def setup(self, ctx: PluginContext) -> None:
@@ -153,17 +172,33 @@ class GANPlugin(TrainingPlugin):
         self.saturated_run = 0  # discriminator steps in a row at accuracy 1.0
 
     # --- the tokenizer's side -------------------------------------------------------------------------------
-    def loss(self, ctx: PluginContext, batch: torch.Tensor, out, step: int) -> PluginLoss | None:
+    def schedule(self, step: int) -> float:
+        """The weight before lambda at `step`: 0 before `start`, then a linear ramp to `weight` over `ramp_steps`."""
+        cfg = self.config
         if step < self.start:
+            return 0.0
+        if cfg.ramp_steps == 0:
+            return cfg.weight
+        return cfg.weight * min(1.0, (step - self.start + 1) / cfg.ramp_steps)
+
+    def loss(self, ctx: PluginContext, batch: torch.Tensor, out, step: int) -> PluginLoss | None:
+        cfg, scale = self.config, self.schedule(step)
+        if scale == 0.0:
             return None
         disc = ctx.accelerator.unwrap_model(self.disc)  # no DDP hooks: the disc gets no gradient here
         disc.eval().requires_grad_(False)  # eval: spectral norm's power iteration is left to the disc step
         g_loss = self.losses.g(disc(out.recon).float())
         disc.train().requires_grad_(True)
-        last_layer = ctx.accelerator.unwrap_model(ctx.model).last_layer
-        lam = adaptive_weight(out.recon_loss, g_loss, last_layer, self.config.max_adaptive_weight)
-        metrics = {"g_loss": float(g_loss.detach()), "adaptive_weight": float(lam)}
-        return PluginLoss(self.config.weight * lam * g_loss, metrics)
+        if cfg.adaptive:
+            last_layer = ctx.accelerator.unwrap_model(ctx.model).last_layer
+            lam = adaptive_weight(
+                out.recon_loss, g_loss, last_layer, cfg.max_adaptive_weight, cfg.min_adaptive_weight
+            )
+        else:
+            lam = torch.ones((), device=g_loss.device)
+        lam = float(lam)
+        metrics = {"g_loss": float(g_loss.detach()), "adaptive_weight": lam, "gan_weight": scale * lam}
+        return PluginLoss(scale * lam * g_loss, metrics)
 
     # --- the discriminator's step ----------------------------------------------------------------------------
     def after_step(self, ctx: PluginContext, batch: torch.Tensor, out, step: int) -> dict[str, float]:

@@ -22,6 +22,9 @@ class GRUPriorConfig(PriorConfig):
     hidden_size: int = 192  # sized to train in minutes on 2 CPU cores and sample >= 20k tokens/s
     num_layers: int = 2
     dropout: float = 0.1  # between GRU layers and before the output head, training only
+    # dropout on the input embeddings (code + position + label), training only: LlamaGen's token dropout
+    # (arXiv:2406.06525) in the GRU's own form; the recurrent state itself is never dropped
+    token_dropout: float = 0.1
     sample_temperature: float = 0.5  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
     sample_cfg_scale: float = 2.5
 
@@ -48,6 +51,7 @@ class GRUPrior(Prior):
         )  # added at every step: the label is never forgotten
         self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
         self.drop = nn.Dropout(c.dropout)
+        self.token_drop = nn.Dropout(c.token_dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)
         nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.h0.weight, std=0.02)
@@ -68,7 +72,7 @@ class GRUPrior(Prior):
         flat = codes.reshape(b, h * w)
         start = self.start_embed(labels).unsqueeze(1)  # (B, 1, E)
         x = torch.cat([start, self.code_embed(flat[:, :-1])], dim=1) + self.pos_embed  # (B, T, E)
-        x = x + self.label_embed(labels).unsqueeze(1)
+        x = self.token_drop(x + self.label_embed(labels).unsqueeze(1))
         out, _ = self.gru(x, self._initial_hidden(labels))  # (B, T, hidden)
         logits = self.head(self.drop(out)).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))

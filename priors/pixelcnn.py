@@ -33,6 +33,10 @@ class PixelCNNPriorConfig(PriorConfig):
     num_layers: int = 0
     kernel_size: int = 3  # odd; each layer widens the receptive field by k // 2 rows and columns
     head_channels: int = 128  # hidden width of the ReLU -> 1x1 -> ReLU -> 1x1 output head
+    # dropout on each gated layer's outputs (the vertical stack and the horizontal residual branch), training only;
+    # PixelCNN++ (Salimans et al. 2017, arXiv:1701.05517) regularises its gated resnets the same way
+    dropout: float = 0.1
+    token_dropout: float = 0.1  # dropout on the code embeddings, training only (LlamaGen's token dropout)
     sample_temperature: float = 0.6  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
     sample_cfg_scale: float = 2.5
 
@@ -63,7 +67,7 @@ def shift_right(x: torch.Tensor) -> torch.Tensor:
 class GatedLayer(nn.Module):
     """One gated layer of both stacks; `forward` runs it on whole grids, the rest on one row or position."""
 
-    def __init__(self, channels: int, kernel_size: int, num_labels: int):
+    def __init__(self, channels: int, kernel_size: int, num_labels: int, dropout: float = 0.0):
         super().__init__()
         c, self.pad = channels, kernel_size // 2
         self.v_conv = nn.Conv2d(c, 2 * c, (self.pad + 1, kernel_size))
@@ -71,6 +75,7 @@ class GatedLayer(nn.Module):
         self.v_to_h = nn.Linear(2 * c, 2 * c)  # 1x1: vertical pre-activations into the horizontal stack
         self.h_res = nn.Linear(c, c)  # 1x1 after the horizontal gate, before the residual
         self.cond = nn.Embedding(num_labels, 4 * c)  # class biases of both gates: [v (2C), h (2C)]
+        self.drop = nn.Dropout(dropout)  # training only: the cached sampler (eval mode) has none
         nn.init.normal_(self.cond.weight, std=0.02)
 
     def forward(
@@ -81,8 +86,9 @@ class GatedLayer(nn.Module):
         v_pre = self.v_conv(F.pad(v, (self.pad, self.pad, self.pad, 0)))  # (B, 2C, H, W): rows i - pad .. i
         v_link = self.v_to_h(v_pre.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 2C, H, W)
         h_pre = self.h_conv(F.pad(h, (self.pad, 0))) + shift_down(v_link)  # columns j - pad .. j, rows < i
-        h_out = h + self.h_res(gate(h_pre + cond_h, 1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return gate(v_pre + cond_v, 1), h_out
+        h_gated = self.drop(gate(h_pre + cond_h, 1))  # (B, C, H, W)
+        h_out = h + self.h_res(h_gated.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.drop(gate(v_pre + cond_v, 1)), h_out
 
     def vertical_weight(self) -> torch.Tensor:
         """The vertical convolution as a matrix over a (row, column, channel) window: (2C, (pad + 1) k C)."""
@@ -140,7 +146,10 @@ class PixelCNNPrior(Prior):
         num_labels = c.num_classes + 1  # classes + the null label (index num_classes; 0 when unconditional)
         self.embed = nn.Embedding(c.vocab_size, c.channels)
         layers = c.num_layers or layers_to_cover(c.grid_height, c.grid_width, c.kernel_size)
-        self.layers = nn.ModuleList(GatedLayer(c.channels, c.kernel_size, num_labels) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            GatedLayer(c.channels, c.kernel_size, num_labels, c.dropout) for _ in range(layers)
+        )
+        self.token_drop = nn.Dropout(c.token_dropout)
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Linear(c.channels, c.head_channels),
@@ -155,7 +164,7 @@ class PixelCNNPrior(Prior):
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PriorOutput:
         labels = self._labels(self.training_labels(labels), codes.shape[0])
-        x = self.embed(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
+        x = self.token_drop(self.embed(codes)).permute(0, 3, 1, 2)  # (B, C, H, W)
         v, h = x, shift_right(x)
         for layer in self.layers:
             v, h = layer(v, h, labels)

@@ -188,7 +188,9 @@ def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
     ]
     result = rgb_compare.main(
         [*argv, "--archs", "vqvae", "vqgan-tiny+gan", "--grid", str(tmp_path / "grid.png")]
+        + ["--plugin-opt", "gan.min_adaptive_weight=0.05"]
     )
+    assert result["plugin_options"] == ["gan.min_adaptive_weight=0.05"]
     rows = {row["arch"]: row for row in result["rows"]}
     assert set(rows) == {"vqvae", "vqgan-tiny+gan"}
     assert rows["vqvae"]["grid"] == 4 and rows["vqgan-tiny+gan"]["grid"] == 4  # f4 at 16 px, both
@@ -197,3 +199,16 @@ def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
         assert math.isfinite(row["psnr"]) and math.isfinite(row["rfid"]) and 0 < row["codebook_usage"] <= 1
     assert json.loads(out.read_text())["steps"] == 2
     assert Image.open(tmp_path / "grid.png").size == (8 * 18 + 2, 3 * 18 + 2)  # originals + 2 specs, 8 each
+
+
+def test_rgb_comparison_means_over_seeds():
+    import rgb_compare
+
+    rows = [
+        {"arch": a, "seed": seed, "steps": 5, "psnr": p, "ssim": 0.5, "edge_sharpness_ratio": e, "rfid": 2.0}
+        for a, seed, p, e in (("vqvae", 0, 20.0, 0.7), ("vqvae+gan", 0, 19.0, 0.9), ("vqvae", 1, 22.0, 0.8))
+    ]
+    means = {m["arch"]: m for m in rgb_compare.seed_means(rows)}
+    assert means["vqvae"]["psnr"] == 21.0 and means["vqvae"]["seeds"] == [0, 1]
+    assert abs(means["vqvae"]["psnr_std"] - 2**0.5) < 1e-12 and means["vqvae+gan"]["psnr_std"] == 0.0
+    assert abs(means["vqvae"]["edge_sharpness_ratio"] - 0.75) < 1e-12

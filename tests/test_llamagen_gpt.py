@@ -5,21 +5,19 @@ GPT's checkpoint in LlamaGen's format, teacher-forced logits of their `forward`,
 sampled with top-k 1, without and with guidance (cfg_interval in tokens)."""
 
 import argparse
+import json
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_user_error, run_cli
 from vqgen.priors.llamagen import LlamaGenPrior, LlamaGenPriorConfig
 from vqgen.stages.artifacts.models import load_prior, save_model
+from vqgen.stages.commands.interop import ImportConfig, run_import
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.interop.llamagen_gpt import (
-    GptSource,
-    convert,
-    import_llamagen_gpt,
-    llamagen_cfg_interval,
-    read_checkpoint,
-)
+from vqgen.stages.interop.llamagen_gpt import convert, llamagen_cfg_interval
+from vqgen.stages.interop.sources import read_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llamagen_gpt"
 CHECKPOINT = FIXTURES / "c2i_tiny.pt.fixture"
@@ -40,8 +38,9 @@ def tokenizer(codebook_size: int = C["vocab_size"], image_size: int = 24):
     return VQVAE(config).eval()
 
 
+@pytest.fixture
 def tiny_preset(monkeypatch):
-    """The fixture's widths as a preset: a GPT-B checkpoint is far too large for a test."""
+    """The fixture's widths as the preset GPT-tiny: a GPT-B checkpoint is far too large for a test."""
     from vqgen.priors.sizes import SizePreset
     from vqgen.stages.interop import llamagen_gpt
 
@@ -51,11 +50,19 @@ def tiny_preset(monkeypatch):
 
 
 @pytest.fixture
-def imported(monkeypatch) -> LlamaGenPrior:
-    tiny_preset(monkeypatch)
-    model, provenance = import_llamagen_gpt(GptSource("GPT-tiny", CHECKPOINT, image_size=24), tokenizer())
-    assert provenance["format"] == "llamagen-gpt" and len(provenance["sha256"]) == 64
-    return model
+def run(tmp_path) -> Path:
+    """A run folder holding the tiny tokenizer."""
+    save_model(tokenizer(), tmp_path / "run" / "tokenizer")
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def imported(tiny_preset, run) -> LlamaGenPrior:
+    result = run_import(
+        ImportConfig("llamagen-gpt", str(CHECKPOINT), str(run), options={"model": "GPT-tiny"})
+    )
+    assert result["folder"] == str(run / "prior-gpt-tiny")
+    return load_prior(run / "prior-gpt-tiny")
 
 
 def test_logits_equal_llamagen(imported):
@@ -95,25 +102,34 @@ def test_interval_in_tokens_as_a_fraction():
     assert [t for t in range(36) if lo <= t / 36 < hi] == list(range(12))
 
 
-def test_saved_and_loaded_prior_is_the_same(imported, tmp_path):
-    save_model(imported, tmp_path / "prior")
-    again = load_prior(tmp_path / "prior")
-    assert isinstance(again, LlamaGenPrior) and again.config.provenance is None  # set by the import command
-    codes = EXPECTED["codes"].view(-1, GRID, GRID)
-    with torch.no_grad():
-        assert torch.equal(
-            again(codes, EXPECTED["labels"]).logits, imported(codes, EXPECTED["labels"]).logits
-        )
+def test_the_imported_folder_says_where_it_came_from(imported, run):
+    config = json.loads((run / "prior-gpt-tiny" / "config.json").read_text())
+    p = config["provenance"]
+    assert (p["format"], p["preset"], p["licence"], p["file"]) == (
+        "llamagen-gpt",
+        "GPT-tiny",
+        "mit",
+        CHECKPOINT.name,
+    )
+    assert len(p["sha256"]) == 64 and config["prior_type"] == "llamagen"
+    assert "autoregressive-prior" in (run / "prior-gpt-tiny" / "README.md").read_text()
+    assert config["tokenizer_fingerprint"] == tokenizer().fingerprint()
 
 
-def test_bad_checkpoints_are_one_line(monkeypatch, tmp_path):
-    tiny_preset(monkeypatch)
+def test_generate_samples_the_imported_prior(imported, run):
+    result = run_cli("generate", "--prior", str(run / "prior-gpt-tiny"), "--label", "3", "--n", "2",
+                     "--top-k", "1", "--out", str(run / "threes.png"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((run / "threes").glob("*_label3.png"))) == 2
+
+
+def test_bad_checkpoints_are_one_line(tiny_preset, tmp_path):
     checkpoint = read_checkpoint(CHECKPOINT)
     assert isinstance(checkpoint["args"], argparse.Namespace)  # train_c2i.py's "args" loads as plain data
 
-    def refused(state, tok=None, model="GPT-tiny", image_size=24) -> str:
+    def refused(state, tok=None, model="GPT-tiny") -> str:
         with pytest.raises(UserError) as info:
-            convert(GptSource(model, tmp_path / "c.pt", image_size), state, tok or tokenizer())
+            convert(model, state, tok or tokenizer(), GRID, tmp_path / "c.pt")
         assert "\n" not in str(info.value)
         return str(info.value)
 
@@ -125,7 +141,15 @@ def test_bad_checkpoints_are_one_line(monkeypatch, tmp_path):
     fewer = {k: v for k, v in state.items() if not k.startswith("layers.1.")}
     assert "layers.1." in refused(fewer)
     assert "tokenizer has 128" in refused(state, tok=tokenizer(codebook_size=128))  # another vocabulary
-    assert "--image-size 32" in refused(state, image_size=32)  # an 8x8 grid, the tokenizer makes 6x6
+
+
+def test_a_run_without_a_matching_tokenizer_is_refused(tiny_preset, run, tmp_path):
+    options = {"model": "GPT-tiny", "image_size": 32}  # an 8x8 grid; the run's tokenizer makes 6x6
+    with pytest.raises(UserError, match="--image-size 24"):
+        run_import(ImportConfig("llamagen-gpt", str(CHECKPOINT), str(run), options=options))
+    result = run_cli("import", "llamagen-gpt", str(CHECKPOINT), "--run", str(tmp_path / "empty"))
+    assert_user_error(result, "holds no tokenizer", "llamagen-vq")
+    assert not (tmp_path / "empty").exists() and not (run / "prior-gpt-tiny").exists()
 
 
 class Payload:
@@ -136,7 +160,7 @@ class Payload:
 def test_a_pickle_that_needs_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": Payload()}, path)
-    with pytest.raises(UserError, match="never runs"):
+    with pytest.raises(UserError, match="never runs code"):
         read_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
     path.write_bytes(pickle.dumps([1, 2]) + b"junk")

@@ -189,6 +189,35 @@ def test_plugin_options_are_typed_and_checked():
         build_plugins([], ["gan.weight=1"], "tokenizer")
 
 
+def test_gan_weight_is_nonzero_after_its_start_and_reaches_the_tokenizer(splits, tmp_path):
+    """The schedule: nothing before `start_step`, a linear ramp over `ramp_steps`, lambda never below its floor; and
+    from `start_step` on the adversarial term moves the tokenizer's weights (against the same run at weight 0)."""
+    opts = ["gan.start_step=1", "gan.disc_warmup_steps=1", "gan.channels=8", "gan.ramp_steps=2"]
+    floor = ["gan.min_adaptive_weight=0.5", "gan.weight=0.4"]
+    (gan,) = build_plugins(["gan"], [*opts, *floor], "tokenizer")
+    (off,) = build_plugins(["gan"], [*opts, "gan.weight=0"], "tokenizer")
+    trainer, baseline = (
+        make_trainer(splits, tmp_path / "gan", [gan]),
+        make_trainer(splits, tmp_path / "off", [off]),
+    )
+    assert [gan.schedule(step) for step in range(4)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+    history = [trainer.train_step(0)]
+    baseline.train_step(0)
+    assert "gan_weight" not in history[0] and "g_loss" not in history[0]
+    assert_identical(
+        weights(trainer), weights(baseline)
+    )  # before the start the tokenizer gets nothing from it
+    history.append(trainer.train_step(1))
+    baseline.train_step(1)
+    moved = weights(trainer)["decoder.conv_out.weight"] - weights(baseline)["decoder.conv_out.weight"]
+    assert moved.abs().max() > 0  # the adversarial gradient reached the tokenizer at its start step
+    history.append(trainer.train_step(2))
+    assert history[1]["adaptive_weight"] >= 0.5 and history[1]["gan_weight"] >= 0.2 * 0.5
+    assert history[2]["gan_weight"] >= 0.4 * 0.5 and history[2]["gan_weight"] > history[1]["gan_weight"] * 1.5
+    (fixed,) = build_plugins(["gan"], [*opts, "gan.adaptive=false", "gan.weight=0.3"], "tokenizer")
+    assert make_trainer(splits, tmp_path / "fixed", [fixed]).train_step(1)["adaptive_weight"] == 1.0
+
+
 # --- the GAN plugin's pieces ------------------------------------------------------------------------------
 def test_adaptive_weight_matches_hand_computation():
     torch.manual_seed(0)
@@ -205,6 +234,9 @@ def test_adaptive_weight_matches_hand_computation():
     assert float(lam) == pytest.approx(float(expected), rel=1e-5)
     assert not lam.requires_grad
     assert float(adaptive_weight(rec, g, w, max_weight=0.01)) == pytest.approx(0.01)
+    assert float(adaptive_weight(rec, g, w, max_weight=1e4, min_weight=100.0)) == pytest.approx(
+        100.0
+    )  # the floor
     (rec + g).backward()  # both graphs were kept for the stage's backward
     assert w.grad is not None
 

@@ -1,5 +1,6 @@
 """The prior contract, checked on every registered prior with a tiny config (vocab 16, a 3x5 grid, 3 classes)."""
 
+import dataclasses
 import math
 import os
 from typing import get_type_hints
@@ -128,6 +129,31 @@ def test_labels_condition_the_logits(name):
         a = model(codes, torch.tensor([0, 0])).logits
         b = model(codes, torch.tensor([1, 1])).logits
     assert (a[:, 0, 0] - b[:, 0, 0]).abs().max() > 1e-6  # even the first position sees the label
+
+
+def test_dropout_acts_in_training_only(name):
+    """Every `*dropout` field of a built-in prior's config (label dropout aside) changes the teacher-forced logits in
+    training mode and nothing in eval mode; with all of them at 0, training mode computes what eval mode does."""
+    skip_unless_built_in(name)
+    fields = [f.name for f in dataclasses.fields(tiny(name).config)]
+    rates = [f for f in fields if f.endswith("dropout") and f != "label_dropout"]
+    assert name == "transformer" or {"dropout", "token_dropout"} <= set(rates)  # gru and pixelcnn: both kinds
+    codes, labels = codes_and_labels(4)
+
+    def logits(model, train: bool) -> torch.Tensor:
+        model.train(train)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            return model(codes, labels).logits
+
+    off = tiny(name, label_dropout=0.0, **dict.fromkeys(rates, 0.0))
+    torch.testing.assert_close(logits(off, True), logits(off, False), rtol=0, atol=0)
+    for rate in rates:
+        model = tiny(name, label_dropout=0.0, **{**dict.fromkeys(rates, 0.0), rate: 0.5})
+        assert not torch.equal(logits(model, True), logits(model, False)), (
+            f"{rate} changes nothing in training"
+        )
+        torch.testing.assert_close(logits(model, False), logits(off, False), rtol=0, atol=0)
 
 
 def pattern(labels: torch.Tensor) -> torch.Tensor:
