@@ -168,6 +168,25 @@ def test_a_pickle_that_needs_code_is_refused(tmp_path, capsys):
         read_checkpoint(path)
 
 
+def test_drop_path_acts_in_training_only():
+    """Stochastic depth rises from 0 at the first block to drop_path at the last, and only while training."""
+    codes = EXPECTED["codes"].view(-1, GRID, GRID)
+    config = LlamaGenPriorConfig(vocab_size=64, grid_height=GRID, grid_width=GRID, num_classes=10, hidden_size=32,
+                                 num_layers=3, num_heads=2, multiple_of=32, token_dropout=0, resid_dropout=0,
+                                 ffn_dropout=0, label_dropout=0, drop_path=0.5)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaGenPrior(config)
+    torch.nn.init.normal_(model.head.weight)
+    assert [b.drop_path.p for b in model.blocks] == [0.0, 0.25, 0.5]
+    with torch.no_grad():
+        model.eval()
+        still = model(codes, EXPECTED["labels"]).logits
+        model.train()
+        dropped = model(codes, EXPECTED["labels"]).logits
+        model.eval()
+        assert not torch.equal(dropped, still) and torch.equal(model(codes, EXPECTED["labels"]).logits, still)
+
+
 def test_default_config_builds_and_keeps_llamagen_widths():
     config = LlamaGenPriorConfig(hidden_size=768, num_heads=12, num_layers=1)
     assert config.ffn_size == 2048  # LlamaGen's GPT-B SwiGLU width

@@ -137,7 +137,11 @@ def test_dropout_acts_in_training_only(name):
     skip_unless_built_in(name)
     fields = [f.name for f in dataclasses.fields(tiny(name).config)]
     rates = [f for f in fields if f.endswith("dropout") and f != "label_dropout"]
-    assert name == "transformer" or {"dropout", "token_dropout"} <= set(rates)  # gru and pixelcnn: both kinds
+    kinds = {
+        "transformer": {"attention_dropout"},
+        "llamagen": {"token_dropout", "resid_dropout", "ffn_dropout"},
+    }
+    assert kinds.get(name, {"dropout", "token_dropout"}) <= set(rates)  # gru and pixelcnn: both kinds
     codes, labels = codes_and_labels(4)
 
     def logits(model, train: bool) -> torch.Tensor:
