@@ -90,6 +90,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: an option's help wraps below it, readable at 80 columns
 )
 
 
@@ -455,6 +456,23 @@ def import_(
     )  # fmt: skip
     r = run_import(ImportConfig(fmt, source, str(run), overwrite, device, options))
     typer.echo(f"imported {r['summary']}; wrote {r['folder']} ({r['seconds']:.1f} s)")
+
+
+@app.command()
+def export(
+    tokenizer: Annotated[
+        str, typer.Argument(help="A vqgen tokenizer: RUN/tokenizer, a run folder or a Hub id.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="The layout to write: diffusers (a VQModel folder).")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Export a vqgen tokenizer for another library: `--format diffusers` writes a folder that
+    diffusers.VQModel.from_pretrained loads."""
+    from vqgen.stages.commands.interop import ExportConfig, run_export
+
+    r = run_export(ExportConfig(tokenizer, fmt, str(out), overwrite))
+    typer.echo(f"wrote {r['folder']} ({', '.join(r['files'])})")
 
 
 @app.command()
