@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_user_error, run_cli
+from vqgen.command_line.app import size_listing
 from vqgen.priors.base import count_size
 from vqgen.priors.sizes import SIZES, swiglu_hidden
-from vqgen.stages.commands.train_prior import build_prior, sized_options
-from vqgen.stages.core.cli_options import size_listing
+from vqgen.stages.core.build import build_prior, sized_options
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.registry import PRIORS
 
