@@ -419,6 +419,76 @@ def evaluate(
         run_evaluate(cfg, log=typer.echo)
 
 
+class AugmentChoice(str, Enum):
+    none = "none"
+    flip = "flip"
+    ten_crop = "ten-crop"
+
+
+@app.command()
+def encode(
+    tokenizer: Annotated[
+        str,
+        typer.Option(help="The tokenizer: RUN/tokenizer (trained or imported), a run folder or a Hub id."),
+    ],
+    dataset: DatasetOption = "mnist5k",
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="The codes folder to write (default: codes beside a local tokenizer)."),
+    ] = None,
+    split: SplitOption = "train",
+    heldout_split: HeldoutSplitOption = None,
+    image_column: ImageColumnOption = "image",
+    label_column: LabelColumnOption = "label",
+    revision: RevisionOption = None,
+    resize: ResizeOption = None,
+    streaming: StreamingOption = False,
+    shuffle_buffer: ShuffleBufferOption = 1000,
+    heldout_size: HeldoutSizeOption = 500,
+    augment: Annotated[
+        AugmentChoice,
+        typer.Option(
+            help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
+        ),
+    ] = AugmentChoice.none,
+    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images per encoder call.")] = 64,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Images per shard file (each written whole; --resume skips them).")
+    ] = 10000,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted encode (same options and processes).")
+    ] = False,
+) -> None:
+    """Encode a dataset with an existing tokenizer into the codes train-prior reads (no training); under
+    `accelerate launch` every process encodes its own shard."""
+    from vqgen.stages.commands.encode import EncodeConfig, run_encode
+    from vqgen.stages.data.images import DataConfig
+
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
+    )  # fmt: skip
+    cfg = EncodeConfig(
+        tokenizer,
+        str(out) if out else None,
+        data,
+        augment.value,
+        batch_size,
+        shard_size,
+        device,
+        overwrite,
+        resume,
+    )
+    r = run_encode(cfg)
+    if "rows" in r:
+        typer.echo(
+            f"wrote {r['out']}: {r['rows']['train']:,} training and {r['rows']['validation']:,} validation rows "
+            f"({r['images']:,} images encoded now, {r['images_per_s']:,.1f} images/s)"
+        )
+
+
 @app.command("import")
 def import_(
     fmt: Annotated[
