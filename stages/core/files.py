@@ -1,4 +1,5 @@
-"""The one atomic file writer: every file vqgen writes (JSON, text, PNG, a model's files) goes through it.
+"""The one atomic file writer: every file vqgen writes (JSON, text, PNG, a model's files) goes through it; and
+image_grid, the picture that save_png writes most.
 
 A file is written to a fresh temporary file in the same folder (`mkstemp`: an unpredictable name, created with
 O_EXCL, so a link placed there in advance is never followed), then renamed into place: a file under its final
@@ -15,6 +16,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -165,6 +167,23 @@ def save_png(image, path: str | Path) -> Path:
     else:
         image.save(buffer, format="PNG")
     return write_bytes(buffer.getvalue(), path)
+
+
+def image_grid(images, nrow: int, pad: int = 2):
+    """(B, C, H, W) images in [-1, 1] (a torch tensor) -> a PIL grid image with `nrow` images per row."""
+    import torch
+    from PIL import Image
+
+    images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    b, c, h, w = images.shape
+    rows = math.ceil(b / nrow)
+    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -36,7 +36,7 @@ def _prepared_root() -> Path:
     return Path(config.HF_DATASETS_CACHE) / "vqgen-prepared"
 
 
-def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
+def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path], list[Path]]:
     """The prepared cache's name: a hash of the source (its path and every file's name, size and modification
     time) and of the settings that shape the prepared pixels; and the folder's image files."""
     h = hashlib.sha256()
