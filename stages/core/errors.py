@@ -4,6 +4,8 @@ Every message that leaves the program goes through `redact`: a Hugging Face toke
 `Bearer` value, or a user and password inside a URL is never printed, whatever a library put into its message.
 """
 
+import errno
+import os
 import re
 
 _SECRETS = (
@@ -18,6 +20,36 @@ _SECRETS = (
     # Hugging Face tokens (hf_..., and the api_org_... organisation tokens)
     (re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{6,}"), "***"),
 )
+
+
+# errno -> what it means for the user, and what to do about it
+DISK_ERRNOS = {
+    errno.ENOSPC: ("no space left on the device of", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded in", "free some space or raise the quota"),
+    errno.EFBIG: (
+        "a file would exceed the file-size limit (ulimit -f, or the file system's) in",
+        "raise the limit or write to another file system",
+    ),
+}
+_OS_ERROR = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) report an errno
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG if `exc` (or an exception it was raised from) is a full disk, a quota or a file-size
+    limit, whichever library raised it; else None."""
+    for _ in range(5):  # the exception and the ones it came from
+        if exc is None:
+            return None
+        code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+        if code is None:
+            match = _OS_ERROR.search(str(exc))
+            code = int(match.group(1)) if match else None
+        if code is None:
+            code = next((c for c in DISK_ERRNOS if os.strerror(c) in str(exc)), None)
+        if code in DISK_ERRNOS:
+            return code
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def redact(text: str) -> str:
@@ -76,8 +108,6 @@ def environment_error(exc: BaseException) -> str | None:
     Writers name their folder and the bytes they need themselves (vqgen.stages.core.files.disk_writes); this is
     the last resort for one that did not."""
     import errno
-
-    from vqgen.stages.core.files import DISK_ERRNOS, disk_errno
 
     code = disk_errno(exc)
     filename = getattr(exc, "filename", None)

@@ -12,18 +12,18 @@ the folder and the bytes needed (`disk_writes`); every writer of vqgen runs unde
 """
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from vqgen.stages.core.errors import DISK_ERRNOS, UserError, disk_errno
 
 TMP_SUFFIX = ".tmp"  # temporary files are named .<final name>.<random>.tmp
 
@@ -35,36 +35,6 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # read once at import, before any thread of ours writes
-
-
-# errno -> what it means for the user, and what to do about it
-DISK_ERRNOS = {
-    errno.ENOSPC: ("no space left on the device of", "free some space"),
-    errno.EDQUOT: ("disk quota exceeded in", "free some space or raise the quota"),
-    errno.EFBIG: (
-        "a file would exceed the file-size limit (ulimit -f, or the file system's) in",
-        "raise the limit or write to another file system",
-    ),
-}
-_OS_ERROR = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) report an errno
-
-
-def disk_errno(exc: BaseException) -> int | None:
-    """ENOSPC, EDQUOT or EFBIG if `exc` (or an exception it was raised from) is a full disk, a quota or a file-size
-    limit, whichever library raised it; else None."""
-    for _ in range(5):  # the exception and the ones it came from
-        if exc is None:
-            return None
-        code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
-        if code is None:
-            match = _OS_ERROR.search(str(exc))
-            code = int(match.group(1)) if match else None
-        if code is None:
-            code = next((c for c in DISK_ERRNOS if os.strerror(c) in str(exc)), None)
-        if code in DISK_ERRNOS:
-            return code
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def human_bytes(n: float) -> str:
@@ -112,8 +82,6 @@ def disk_writes(folder: str | Path, needed: int | None = None, what: str = ""):
         code = disk_errno(exc)
         if code is None:
             raise
-        from vqgen.stages.core.errors import UserError
-
         raise UserError(disk_message(code, Path(folder), needed, what)) from None
 
 
