@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vqgen.stages.data.images import DataConfig, fit_array, load_image_splits
+from vqgen.stages.data.images import DataConfig, fit_array
 from vqgen.stages.data.pixels import augment, iter_pixel_batches, pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 
 
 @pytest.fixture(autouse=True)

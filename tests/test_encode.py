@@ -42,8 +42,9 @@ def rows(out, split):
 def test_codes_are_the_tokenizers_own_and_flip_views_are_stored(tmp_path, tokenizer, image_folder):
     from vqgen.stages.artifacts.codes import load_codes
     from vqgen.stages.artifacts.models import load_tokenizer
-    from vqgen.stages.data.images import DataConfig, load_image_splits, to_float
+    from vqgen.stages.data.images import DataConfig, to_float
     from vqgen.stages.data.pixels import label_array, pixel_tensor
+    from vqgen.stages.data.sources import load_image_splits
 
     out = tmp_path / "run" / "codes"
     result = encode(tokenizer, image_folder, out, augment="flip")
@@ -99,8 +100,9 @@ def test_a_killed_encode_resumes_from_its_shards(tmp_path, tokenizer, image_fold
 
 def test_ten_crop_stores_ten_views(tmp_path, tokenizer, image_folder):
     from vqgen.stages.artifacts.models import load_tokenizer
-    from vqgen.stages.data.images import DataConfig, load_image_splits, to_float
+    from vqgen.stages.data.images import DataConfig, to_float
     from vqgen.stages.data.pixels import pixel_tensor
+    from vqgen.stages.data.sources import load_image_splits
     from vqgen.stages.data.views import five_crop
 
     out = tmp_path / "codes"

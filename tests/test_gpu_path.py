@@ -18,7 +18,8 @@ from conftest import assert_user_error, run_cli
 from safetensors import safe_open
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits
+from vqgen.stages.data.images import DataConfig
+from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
 from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
 from vqgen.stages.training import checkpoint as ckpt

@@ -134,6 +134,37 @@ def test_the_layer_rule_allows_the_plan(module, imported):
     assert forbidden(module, imported) is None
 
 
+def import_cycles(root: Path = ROOT) -> list[list[str]]:
+    """Groups of package modules that import each other, directly or round a loop (lazy imports count)."""
+    modules = {module_name(p, root): p for d in PACKAGE_DIRS for p in (root / d).rglob("*.py")}
+    graph = {m: {i for i in vqgen_imports(p) if i in modules and i != m} for m, p in modules.items()}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    reachable = {m: reach(m) for m in graph}
+    loops = {
+        frozenset({m} | {n for n in reachable[m] if m in reachable[n]}) for m in graph if m in reachable[m]
+    }
+    return sorted(sorted(loop) for loop in loops)
+
+
+def test_no_import_cycles():
+    assert import_cycles() == []
+
+
+def test_an_import_cycle_is_found(tmp_path):
+    for name, imports in (("a", "vqgen.stages.data.b"), ("b", "vqgen.stages.data.a")):
+        (tmp_path / "stages" / "data").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "stages" / "data" / f"{name}.py").write_text(f"def f():\n    import {imports}\n")
+    assert import_cycles(tmp_path) == [["vqgen.stages.data.a", "vqgen.stages.data.b"]]
+
+
 def test_benchmarks_reach_commands_only_through_their_entry():
     """A benchmark runs a command through `run_*` and its `*Config` only: library code lives in the rooms."""
     bad = []

@@ -16,7 +16,8 @@ from vqgen.plugins import PluginContext, PluginLoss, TrainingPlugin  # noqa: E40
 from vqgen.plugins.gan import GAN_LOSSES, GANPlugin, adaptive_weight  # noqa: E402
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.core.registry import PLUGINS, register_plugin  # noqa: E402
-from vqgen.stages.data.images import DataConfig, load_image_splits  # noqa: E402
+from vqgen.stages.data.images import DataConfig  # noqa: E402
+from vqgen.stages.data.sources import load_image_splits  # noqa: E402
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
 from vqgen.stages.tokenizer.quantizer import QuantizerConfig  # noqa: E402
 from vqgen.stages.training.plugins import build_plugins  # noqa: E402

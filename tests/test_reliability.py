@@ -426,7 +426,8 @@ def test_a_float_tiff_is_scaled_not_clipped(tmp_path, low, high):
 def test_a_folder_mixing_class_folders_and_loose_images_warns(tmp_path, image_folder, capsys):
     import shutil
 
-    from vqgen.stages.data.images import DataConfig, load_image_splits
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.sources import load_image_splits
 
     mixed = tmp_path / "mixed"
     shutil.copytree(image_folder, mixed)

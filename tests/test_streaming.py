@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits
+from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.pixels import pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 
 
 def png_bytes(rng) -> bytes:

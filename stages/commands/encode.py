@@ -24,8 +24,9 @@ from vqgen.stages.artifacts.hub import looks_local
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError, read_json_object
 from vqgen.stages.core.files import write_json
-from vqgen.stages.data.images import DataConfig, load_image_splits, to_float
+from vqgen.stages.data.images import DataConfig, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, label_array
+from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.data.views import crop_size, make_views, validation_view
 
 MANIFEST = "manifest.json"

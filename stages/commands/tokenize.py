@@ -24,8 +24,9 @@ from vqgen.stages.core.device import check_device_name, resolve_device, training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
-from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, load_image_splits, to_float
+from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.tokenizer import Tokenizer
 from vqgen.stages.tokenizer.model import TokenizerConfig
