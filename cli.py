@@ -469,6 +469,21 @@ def export(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder (or a prior folder) to report on.")],
+    compare: Annotated[
+        list[Path], typer.Option("--compare", help="Another run to overlay and set beside it (repeatable).")
+    ] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(help="Write here instead of RUN/report.html.")] = None,
+) -> None:
+    """Write RUN/report.html: metrics, curves, samples and evaluation in one self-contained page (rebuilt
+    from the run's files each time; opens offline)."""
+    from vqgen.stages.reporting.report import write_report
+
+    typer.echo(f"wrote {write_report(run, compare, out)}")
+
+
+@app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""
     typer.echo(listing("prior"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vqgen.stages.artifacts.codes import write_codes
+from vqgen.stages.artifacts.codes import load_codes, write_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
@@ -29,6 +29,7 @@ from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, load
 from vqgen.stages.data.pixels import augment, iter_pixel_batches, label_array, pixel_tensor, read_rows
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
+from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
 from vqgen.stages.tokenizer.model import TokenizerConfig, downsample_for
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
@@ -363,6 +364,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             eval_split="held-out",
         )
         write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
+        codes = load_codes(run_dir / "codes").train_codes
+        write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
         write_json(asdict(cfg), run_dir / "run_config.json")
     accelerator.wait_for_everyone()
     return results

@@ -23,6 +23,7 @@ from vqgen.stages.core.files import save_png, write_json
 from vqgen.stages.core.options import parse_options
 from vqgen.stages.core.registry import PRIORS
 from vqgen.stages.evaluation.priors import evaluate_prior
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
@@ -183,6 +184,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         if tokenizer is not None:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
+        write_plots(out_dir, trainer.history, results)
         write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
     return results

@@ -67,7 +67,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
     "seed": (int, "Random seed (data order, initialisation, sampling).", 0),
     "sample_every": (int, "Save a sample grid every N steps (0: only at the end).", 0),
     "checkpoint_every": (int, "Save a checkpoint every N steps.", 1),
-    "log_with": (Optional[str], "accelerate tracker: tensorboard or wandb.", None),
+    "log_with": (Optional[str], "accelerate tracker: tensorboard, wandb or trackio.", None),
     "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt.", None),
     "max_nonfinite": (
         int,
