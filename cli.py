@@ -38,7 +38,9 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
-from vqgen.stages.core.cli_options import (  # noqa: E402
+from vqgen.command_line.app import listing, rollback_note, run_app  # noqa: E402
+from vqgen.command_line.config import ConfigFile, finish, tokenize_config, training_options  # noqa: E402
+from vqgen.command_line.options import (  # noqa: E402
     PRIOR_TRAIN_OPTIONS,
     ArchOption,
     BaseChannelsOption,
@@ -48,7 +50,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     CodebookSizeOption,
     CodebookUpdateOption,
     CodeDimOption,
-    ConfigFile,
     CosineOption,
     DatasetOption,
     Device,
@@ -75,11 +76,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     ShuffleBufferOption,
     SplitOption,
     StreamingOption,
-    finish,
-    listing,
-    rollback_note,
-    run_app,
-    training_options,
 )
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
@@ -91,6 +87,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: an option's help wraps below it, readable at 80 columns
 )
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return choice.value if choice is not None else None
 
 
 @app.command()
@@ -135,12 +135,26 @@ def tokenize(
     resume: Resume = False,
 ) -> None:
     """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
-    flags = {
-        k: v.value if isinstance(v, Enum) else v for k, v in locals().items() if k not in ("train", "config")
-    }
-    from vqgen.stages.commands.tokenize import config_from_flags, run_tokenize
+    from vqgen.stages.commands.tokenize import run_tokenize
+    from vqgen.stages.data.images import DataConfig
 
-    cfg = config_from_flags(flags, train)
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
+        heldout_size=heldout_size,
+    )  # fmt: skip
+    model = dict(
+        image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+        num_res_blocks=res_blocks,
+    )  # fmt: skip
+    quantizer_fields = dict(
+        kind=quantizer, codebook_size=codebook_size, code_dim=code_dim, beta=beta, cosine=cosine,
+        levels=fsq_levels, entropy_weight=entropy_weight, update=_value(codebook_update), init=_value(codebook_init),
+    )  # fmt: skip
+    cfg = tokenize_config(
+        train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
+        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+    )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(
@@ -399,6 +413,76 @@ def evaluate(
         run_evaluate(cfg, log=typer.echo)
 
 
+class AugmentChoice(str, Enum):
+    none = "none"
+    flip = "flip"
+    ten_crop = "ten-crop"
+
+
+@app.command()
+def encode(
+    tokenizer: Annotated[
+        str,
+        typer.Option(help="The tokenizer: RUN/tokenizer (trained or imported), a run folder or a Hub id."),
+    ],
+    dataset: DatasetOption = "mnist5k",
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="The codes folder to write (default: codes beside a local tokenizer)."),
+    ] = None,
+    split: SplitOption = "train",
+    heldout_split: HeldoutSplitOption = None,
+    image_column: ImageColumnOption = "image",
+    label_column: LabelColumnOption = "label",
+    revision: RevisionOption = None,
+    resize: ResizeOption = None,
+    streaming: StreamingOption = False,
+    shuffle_buffer: ShuffleBufferOption = 1000,
+    heldout_size: HeldoutSizeOption = 500,
+    augment: Annotated[
+        AugmentChoice,
+        typer.Option(
+            help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
+        ),
+    ] = AugmentChoice.none,
+    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images per encoder call.")] = 64,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Images per shard file (each written whole; --resume skips them).")
+    ] = 10000,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted encode (same options and processes).")
+    ] = False,
+) -> None:
+    """Encode a dataset with an existing tokenizer into the codes train-prior reads (no training); under
+    `accelerate launch` every process encodes its own shard."""
+    from vqgen.stages.commands.encode import EncodeConfig, run_encode
+    from vqgen.stages.data.images import DataConfig
+
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
+    )  # fmt: skip
+    cfg = EncodeConfig(
+        tokenizer,
+        str(out) if out else None,
+        data,
+        augment.value,
+        batch_size,
+        shard_size,
+        device,
+        overwrite,
+        resume,
+    )
+    r = run_encode(cfg)
+    if "rows" in r:
+        typer.echo(
+            f"wrote {r['out']}: {r['rows']['train']:,} training and {r['rows']['validation']:,} validation rows "
+            f"({r['images']:,} images encoded now, {r['images_per_s']:,.1f} images/s)"
+        )
+
+
 @app.command("import")
 def import_(
     fmt: Annotated[
@@ -478,9 +562,10 @@ def report(
 ) -> None:
     """Write RUN/report.html: metrics, curves, samples and evaluation in one self-contained page (rebuilt
     from the run's files each time; opens offline)."""
-    from vqgen.stages.reporting.report import write_report
+    from vqgen.stages.commands.report import ReportConfig, run_report
 
-    typer.echo(f"wrote {write_report(run, compare, out)}")
+    cfg = ReportConfig(run=str(run), compare=[str(c) for c in compare], out=str(out) if out else None)
+    typer.echo(f"wrote {run_report(cfg)}")
 
 
 @app.command()
@@ -508,7 +593,7 @@ def plugins() -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.stages.core.cli_options)."""
+    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.command_line.app)."""
     from vqgen.stages.artifacts.hub import use_short_hub_timeouts
 
     use_short_hub_timeouts()  # before huggingface_hub is imported
