@@ -38,7 +38,7 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
-from vqgen.command_line.app import listing, rollback_note, run_app  # noqa: E402
+from vqgen.command_line.app import listing, rollback_note, run_app, size_listing  # noqa: E402
 from vqgen.command_line.config import ConfigFile, finish, tokenize_config, training_options  # noqa: E402
 from vqgen.command_line.options import (  # noqa: E402
     PRIOR_TRAIN_OPTIONS,
@@ -182,6 +182,12 @@ def train_prior(
     prior_opt: Annotated[
         list[str], typer.Option("--prior-opt", help="Prior config field OPTION=VALUE (repeatable).")
     ] = [],  # noqa: B006
+    size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Size preset: B, L, XL, XXL, 1B, 3B (LlamaGen's; `vqgen priors --sizes`); --prior-opt wins."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
@@ -194,7 +200,7 @@ def train_prior(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     cfg = PriorTrainConfig(
-        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options,
+        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options, size=size,
         train=train,
         overwrite=overwrite, resume=resume,
     )  # fmt: skip
@@ -569,9 +575,19 @@ def report(
 
 
 @app.command()
-def priors() -> None:
-    """List every available prior and where it comes from."""
-    typer.echo(listing("prior"))
+def priors(
+    sizes: Annotated[
+        bool,
+        typer.Option("--sizes", help="List the size presets (train-prior --size) with parameters and FLOPs."),
+    ] = False,
+    vocab_size: Annotated[
+        int, typer.Option(min=2, max=2**20, help="--sizes: codes in the vocabulary.")
+    ] = 16384,
+    grid: Annotated[int, typer.Option(min=1, max=256, help="--sizes: side of the code grid.")] = 16,
+    num_classes: Annotated[int, typer.Option(min=0, max=10**6, help="--sizes: classes.")] = 1000,
+) -> None:
+    """List every available prior and where it comes from; with --sizes, the size presets."""
+    typer.echo(size_listing(vocab_size, grid, num_classes) if sizes else listing("prior"))
 
 
 @app.command()

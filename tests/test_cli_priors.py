@@ -12,6 +12,7 @@ TINY_PRIOR_OPTIONS = {
     "gru": ["embed_dim=16", "hidden_size=16", "num_layers=1"],
     "pixelcnn": ["channels=8", "num_layers=2", "head_channels=16"],
     "transformer": ["hidden_size=16", "num_layers=1", "num_heads=2", "intermediate_size=32"],
+    "llamagen": ["hidden_size=16", "num_layers=1", "num_heads=2", "multiple_of=16"],
 }
 
 
@@ -168,7 +169,7 @@ def test_train_prior_bad_input(run, tmp_path):
 def test_priors_command_lists_the_builtins():
     result = run_cli("priors")
     assert result.returncode == 0
-    for name in ("gru", "pixelcnn", "transformer"):
+    for name in ("gru", "pixelcnn", "transformer", "llamagen"):
         assert name in result.stdout and "built-in" in result.stdout
 
 

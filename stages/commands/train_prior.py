@@ -7,13 +7,15 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
-from vqgen.stages.core.build import build_prior
+from vqgen.stages.core.build import build_prior, sized_options
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
@@ -30,10 +32,13 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
+    size: str | None = None  # a size preset (the prior config's sizes()); prior_options override it
     train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 @locked_command  # the prior folder stays locked while the command runs
@@ -41,6 +46,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
@@ -53,7 +59,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     set_seed(cfg.train.seed)
-    model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
+    model = build_prior(cfg.prior, codes.meta, options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer, cfg.eval_batch_size), cfg.train, out_dir)
     if tokenizer is not None:
@@ -83,6 +89,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
         write_plots(out_dir, trainer.history, results)
-        write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
+        paths = {
+            "out": ".",
+            "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),
+        }  # movable with it
+        write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
     return results
