@@ -568,6 +568,22 @@ def export(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder (or a prior folder) to report on.")],
+    compare: Annotated[
+        list[Path], typer.Option("--compare", help="Another run to overlay and set beside it (repeatable).")
+    ] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option(help="Write here instead of RUN/report.html.")] = None,
+) -> None:
+    """Write RUN/report.html: metrics, curves, samples and evaluation in one self-contained page (rebuilt
+    from the run's files each time; opens offline)."""
+    from vqgen.stages.commands.report import ReportConfig, run_report
+
+    cfg = ReportConfig(run=str(run), compare=[str(c) for c in compare], out=str(out) if out else None)
+    typer.echo(f"wrote {run_report(cfg)}")
+
+
+@app.command()
 def priors(
     sizes: Annotated[
         bool,
