@@ -1,5 +1,5 @@
 """The commands that use a model: `generate` (images from a prior), `evaluate` (every stage of a run measured)
-and `report` (one page of a run's metrics and pictures)."""
+`report` (one page of a run's metrics and pictures) and `demo` (a web app over a trained model)."""
 
 from enum import Enum
 from pathlib import Path
