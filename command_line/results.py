@@ -1,4 +1,4 @@
-"""The commands that use a model: `generate` (images from a prior), `evaluate` (every stage of a run measured)
+"""The commands that use a model: `generate` (images from a prior), `evaluate` (every stage of a run measured),
 `report` (one page of a run's metrics and pictures) and `demo` (a web app over a trained model)."""
 
 from enum import Enum
