@@ -24,7 +24,8 @@ from vqgen.stages.core.device import check_device_name, resolve_device, training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
-from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, to_float
+from vqgen.stages.core.runconfig import check_limits
+from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
@@ -98,8 +99,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
-    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    check_limits(cfg)  # every range and choice (--resize), as the command line checks them
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
