@@ -56,6 +56,7 @@ COMMANDS = {  # name -> the typed command (vqgen.command_line), in the order --h
     "import": models.import_,
     "export": models.export,
     "report": results.report,
+    "demo": results.demo,
     "priors": models.priors,
     "tokenizers": models.tokenizers,
     "quantizers": models.quantizers,
