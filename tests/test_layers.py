@@ -165,6 +165,13 @@ def test_an_import_cycle_is_found(tmp_path):
     assert import_cycles(tmp_path) == [["vqgen.stages.data.a", "vqgen.stages.data.b"]]
 
 
+def test_benchmarks_are_a_package_without_path_edits():
+    """benchmarks/ is imported as `benchmarks.NAME` (python -m benchmarks.NAME): no script edits sys.path."""
+    assert (ROOT / "benchmarks" / "__init__.py").is_file()
+    edits = [p.name for p in (ROOT / "benchmarks").rglob("*.py") if "sys.path" in p.read_text()]
+    assert edits == []
+
+
 def test_benchmarks_reach_commands_only_through_their_entry():
     """A benchmark runs a command through `run_*` and its `*Config` only: library code lives in the rooms."""
     bad = []
