@@ -206,7 +206,7 @@ ROWS = [
     ("unknown-flag", ["tokenize", "--no-such-flag"], ["No such option", "--no-such-flag"]),
     ("mixed-precision-unknown", ["tokenize", "--run", "{new}", *TOK, "--mixed-precision", "fp8"], ["--mixed-precision"]),
     ("resize-unknown", ["tokenize", "--run", "{new}", *TOK, "--resize", "stretch"], ["--resize", "center-crop or pad"]),
-    ("num-workers-negative", ["tokenize", "--run", "{new}", *TOK, "--num-workers", "-1"], ["--num-workers", "0 or more"]),
+    ("num-workers-negative", ["tokenize", "--run", "{new}", *TOK, "--num-workers", "-1"], ["--num-workers", "greater than or equal to 0"]),
     ("n-not-a-number", ["generate", "--prior", "{prior}", "--n", "abc", "--out", "{new}.png"], ["--n"]),
     # plugins
     ("plugin-opt-malformed", ["tokenize", "--run", "{new}", *TOK, "--plugin", "gan", "--plugin-opt", "gan"],
@@ -405,7 +405,7 @@ def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
     run = tmp_path / "run"
     answer = call_cli("tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "2",
                       "--checkpoint-every", "1")  # fmt: skip
-    assert_one_line_error(answer, "No space left on device", "--resume")
+    assert_one_line_error(answer, "no space left on the device of", "checkpoints", "--resume")
     leftovers = [p.name for p in (run / "checkpoints").iterdir()] if (run / "checkpoints").exists() else []
     assert leftovers == []  # no half-written checkpoint, not even under a temporary name
 
@@ -416,7 +416,7 @@ def test_full_disk_while_saving_the_tokenizer(world, tmp_path, monkeypatch):
     answer = call_cli(
         "tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "1"
     )
-    assert_one_line_error(answer, "No space left on device")
+    assert_one_line_error(answer, "no space left on the device of", "while writing the model")
     assert not (run / "tokenizer" / "model.safetensors").exists()  # never half-written under its final name
     assert [p.name for p in (run / "tokenizer").iterdir()] == []  # the temporary copy is gone too
 

@@ -149,3 +149,38 @@ def test_taming_refuses_what_vqgan_cannot_express(tmp_path):
                 ImportConfig("taming", str(ckpt), str(tmp_path / "run"), options={"model_config": str(yaml)})
             )
     assert not (tmp_path / "run").exists()
+
+
+def test_lightning_metadata_classes_load_as_inert_placeholders_and_code_is_refused(tmp_path, monkeypatch):
+    """Old Lightning checkpoints (taming's) key their callbacks' state by the callback class: read without
+    pytorch_lightning and without running it. A class from anywhere else stays refused."""
+    import sys
+    import types
+
+    from vqgen.stages.core.errors import UserError
+    from vqgen.stages.interop.sources import read_checkpoint
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            raise AssertionError("Lightning code ran")
+
+    ModelCheckpoint.__module__ = module.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    weights = {"encoder.conv_in.weight": torch.ones(2, 3, 3, 3)}
+    torch.save(
+        {"state_dict": weights, "callbacks": {ModelCheckpoint: {"best_model_score": 1.0}}},
+        tmp_path / "a.ckpt",
+    )
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.delitem(sys.modules, name)  # as on a machine without pytorch_lightning
+    data = read_checkpoint(tmp_path / "a.ckpt")
+    assert torch.equal(data["state_dict"]["encoder.conv_in.weight"], weights["encoder.conv_in.weight"])
+    torch.save({"state_dict": weights, "hook": Payload}, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="it needs test_interop.Payload to load"):
+        read_checkpoint(tmp_path / "b.ckpt")

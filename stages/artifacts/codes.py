@@ -15,13 +15,16 @@ together at the end (`assemble_codes`), so no process holds more than one shard 
 """
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from vqgen.stages.core.errors import UserError, one_line, read_json_object
-from vqgen.stages.core.files import write_json
+from vqgen.stages.core.files import disk_writes, write_json
 
 CODES_META = "codes.json"
 LEGACY_META = "vqgen.json"
@@ -99,8 +102,18 @@ def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor
         )
         for name, (codes, labels) in splits.items()
     }
-    DatasetDict(parts).save_to_disk(str(folder))
-    write_json(meta, Path(folder) / CODES_META)
+    folder = Path(folder)
+    needed = sum(c.numel() * 4 + lab.numel() * 8 for c, lab in splits.values())
+    with disk_writes(folder.parent, needed, f"the codes ({folder.name})"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:  # written beside, then renamed into place: a codes folder is never half-written
+            DatasetDict(parts).save_to_disk(str(tmp / "codes"))
+            write_json(meta, tmp / "codes" / CODES_META)
+            if folder.exists():
+                os.replace(folder, tmp / "old")
+            os.replace(tmp / "codes", folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:

@@ -15,7 +15,7 @@ Run folder:
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vqgen.stages.artifacts.codes import save_codes
 from vqgen.stages.artifacts.models import save_model
@@ -50,6 +50,8 @@ class TokenizeConfig:
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
@@ -149,6 +151,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             eval_split="held-out",
         )
         write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
-        write_json(asdict(cfg), run_dir / "run_config.json")
+        write_json(
+            {**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json"
+        )  # a run is its folder: movable
     accelerator.wait_for_everyone()
     return results

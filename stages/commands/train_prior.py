@@ -7,9 +7,11 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
@@ -34,6 +36,8 @@ class PriorTrainConfig:
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 @locked_command  # the prior folder stays locked while the command runs
@@ -83,6 +87,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         if tokenizer is not None:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
-        write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
+        paths = {
+            "out": ".",
+            "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),
+        }  # movable with it
+        write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
     return results

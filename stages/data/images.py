@@ -12,15 +12,17 @@ import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from vqgen.stages.core.errors import UserError
 
 EMBEDDED = "mnist5k"
 RESIZE_MODES = ("center-crop", "pad")
-PREPARED_FORMAT = 2  # bump when the preparation changes: older prepared caches are then not reused
+PREPARED_FORMAT = 3  # bump when the preparation changes: older prepared caches are then not reused
+EXIF_ORIENTATION = 0x0112  # applied since format 3 (ImageOps.exif_transpose)
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -46,6 +48,12 @@ class DataConfig:
     )
     shuffle_buffer: int = 1000  # streaming: samples per shuffled block
     heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
+
+    # each number's range (vqgen.stages.core.runconfig.check_limits: flags, --config files and saved runs alike)
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "image_size": (4, 4096), "channels": (1, 3), "heldout_fraction": (0.001, 0.5),
+        "shuffle_buffer": (1, 10**7), "heldout_size": (1, 10**7),
+    }  # fmt: skip
 
     def resize_mode(self) -> str:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and
@@ -131,9 +139,19 @@ def center_square(image: Image.Image) -> Image.Image:
 def fit_array(image: Image.Image, size: int, channels: int, resize: str = "pad") -> np.ndarray:
     """A PIL image -> (C, size, size) uint8 by `resize`: "pad" fits it inside the square and pads (to_array);
     "center-crop" crops its centred square first, so nothing is padded and the short side fills the square."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: turned as it is shown
+        image = ImageOps.exif_transpose(image)
     if resize == "center-crop":
         image = center_square(image)
     return to_array(image, size, channels)
+
+
+def not_an_image(item, column: str) -> UserError:
+    """The one line for an image column whose values are no images (numbers, lists, ...)."""
+    return UserError(
+        f"the column {column!r} holds {type(item).__name__} values, not images; name the image column with "
+        "--image-column"
+    )
 
 
 def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_name: str | None = None):
@@ -148,8 +166,10 @@ def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_nam
                 if isinstance(item, dict):
                     src = item.get("path") if item.get("bytes") is None else io.BytesIO(item["bytes"])
                     image = Image.open(src)
-                else:
+                elif isinstance(item, Image.Image):
                     image = item
+                else:
+                    raise not_an_image(item, image_column)
                 image.load()
                 pixels.append(fit_array(image, cfg.image_size, cfg.channels, cfg.resize_mode()))
                 labels.append(label_of(batch, i))

@@ -13,6 +13,7 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
+import errno
 import json
 import os
 import random
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from vqgen.stages.core.files import file_sha256
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import disk_message, disk_writes, file_sha256, free_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 TENSOR, INT_KEYS = "__tensor__", "__int_keys__"  # markers in a flattened state's JSON skeleton
@@ -117,8 +119,17 @@ def _remove(path: Path) -> None:
 def write_checkpoint(
     run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int
 ) -> Path:
-    """Atomically write checkpoint `step` under run_dir/checkpoints and keep only the newest `keep`."""
+    """Atomically write checkpoint `step` under run_dir/checkpoints and keep only the newest `keep`. A full disk
+    is one line naming the folder and the bytes needed; the checkpoints already there are kept."""
     root = Path(run_dir) / CHECKPOINT_DIR
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    with disk_writes(root, needed, f"checkpoint step {step}"):
+        return _write_checkpoint(root, run_dir, step, tensors, meta, keep)
+
+
+def _write_checkpoint(
+    root: Path, run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
@@ -144,6 +155,16 @@ def write_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         _remove(old)
     return final
+
+
+def check_space(run_dir: Path, model: torch.nn.Module, ema: bool) -> None:
+    """Refuse a run whose first checkpoint cannot fit on its disk, before the first step: the model and AdamW's two
+    moments (and the weight average), as float32, with a 10% margin for the rest of its state."""
+    weights = sum(t.numel() * 4 for t in model.state_dict().values())
+    needed = int(weights * (3 + ema) * 1.1)
+    free = free_bytes(run_dir)
+    if free is not None and free < needed:
+        raise UserError(disk_message(errno.ENOSPC, run_dir, needed, "a checkpoint"))
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
