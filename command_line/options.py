@@ -61,7 +61,7 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "seed": (int, "Random seed (data order, initialisation, sampling)."),
     "sample_every": (int, "Save a sample grid every N steps (0: only at the end)."),
     "checkpoint_every": (int, "Save a checkpoint every N steps."),
-    "log_with": (Optional[str], "accelerate tracker: tensorboard or wandb."),
+    "log_with": (Optional[str], "accelerate tracker: tensorboard, wandb or trackio."),
     "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt."),
     "max_nonfinite": (int, "Stop after this many non-finite losses in a row (each is skipped, rolled back)."),
     "num_workers": (

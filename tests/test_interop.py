@@ -80,7 +80,14 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
         assert not (run / "tokenizer").exists() or not any((run / "tokenizer").iterdir())
 
     torch.save({"model": good}, tmp_path / "ok.pt")
-    refused(tmp_path / "ok.pt", "unknown import format 'llamagen'", fmt="llamagen")
+    refused(
+        tmp_path / "ok.pt",
+        "unknown import format 'llamagen'",
+        "llamagen-vq",
+        "taming",
+        "diffusers",
+        fmt="llamagen",
+    )
     refused(tmp_path / "ok.pt", "unknown LlamaGen tokenizer --model 'VQ-32'", model="VQ-32")
     refused(tmp_path / "ok.pt", "--model-config does not apply", model_config="x.yaml")
     # the default codebook_embed_dim (8) does not fit a checkpoint made with 4: the key and both shapes named
@@ -95,10 +102,8 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
     refused(tmp_path / "ok.pt", "already exists", codebook_embed_dim=4)
 
 
-def test_cli_import_unknown_format_and_overwrite(tmp_path, llamagen_tiny):
+def test_cli_import_of_a_checkpoint_that_does_not_fit_the_preset(tmp_path, llamagen_tiny):
     torch.save({"model": seeded_weights(llamagen_tiny["shapes"], 0)}, tmp_path / "vq.pt")
-    result = run_cli("import", "nonesuch", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
-    assert_user_error(result, "unknown import format 'nonesuch'", "llamagen-vq", "taming", "diffusers")
     result = run_cli("import", "llamagen-vq", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
     assert_user_error(result, "encoder.conv_in.weight", "[32, 3, 3, 3]", "[128, 3, 3, 3]")
     assert not (tmp_path / "run").exists()

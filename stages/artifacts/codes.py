@@ -7,7 +7,7 @@
 
 Codes written by `vqgen encode` carry two more columns: `image` (int64, the source image's id: its row in the
 prepared split, or rank * 10**12 + position for a stream) and `view` (int32, which augmented view of it the row
-encodes: see VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
+encodes: data/views.VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
 image's views are consecutive rows with the same `image`. They are encoded shard by shard (`write_shard`) and put
 together at the end (`assemble_codes`), so no process holds more than one shard of codes.
 
@@ -173,18 +173,6 @@ def meta_file(folder: Path) -> Path | None:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
-
-
-# --augment -> the views encoded per training image, in row order (the validation split keeps `VIEW_OF_VALIDATION`)
-VIEWS = {
-    "none": ["image"],
-    "flip": ["image", "flipped"],
-    # LlamaGen's ten-crop (torchvision TenCrop of a 1.1x centre crop): four corners, the centre, then the same
-    # five of the left-right flipped image
-    "ten-crop": ["top-left", "top-right", "bottom-left", "bottom-right", "centre"]
-    + [f"flipped {v}" for v in ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
-}
-VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
 
 
 def shard_features(height: int, width: int):

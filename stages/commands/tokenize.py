@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vqgen.stages.artifacts.codes import save_codes
+from vqgen.stages.artifacts.codes import load_codes, save_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
@@ -28,6 +28,7 @@ from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, to_f
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
+from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
 from vqgen.stages.tokenizer.model import TokenizerConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
@@ -151,6 +152,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             eval_split="held-out",
         )
         write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
+        codes = load_codes(run_dir / "codes").train_codes
+        write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
         write_json(
             {**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json"
         )  # a run is its folder: movable

@@ -20,6 +20,7 @@ from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, overfit_note
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
@@ -87,6 +88,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         if tokenizer is not None:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
+        write_plots(out_dir, trainer.history, results)
         paths = {
             "out": ".",
             "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),

@@ -31,6 +31,7 @@ from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
@@ -322,6 +323,7 @@ class Trainer:
         self._log(metrics)
         if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
             self.task.save_samples(self.unwrapped(), self.step, self.run_dir)
+            write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
         if cfg.eval_every and self.step % cfg.eval_every == 0 and acc.is_main_process:
             self._validate()
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
