@@ -100,7 +100,8 @@ class DiffusersVQ(ImportFormat):
         local = Path(request.source).expanduser()
         kwargs = {k: o[k] for k in ("subfolder", "revision") if o.get(k)}
         try:
-            original = _vqmodel().from_pretrained(str(local) if local.exists() else request.source, **kwargs)
+            VQModel = _vqmodel()  # noqa: N806 (the class)
+            original = VQModel.from_pretrained(str(local) if local.exists() else request.source, **kwargs)
         except UserError:
             raise
         except Exception as exc:  # not a VQModel folder, unknown repo, offline without a cache

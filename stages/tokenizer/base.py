@@ -35,8 +35,11 @@ BUILTIN_QUANTIZERS = {
 # Config fields added after tokenizers were first published: hashed into the fingerprint only when they differ from
 # their defaults, so a tokenizer saved before they existed keeps its fingerprint (and its priors keep working).
 LATER_FIELDS = ("kind", "levels", "entropy_weight", "restart_share", "project")
-# The same for a model config's own fields (VQGANConfig's mid_attention, an imported model's provenance).
-LATER_MODEL_FIELDS = ("mid_attention", "provenance")
+# The same for a model config's own fields (VQGANConfig's mid_attention).
+LATER_MODEL_FIELDS = ("mid_attention",)
+# Config fields that describe the model but not what it computes: never hashed (the same weights imported from two
+# paths are one tokenizer)
+METADATA_FIELDS = ("provenance",)
 
 
 def _import(target: str) -> type:
@@ -177,8 +180,8 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vq
 
 
 def fingerprint_fields(config) -> dict:
-    """asdict(config) without the LATER_MODEL_FIELDS, and the LATER_FIELDS of its quantizer, that still hold their
-    defaults."""
+    """asdict(config) without its METADATA_FIELDS, and without the LATER_MODEL_FIELDS and its quantizer's
+    LATER_FIELDS that still hold their defaults."""
 
     def defaults(obj) -> dict:
         return {
@@ -186,7 +189,11 @@ def fingerprint_fields(config) -> dict:
         }
 
     data, top = asdict(config), defaults(config)
-    data = {k: v for k, v in data.items() if k not in LATER_MODEL_FIELDS or v != top[k]}
+    data = {
+        k: v
+        for k, v in data.items()
+        if k not in METADATA_FIELDS and (k not in LATER_MODEL_FIELDS or v != top[k])
+    }
     q = defaults(config.quantizer)
     data["quantizer"] = {k: v for k, v in data["quantizer"].items() if k not in LATER_FIELDS or v != q[k]}
     return data
