@@ -54,8 +54,9 @@ def no_bookkeeping_left(folder: Path) -> None:
         (["--dataset", "{missing}"], "no such folder"),
         (["--dataset", "{digits}", "--batch-size", "1000"], "fewer than one batch of 1000"),
         (["--dataset", "{digits}", "--config", "{bad_config}"], "log-every must lie in [1,"),
+        (["--dataset", "{digits}", "--device", "cuda:7"], "cuda:7"),
     ],
-    ids=["dataset-missing", "batch-larger-than-data", "config-out-of-range"],
+    ids=["dataset-missing", "batch-larger-than-data", "config-out-of-range", "device-absent"],
 )
 def test_a_refused_overwrite_leaves_the_old_run_as_it_was(tmp_path, finished, image_folder, args, fragment):
     run = copy_run(finished, tmp_path / "run")
@@ -294,6 +295,16 @@ def test_an_overwrite_that_fills_the_disk_gives_the_old_run_back(finished, small
     assert_one_line_error(answer, "no space left on the device of")
     assert snapshot(out) == before
     no_bookkeeping_left(out)
+
+
+def test_a_disk_too_small_for_one_checkpoint_is_refused_before_training(finished, small_disk):
+    fill(small_disk, leave=2 * PAGE)
+    out = small_disk / "prior"
+    answer = call_cli("train-prior", "--codes", finished / "codes", "--out", out, *PRIOR, "--steps", "1")
+    assert_one_line_error(
+        answer, f"no space left on the device of {out} while writing a checkpoint (needs about"
+    )
+    assert not out.exists()
 
 
 def test_generate_overwrite_on_a_full_disk_keeps_the_old_grid(finished, small_disk):

@@ -102,12 +102,17 @@ def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor
         )
         for name, (codes, labels) in splits.items()
     }
-    folder = Path(folder)
     needed = sum(c.numel() * 4 + lab.numel() * 8 for c, lab in splits.values())
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)
+
+
+def _save_whole(folder: Path, dataset, meta: dict, needed: int) -> None:
+    """A codes DatasetDict and its codes.json saved beside `folder` and renamed into place, so that a codes folder
+    is never half-written; a full disk is one line (vqgen.stages.core.files.disk_writes)."""
     with disk_writes(folder.parent, needed, f"the codes ({folder.name})"):
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:  # written beside, then renamed into place: a codes folder is never half-written
-            DatasetDict(parts).save_to_disk(str(tmp / "codes"))
+        try:
+            dataset.save_to_disk(str(tmp / "codes"))
             write_json(meta, tmp / "codes" / CODES_META)
             if folder.exists():
                 os.replace(folder, tmp / "old")
@@ -215,5 +220,5 @@ def assemble_codes(folder: Path, shards: dict[str, list[Path]], meta: dict) -> N
             parts[split] = concatenate_datasets([Dataset.from_file(str(f)) for f in files])
         else:
             parts[split] = Dataset.from_dict({k: [] for k in features}, features=features)
-    DatasetDict(parts).save_to_disk(str(folder))
-    write_json(meta, Path(folder) / CODES_META)
+    needed = sum(Path(f).stat().st_size for files in shards.values() for f in files)
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)

@@ -202,6 +202,11 @@ def _read_pid(fd: int) -> int | None:
 _HELD: dict[Path, FolderLock] = {}
 
 
+def _main_process() -> bool:
+    """Rank 0 under `accelerate launch` (or a plain process): the one that locks, sets aside and recovers."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def _key(folder: Path, name: str) -> Path:
     return Path(os.path.abspath(folder)) / name
 
@@ -210,7 +215,7 @@ def hold_lock(folder: str | Path, name: str = LOCK_FILE) -> FolderLock:
     """Lock `folder` (created if missing) for the rest of the command: until the `@locked_command` function it
     runs under returns, or the process ends. Re-entrant within one process. Under `accelerate launch` only the
     process of rank 0 takes it (the others work in the same folder as its helpers)."""
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if not _main_process():
         return FolderLock(Path(folder), name)
     key = _key(Path(folder), name)
     lock = _HELD.get(key)
@@ -281,7 +286,8 @@ def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> Path:
 
 
 def _check_and_clear(path: Path, overwrite: bool, resume: bool) -> None:
-    if path.is_dir():  # not there yet for a process that took no lock
+    main = _main_process()  # the others work in the same folder as rank 0's helpers
+    if path.is_dir() and main:  # not there yet for a process that took no lock
         replaced.recover(path, lambda: _contents(path))
     contents = _contents(path) if path.is_dir() else []
     if contents:
@@ -302,5 +308,5 @@ def _check_and_clear(path: Path, overwrite: bool, resume: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from None
-    if contents:  # kept aside until the new run's first checkpoint (vqgen.stages.artifacts.replaced)
+    if contents and main:  # kept aside until the new run's first checkpoint (vqgen.stages.artifacts.replaced)
         replaced.set_aside(path, contents, lambda: _contents(path))

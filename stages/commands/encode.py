@@ -188,27 +188,11 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
             "views": len(VIEWS[cfg.augment]), "view_names": VIEWS[cfg.augment],
         }  # fmt: skip
         shards = {s: sorted((staging / s).glob("*.arrow")) for s in ("train", "validation")}
-        _assemble_into_place(out, shards, meta)
+        assemble_codes(out, shards, meta)  # built beside CODES, then renamed into place
         shutil.rmtree(staging, ignore_errors=True)
         result["rows"] = {s: _rows(out, s) for s in shards}
     accelerator.wait_for_everyone()
     return result
-
-
-def _assemble_into_place(out: Path, shards: dict, meta: dict) -> None:
-    """The codes dataset built beside CODES, then renamed into place (an existing CODES goes only then)."""
-    import os
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
-    try:
-        assemble_codes(tmp / "codes", shards, meta)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp / "codes", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rows(out: Path, split: str) -> int:

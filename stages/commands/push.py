@@ -230,7 +230,8 @@ def run_push(cfg: PushConfig) -> dict:
     ensure_hub_reachable(f"push to {cfg.repo_id}")
     with tempfile.TemporaryDirectory(prefix="vqgen-push-") as tmp:
         folder = Path(tmp) / "upload"
-        files = build_upload_folder(cfg, folder)
+        with disk_writes(tmp, None, "the upload folder"):
+            files = build_upload_folder(cfg, folder)
         return {**_upload(cfg, folder), "files": files, "uploaded": True}
 
 

@@ -24,13 +24,14 @@ from vqgen.stages.core.device import check_device_name, resolve_device, training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
-from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, to_float
+from vqgen.stages.core.runconfig import check_limits
+from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.vqvae import VQVAEConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.tasks import StreamingTokenizerTask, TokenizerTask
@@ -43,7 +44,7 @@ class TokenizeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = "vqvae"  # the architecture or size preset `model` started from (`python cli.py tokenizers`)
     # the architecture's dataclass config (its model_type names the architecture)
-    model: Any = field(default_factory=TokenizerConfig)
+    model: Any = field(default_factory=VQVAEConfig)
     train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
@@ -98,8 +99,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
-    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    check_limits(cfg)  # every range and choice (--resize), as the command line checks them
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json

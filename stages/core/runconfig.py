@@ -14,15 +14,18 @@ A config file is read with limits, as anything a user may have been sent: at mos
 deep, and option names as plain strings. `overwrite`, `resume` and the run folder are never taken from a file
 (a saved run_config.json records them): a file that sets them gets one warning line and they are left out.
 Every value, from a flag, a file or a saved run, is checked against its field's one declared range (`LIMITS` on
-each config dataclass, which the CLI's --help and option parsing read too; `check_limits`).
+each config dataclass, which the CLI's --help and option parsing read too; `check_limits`), and every choice
+against its enum (a field typed with an Enum, such as DataConfig.resize).
 """
 
 import dataclasses
+import enum
 import json
 import math
 import os
 import stat
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -212,15 +215,38 @@ def resumed(config: Any, saved_file: Path, given: set[str]) -> Any:
     return set_fields(set_fields(config, kept, str(saved_file)), changes, "--resume")
 
 
+def _choice_enum(cls: type, name: str) -> type[enum.Enum] | None:
+    """The Enum a dataclass field is typed with (alone or in an Optional), or None."""
+    hint = typing.get_type_hints(cls).get(name)
+    for kind in (hint, *typing.get_args(hint)):
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return kind
+    return None
+
+
+def _choice(choices: type[enum.Enum], value: Any, flag: str) -> enum.Enum:
+    """`value` as a member of `choices`, or one line naming the option and the choices."""
+    try:
+        return choices(value)
+    except ValueError:
+        names = [str(m.value) for m in choices]
+        raise UserError(f"{flag} must be {', '.join(names[:-1])} or {names[-1]}, got {value!r}") from None
+
+
 def check_limits(config: Any, where: str = "") -> None:
     """Every field of `config` (and of the dataclasses inside it) within its declared range: `LIMITS` on its
-    dataclass, {field: (lowest, highest)}; a float must be finite. The same check for a flag, a file and a saved
-    run; a value out of range is one line naming the option."""
+    dataclass, {field: (lowest, highest)}; a float must be finite; a choice (a field typed with an Enum) one of
+    the enum's values, and made that member. The same check for a flag, a file and a saved run; a value out of
+    range is one line naming the option."""
     limits = getattr(type(config), "LIMITS", {})
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             check_limits(value, where)
+            continue
+        choices = _choice_enum(type(config), f.name)
+        if choices is not None and value is not None:
+            setattr(config, f.name, _choice(choices, value, f"{where}--{f.name.replace('_', '-')}"))
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue

@@ -11,6 +11,7 @@ Unreadable images are skipped and counted; a source with no readable image is an
 import io
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,7 +21,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vqgen.stages.core.errors import UserError
 
 EMBEDDED = "mnist5k"
-RESIZE_MODES = ("center-crop", "pad")
+
+
+class Resize(str, Enum):
+    """How an image is made square: crop its centred square, or fit it inside the square and pad with black."""
+
+    center_crop = "center-crop"
+    pad = "pad"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 PREPARED_FORMAT = 3  # bump when the preparation changes: older prepared caches are then not reused
 EXIF_ORIENTATION = 0x0112  # applied since format 3 (ImageOps.exif_transpose)
 ASSETS = Path(__file__).parent / "assets"
@@ -40,7 +52,7 @@ class DataConfig:
     channels: int = 1  # 1 = grey, 3 = RGB
     heldout_fraction: float = 0.1
     revision: str | None = None  # Hub datasets: branch, tag or commit
-    resize: str | None = None  # "center-crop" | "pad"; None = center-crop for RGB folders/Hub data, else pad
+    resize: Resize | None = None  # None = center-crop for RGB folders and Hub data, else pad (resize_mode)
     random_flip: bool = False  # tokenizer training: flip half of each batch left-right
     random_crop: bool = False  # tokenizer training: reflect-pad by size/8 and crop back at a random offset
     streaming: bool = (
@@ -55,12 +67,12 @@ class DataConfig:
         "shuffle_buffer": (1, 10**7), "heldout_size": (1, 10**7),
     }  # fmt: skip
 
-    def resize_mode(self) -> str:
+    def resize_mode(self) -> Resize:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and
         the letterbox (pad) for grey images and the embedded digits, as before."""
         if self.resize is not None:
-            return self.resize
-        return "center-crop" if self.channels == 3 and self.dataset != EMBEDDED else "pad"
+            return Resize(self.resize)
+        return Resize.center_crop if self.channels == 3 and self.dataset != EMBEDDED else Resize.pad
 
 
 @dataclass
@@ -136,12 +148,12 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def fit_array(image: Image.Image, size: int, channels: int, resize: str = "pad") -> np.ndarray:
+def fit_array(image: Image.Image, size: int, channels: int, resize: str = Resize.pad) -> np.ndarray:
     """A PIL image -> (C, size, size) uint8 by `resize`: "pad" fits it inside the square and pads (to_array);
     "center-crop" crops its centred square first, so nothing is padded and the short side fills the square."""
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: turned as it is shown
         image = ImageOps.exif_transpose(image)
-    if resize == "center-crop":
+    if resize == Resize.center_crop:
         image = center_square(image)
     return to_array(image, size, channels)
 
