@@ -157,10 +157,10 @@ def world(tmp_path_factory, digits) -> World:
     (bad / "tok-pickle-only").mkdir()
     shutil.copy(tokenizer / "config.json", bad / "tok-pickle-only")
     (bad / "tok-pickle-only" / "pytorch_model.bin").write_bytes(b"\x80\x04pickled")
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-    small = TokenizerConfig(
+    small = VQVAEConfig(
         base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8, code_dim=4)
     )
     VQVAE(small).save_pretrained(str(bad / "tok-8-codes"))
