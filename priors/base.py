@@ -174,6 +174,18 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the prior's blocks: the unit that FSDP shards and gathers one at a time
+        (stages/training/sharding.py; accelerate reads this attribute, as on a `transformers` model). By default
+        those that the `transformers` models inside it name (a Llama's decoder layers), plus `block_classes`, a
+        class attribute a prior may set; none: the whole prior is one unit."""
+        names = set(getattr(type(self), "block_classes", ()))
+        for module in self.modules():
+            if module is not self:
+                names.update(getattr(module, "_no_split_modules", None) or ())
+        return sorted(names)
+
     @torch.inference_mode()
     def sample(
         self,

@@ -26,6 +26,8 @@ from vqgen.stages.evaluation.priors import evaluate_prior
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
+from vqgen.stages.training.distribution import launched_processes
+from vqgen.stages.training.preflight import check_fits, check_resume
 from vqgen.stages.training.trainer import Trainer
 
 
@@ -74,6 +76,7 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
+    shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer
@@ -153,6 +156,12 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
         raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    processes = launched_processes()
+    with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
+        check_fits(build_prior(cfg.prior, codes.meta, cfg.prior_options), processes, cfg.train.device,
+                   ema=cfg.train.model_ema_decay > 0)  # fmt: skip
+    if cfg.resume:
+        check_resume(out_dir, processes, cfg.train.batch_size)
     set_seed(cfg.train.seed)
     model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
@@ -165,8 +174,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     trainer.fit()
     train_seconds = time.perf_counter() - started
     results: dict = {}
+    model = (
+        trainer.final_model()
+    )  # the weight average with --model-ema-decay (sharded: gathered, on process 0)
     if trainer.accelerator.is_main_process:
-        model = trainer.final_model()  # the weight average with --model-ema-decay
         save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None
