@@ -38,7 +38,9 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
-from vqgen.stages.core.cli_options import (  # noqa: E402
+from vqgen.command_line.app import listing, rollback_note, run_app, size_listing  # noqa: E402
+from vqgen.command_line.config import ConfigFile, finish, tokenize_config, training_options  # noqa: E402
+from vqgen.command_line.options import (  # noqa: E402
     PRIOR_TRAIN_OPTIONS,
     ArchOption,
     BaseChannelsOption,
@@ -48,7 +50,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     CodebookSizeOption,
     CodebookUpdateOption,
     CodeDimOption,
-    ConfigFile,
     CosineOption,
     DatasetOption,
     Device,
@@ -75,11 +76,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     ShuffleBufferOption,
     SplitOption,
     StreamingOption,
-    finish,
-    listing,
-    rollback_note,
-    run_app,
-    training_options,
 )
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
@@ -89,7 +85,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: an option's help wraps below it, readable at 80 columns
 )
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return choice.value if choice is not None else None
 
 
 @app.command()
@@ -134,12 +135,26 @@ def tokenize(
     resume: Resume = False,
 ) -> None:
     """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
-    flags = {
-        k: v.value if isinstance(v, Enum) else v for k, v in locals().items() if k not in ("train", "config")
-    }
-    from vqgen.stages.commands.tokenize import config_from_flags, run_tokenize
+    from vqgen.stages.commands.tokenize import run_tokenize
+    from vqgen.stages.data.images import DataConfig
 
-    cfg = config_from_flags(flags, train)
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
+        heldout_size=heldout_size,
+    )  # fmt: skip
+    model = dict(
+        image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+        num_res_blocks=res_blocks,
+    )  # fmt: skip
+    quantizer_fields = dict(
+        kind=quantizer, codebook_size=codebook_size, code_dim=code_dim, beta=beta, cosine=cosine,
+        levels=fsq_levels, entropy_weight=entropy_weight, update=_value(codebook_update), init=_value(codebook_init),
+    )  # fmt: skip
+    cfg = tokenize_config(
+        train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
+        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+    )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(
@@ -167,6 +182,12 @@ def train_prior(
     prior_opt: Annotated[
         list[str], typer.Option("--prior-opt", help="Prior config field OPTION=VALUE (repeatable).")
     ] = [],  # noqa: B006
+    size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Size preset: B, L, XL, XXL, 1B, 3B (LlamaGen's; `vqgen priors --sizes`); --prior-opt wins."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
@@ -179,7 +200,7 @@ def train_prior(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     cfg = PriorTrainConfig(
-        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options,
+        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options, size=size,
         train=train,
         overwrite=overwrite, resume=resume,
     )  # fmt: skip
@@ -398,10 +419,159 @@ def evaluate(
         run_evaluate(cfg, log=typer.echo)
 
 
+class AugmentChoice(str, Enum):
+    none = "none"
+    flip = "flip"
+    ten_crop = "ten-crop"
+
+
 @app.command()
-def priors() -> None:
-    """List every available prior and where it comes from."""
-    typer.echo(listing("prior"))
+def encode(
+    tokenizer: Annotated[
+        str,
+        typer.Option(help="The tokenizer: RUN/tokenizer (trained or imported), a run folder or a Hub id."),
+    ],
+    dataset: DatasetOption = "mnist5k",
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="The codes folder to write (default: codes beside a local tokenizer)."),
+    ] = None,
+    split: SplitOption = "train",
+    heldout_split: HeldoutSplitOption = None,
+    image_column: ImageColumnOption = "image",
+    label_column: LabelColumnOption = "label",
+    revision: RevisionOption = None,
+    resize: ResizeOption = None,
+    streaming: StreamingOption = False,
+    shuffle_buffer: ShuffleBufferOption = 1000,
+    heldout_size: HeldoutSizeOption = 500,
+    augment: Annotated[
+        AugmentChoice,
+        typer.Option(
+            help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
+        ),
+    ] = AugmentChoice.none,
+    batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images per encoder call.")] = 64,
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Images per shard file (each written whole; --resume skips them).")
+    ] = 10000,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted encode (same options and processes).")
+    ] = False,
+) -> None:
+    """Encode a dataset with an existing tokenizer into the codes train-prior reads (no training); under
+    `accelerate launch` every process encodes its own shard."""
+    from vqgen.stages.commands.encode import EncodeConfig, run_encode
+    from vqgen.stages.data.images import DataConfig
+
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
+    )  # fmt: skip
+    cfg = EncodeConfig(
+        tokenizer,
+        str(out) if out else None,
+        data,
+        augment.value,
+        batch_size,
+        shard_size,
+        device,
+        overwrite,
+        resume,
+    )
+    r = run_encode(cfg)
+    if "rows" in r:
+        typer.echo(
+            f"wrote {r['out']}: {r['rows']['train']:,} training and {r['rows']['validation']:,} validation rows "
+            f"({r['images']:,} images encoded now, {r['images_per_s']:,.1f} images/s)"
+        )
+
+
+@app.command("import")
+def import_(
+    fmt: Annotated[
+        str,
+        typer.Argument(
+            metavar="FORMAT", help="llamagen-vq, taming, diffusers, or an installed import format."
+        ),
+    ],
+    source: Annotated[
+        str, typer.Argument(help="A local checkpoint file or folder, or a Hub id (user/name).")
+    ],
+    run: Annotated[
+        Path, typer.Option("--run", help="Run folder to write RUN/tokenizer (or RUN/prior-NAME) into.")
+    ],
+    model: Annotated[
+        Optional[str], typer.Option(help="The original's size preset: VQ-16, VQ-8 (llamagen-vq), GPT-B, ...")
+    ] = None,
+    codebook_size: Annotated[Optional[int], typer.Option(min=2, help="llamagen-vq: codes (16384).")] = None,
+    codebook_embed_dim: Annotated[
+        Optional[int], typer.Option(min=1, help="llamagen-vq: code dimensions (8).")
+    ] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Image size the tokenizer takes (256; the grid follows).")
+    ] = None,
+    model_config: Annotated[
+        Optional[Path],
+        typer.Option(help="taming: the model's yaml config (configs/*.yaml beside last.ckpt)."),
+    ] = None,
+    subfolder: Annotated[
+        Optional[str], typer.Option(help="diffusers: the VQModel's folder inside a pipeline (vqvae).")
+    ] = None,
+    filename: Annotated[
+        Optional[str], typer.Option(help="The checkpoint file inside a Hub repo or folder (vq_ds16_c2i.pt).")
+    ] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub: branch, tag or commit.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder in --run.")
+    ] = False,
+    device: Device = "cpu",
+) -> None:
+    """Import a released model (LlamaGen, taming-transformers, diffusers) as a vqgen tokenizer or prior in RUN."""
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    options = dict(
+        model=model, codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, image_size=image_size,
+        model_config=str(model_config) if model_config else None, subfolder=subfolder, filename=filename,
+        revision=revision,
+    )  # fmt: skip
+    r = run_import(ImportConfig(fmt, source, str(run), overwrite, device, options))
+    typer.echo(f"imported {r['summary']}; wrote {r['folder']} ({r['seconds']:.1f} s)")
+
+
+@app.command()
+def export(
+    tokenizer: Annotated[
+        str, typer.Argument(help="A vqgen tokenizer: RUN/tokenizer, a run folder or a Hub id.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="The layout to write: diffusers (a VQModel folder).")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Export a vqgen tokenizer for another library: `--format diffusers` writes a folder that
+    diffusers.VQModel.from_pretrained loads."""
+    from vqgen.stages.commands.interop import ExportConfig, run_export
+
+    r = run_export(ExportConfig(tokenizer, fmt, str(out), overwrite))
+    typer.echo(f"wrote {r['folder']} ({', '.join(r['files'])})")
+
+
+@app.command()
+def priors(
+    sizes: Annotated[
+        bool,
+        typer.Option("--sizes", help="List the size presets (train-prior --size) with parameters and FLOPs."),
+    ] = False,
+    vocab_size: Annotated[
+        int, typer.Option(min=2, max=2**20, help="--sizes: codes in the vocabulary.")
+    ] = 16384,
+    grid: Annotated[int, typer.Option(min=1, max=256, help="--sizes: side of the code grid.")] = 16,
+    num_classes: Annotated[int, typer.Option(min=0, max=10**6, help="--sizes: classes.")] = 1000,
+) -> None:
+    """List every available prior and where it comes from; with --sizes, the size presets."""
+    typer.echo(size_listing(vocab_size, grid, num_classes) if sizes else listing("prior"))
 
 
 @app.command()
@@ -423,7 +593,7 @@ def plugins() -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.stages.core.cli_options)."""
+    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.command_line.app)."""
     from vqgen.stages.artifacts.hub import use_short_hub_timeouts
 
     use_short_hub_timeouts()  # before huggingface_hub is imported

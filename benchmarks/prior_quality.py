@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer  # noqa: E402
 from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
 from vqgen.stages.data.eval_images import read_idx  # noqa: E402
-from vqgen.stages.data.images import DataConfig, load_image_splits, to_float  # noqa: E402
+from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
 from vqgen.stages.data.pixels import pixel_tensor  # noqa: E402
+from vqgen.stages.data.sources import load_image_splits  # noqa: E402
 from vqgen.stages.evaluation.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
 from vqgen.stages.sampling.sampler import check_pair  # noqa: E402
 

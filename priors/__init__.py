@@ -13,6 +13,7 @@ from vqgen.priors.base import Prior, PriorConfig, PriorOutput
 # name -> "module:Class", imported on first use; the name is also each config's `prior_type`.
 BUILTIN_PRIORS = {
     "gru": "vqgen.priors.gru:GRUPrior",
+    "llamagen": "vqgen.priors.llamagen:LlamaGenPrior",
     "pixelcnn": "vqgen.priors.pixelcnn:PixelCNNPrior",
     "transformer": "vqgen.priors.transformer:TransformerPrior",
 }

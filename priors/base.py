@@ -47,6 +47,11 @@ class PriorConfig:
     def seq_len(self) -> int:
         return self.grid_height * self.grid_width
 
+    @classmethod
+    def sizes(cls) -> dict[str, dict[str, Any]]:
+        """Named size presets (`train-prior --size NAME`): each the architecture fields it sets. None by default."""
+        return {}
+
 
 @dataclass
 class PriorOutput:
@@ -262,3 +267,20 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
             cond, uncond = logits.chunk(2)
             logits = uncond + cfg_scale * (cond - uncond)
         return draw(filter_logits(logits, temperature, top_k, top_p), generator)
+
+
+@torch.no_grad()
+def count_size(cls: type, config: PriorConfig, flops: bool = True) -> tuple[int, int]:
+    """(parameters, forward FLOPs per token of a full sequence) of a prior, built and run on fake tensors (shapes
+    without storage): nothing is allocated or computed. torch.utils.flop_counter counts the matmuls; causal attention
+    is counted in full. `flops=False` counts the parameters only (FLOPs 0)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # attention in its math form: plain matmuls, which the counter sees on every device
+    with FakeTensorMode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model = cls(config).eval()
+        if flops:
+            model(torch.zeros(1, config.grid_height, config.grid_width, dtype=torch.long))
+    return sum(p.numel() for p in model.parameters()), int(counter.get_total_flops()) // config.seq_len

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from vqgen.priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.sizes import SIZES, swiglu_hidden
 
 POS_2D_FROM = 256  # grid positions from which the transformer's 2-D positions are on by default
 
@@ -42,6 +43,16 @@ class TransformerPriorConfig(PriorConfig):
     pos_2d: bool | None = None
     sample_temperature: float = 0.7  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
     sample_cfg_scale: float = 2.0
+
+    @classmethod
+    def sizes(cls) -> dict[str, dict]:
+        """LlamaGen's widths, depths, heads and SwiGLU widths (priors/sizes.py); parameter counts agree with
+        LlamaGen's within 1% at equal vocabulary and grid (the class tokens share the output layer here)."""
+        return {
+            name: dict(hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads,
+                       intermediate_size=swiglu_hidden(p.hidden_size, p.multiple_of))
+            for name, p in SIZES.items()
+        }  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.pos_2d is None:  # resolved once, so config.json records what the model was built with

@@ -12,6 +12,7 @@ TINY_PRIOR_OPTIONS = {
     "gru": ["embed_dim=16", "hidden_size=16", "num_layers=1"],
     "pixelcnn": ["channels=8", "num_layers=2", "head_channels=16"],
     "transformer": ["hidden_size=16", "num_layers=1", "num_heads=2", "intermediate_size=32"],
+    "llamagen": ["hidden_size=16", "num_layers=1", "num_heads=2", "multiple_of=16"],
 }
 
 
@@ -168,12 +169,12 @@ def test_train_prior_bad_input(run, tmp_path):
 def test_priors_command_lists_the_builtins():
     result = run_cli("priors")
     assert result.returncode == 0
-    for name in ("gru", "pixelcnn", "transformer"):
+    for name in ("gru", "pixelcnn", "transformer", "llamagen"):
         assert name in result.stdout and "built-in" in result.stdout
 
 
 def test_the_best_held_out_step_and_the_overfitting_warning():
-    from vqgen.stages.commands.train_prior import best_validation, overfit_note
+    from vqgen.stages.evaluation.priors import best_validation, overfit_note
 
     history = [{"step": 25, "loss": 3.0}, {"step": 200, "loss": 2.0, "val_bits_per_token": 5.1},
                {"step": 400, "val_bits_per_token": 5.0}, {"step": 600, "val_bits_per_token": 6.0}]  # fmt: skip

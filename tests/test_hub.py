@@ -35,6 +35,7 @@ TINY_PRIORS = {  # architecture fields of the built-ins; a third-party prior is 
     "gru": dict(embed_dim=16, hidden_size=16, num_layers=1, dropout=0.0),
     "pixelcnn": dict(channels=8, num_layers=2, head_channels=16),
     "transformer": dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+    "llamagen": dict(hidden_size=16, num_layers=1, num_heads=2, multiple_of=16),
 }
 
 

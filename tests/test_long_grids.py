@@ -16,7 +16,9 @@ TINY = {
     "gru": dict(embed_dim=8, hidden_size=16, num_layers=1, dropout=0.0),
     "pixelcnn": dict(channels=8, num_layers=3, head_channels=16),
     "transformer": dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, attention_dropout=0),
-}
+    "llamagen": dict(hidden_size=16, num_layers=1, num_heads=2, multiple_of=16, token_dropout=0, resid_dropout=0,
+                     ffn_dropout=0),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)

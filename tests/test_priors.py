@@ -15,13 +15,16 @@ from vqgen.priors.base import draw, filter_logits
 from vqgen.stages.core.registry import PRIORS, register_prior
 
 NAMES = PRIORS.names()  # built-ins and any installed through the entry-point group
-BUILT_IN = {"gru", "pixelcnn", "transformer"}  # architectures that see every earlier position and learn fast
+# architectures that see every earlier position and learn fast
+BUILT_IN = {"gru", "pixelcnn", "transformer", "llamagen"}
 COMMON = dict(vocab_size=16, grid_height=3, grid_width=5, num_classes=3)
 TINY = {  # architecture fields of the built-ins; a third-party prior is tried with its defaults
     "gru": dict(embed_dim=16, hidden_size=32, num_layers=2, dropout=0.0),
     "pixelcnn": dict(channels=16, num_layers=4, head_channels=32),  # 4 layers see all of a 3x5 grid
     "transformer": dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, attention_dropout=0),
-}
+    "llamagen": dict(hidden_size=32, num_layers=2, num_heads=2, multiple_of=32, token_dropout=0, resid_dropout=0,
+                     ffn_dropout=0),
+}  # fmt: skip
 V, H, W, T = COMMON["vocab_size"], COMMON["grid_height"], COMMON["grid_width"], 15
 
 
@@ -134,7 +137,11 @@ def test_dropout_acts_in_training_only(name):
     skip_unless_built_in(name)
     fields = [f.name for f in dataclasses.fields(tiny(name).config)]
     rates = [f for f in fields if f.endswith("dropout") and f != "label_dropout"]
-    assert name == "transformer" or {"dropout", "token_dropout"} <= set(rates)  # gru and pixelcnn: both kinds
+    kinds = {
+        "transformer": {"attention_dropout"},
+        "llamagen": {"token_dropout", "resid_dropout", "ffn_dropout"},
+    }
+    assert kinds.get(name, {"dropout", "token_dropout"}) <= set(rates)  # gru and pixelcnn: both kinds
     codes, labels = codes_and_labels(4)
 
     def logits(model, train: bool) -> torch.Tensor:

@@ -426,7 +426,8 @@ def test_a_float_tiff_is_scaled_not_clipped(tmp_path, low, high):
 def test_a_folder_mixing_class_folders_and_loose_images_warns(tmp_path, image_folder, capsys):
     import shutil
 
-    from vqgen.stages.data.images import DataConfig, load_image_splits
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.sources import load_image_splits
 
     mixed = tmp_path / "mixed"
     shutil.copytree(image_folder, mixed)
@@ -540,7 +541,7 @@ def test_a_run_that_keeps_rolling_back_stops_and_says_so(tmp_path):
 
 
 def test_the_summary_line_reports_rollbacks():
-    from vqgen.stages.core.cli_options import rollback_note
+    from vqgen.command_line.app import rollback_note
 
     assert (
         rollback_note({"nonfinite_rolled_back": 4})

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits
+from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.pixels import pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 
 
 def png_bytes(rng) -> bytes:
@@ -81,10 +82,10 @@ def test_bad_streams_are_one_line(tmp_path):
 
 
 def make_trainer(splits, run_dir, steps=10):
-    from vqgen.stages.commands.tokenize import StreamingTokenizerTask
     from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
     from vqgen.stages.tokenizer.quantizer import QuantizerConfig
     from vqgen.stages.training.config import TrainConfig
+    from vqgen.stages.training.tasks import StreamingTokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ configuration errors, metrics."""
 import numpy as np
 import pytest
 import torch
+from vqgen.stages.core.files import image_grid
 from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
 from vqgen.stages.tokenizer.quantizer import QuantizerConfig
@@ -102,5 +103,5 @@ def test_edge_sharpness_ignores_flat_noise_and_sees_blur():
 
 
 def test_image_grid_layout():
-    grid = M.image_grid(torch.zeros(5, 1, 4, 4), nrow=3, pad=1)
+    grid = image_grid(torch.zeros(5, 1, 4, 4), nrow=3, pad=1)
     assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"

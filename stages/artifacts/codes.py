@@ -5,6 +5,12 @@
     RUN/codes/codes.json   what a prior is built from: vocab_size, grid_height, grid_width, num_classes,
                            tokenizer_fingerprint, class_names, and `tokenizer` (the tokenizer folder, relative)
 
+Codes written by `vqgen encode` carry two more columns: `image` (int64, the source image's id: its row in the
+prepared split, or rank * 10**12 + position for a stream) and `view` (int32, which augmented view of it the row
+encodes: see VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
+image's views are consecutive rows with the same `image`. They are encoded shard by shard (`write_shard`) and put
+together at the end (`assemble_codes`), so no process holds more than one shard of codes.
+
 (Runs written before vqgen 0.2 call codes.json `vqgen.json`; they are still read.)
 """
 
@@ -97,9 +103,36 @@ def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor
     write_json(meta, Path(folder) / CODES_META)
 
 
-def _codes_table(codes: torch.Tensor, labels: torch.Tensor, features, rows: int = 65536):
-    """The Arrow table of (N, H, W) codes and (N,) labels, built from the arrays themselves in record batches of
-    `rows` (no Python object per code: `Dataset.from_dict` would take five times the codes' size on the way)."""
+def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
+    """Encode both image splits (a vqgen.stages.data.images.ImageSplits) with the trained tokenizer `model` and
+    write them as the run's codes dataset; returns its description (codes.json)."""
+    from vqgen.stages.data.encode import encode_split
+
+    encoded = {
+        name: encode_split(model, ds, batch_size, accelerator)
+        for name, ds in (("train", splits.train), ("validation", splits.heldout))
+    }
+    g = model.config.grid_size
+    meta = {
+        "tokenizer": "../tokenizer",
+        "tokenizer_fingerprint": model.fingerprint(),
+        "vocab_size": model.config.quantizer.codebook_size,
+        "grid_height": g,
+        "grid_width": g,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+    }
+    if accelerator.is_main_process:
+        write_codes(Path(run_dir) / "codes", encoded, meta)
+    return meta
+
+
+def _codes_table(
+    codes: torch.Tensor, labels: torch.Tensor, features, rows: int = 65536, extra: dict | None = None
+):
+    """The Arrow table of (N, H, W) codes and (N,) labels (and the `extra` columns, name -> (N,) numpy array, of
+    `features`), built from the arrays themselves in record batches of `rows` (no Python object per code:
+    `Dataset.from_dict` would take five times the codes' size on the way)."""
     import numpy as np
     import pyarrow as pa
 
@@ -113,8 +146,11 @@ def _codes_table(codes: torch.Tensor, labels: torch.Tensor, features, rows: int 
         inner = pa.ListArray.from_arrays(np.arange(0, m * h * w + 1, w, dtype=np.int32), part.reshape(-1))
         outer = pa.ListArray.from_arrays(np.arange(0, m * h + 1, h, dtype=np.int32), inner)
         column = pa.ExtensionArray.from_storage(codes_type, outer)
-        batches.append(pa.record_batch([column, pa.array(lab[lo : lo + rows])], names=["codes", "label"]))
-    schema = pa.schema([("codes", codes_type), ("label", pa.int64())])
+        more = [pa.array(a[lo : lo + rows]) for a in (extra or {}).values()]
+        names = ["codes", "label", *(extra or {})]
+        batches.append(pa.record_batch([column, pa.array(lab[lo : lo + rows]), *more], names=names))
+    more_types = [(k, pa.from_numpy_dtype(a.dtype)) for k, a in (extra or {}).items()]
+    schema = pa.schema([("codes", codes_type), ("label", pa.int64()), *more_types])
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -124,3 +160,59 @@ def meta_file(folder: Path) -> Path | None:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
+
+
+# --augment -> the views encoded per training image, in row order (the validation split keeps `VIEW_OF_VALIDATION`)
+VIEWS = {
+    "none": ["image"],
+    "flip": ["image", "flipped"],
+    # LlamaGen's ten-crop (torchvision TenCrop of a 1.1x centre crop): four corners, the centre, then the same
+    # five of the left-right flipped image
+    "ten-crop": ["top-left", "top-right", "bottom-left", "bottom-right", "centre"]
+    + [f"flipped {v}" for v in ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
+}
+VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
+
+
+def shard_features(height: int, width: int):
+    from datasets import Array2D, Features, Value
+
+    return Features(
+        {"codes": Array2D((height, width), "int32"), "label": Value("int64"), "image": Value("int64"),
+         "view": Value("int32")}
+    )  # fmt: skip
+
+
+def write_shard(path: Path, codes: torch.Tensor, labels, images, views) -> None:
+    """Rows of (N, H, W) codes with their (N,) labels, image ids and view indices as one Arrow file that
+    `datasets` reads, written under a temporary name and renamed: a shard under its final name is whole."""
+    from datasets.arrow_writer import ArrowWriter
+    from vqgen.stages.core.files import atomic_write
+
+    n, h, w = codes.shape
+    features = shard_features(h, w)
+    extra = {"image": np.asarray(images, dtype=np.int64), "view": np.asarray(views, dtype=np.int32)}
+    table = _codes_table(codes, torch.as_tensor(labels), features, extra=extra)
+
+    def write(f) -> None:
+        writer = ArrowWriter(features=features, stream=f)
+        writer.write_table(table)
+        writer.finalize()
+
+    atomic_write(path, write)
+
+
+def assemble_codes(folder: Path, shards: dict[str, list[Path]], meta: dict) -> None:
+    """The codes dataset (splits in `shards`, each a list of write_shard files in row order) saved to `folder`,
+    read through memory maps (no split is loaded whole), and its description `meta` as codes.json."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    features = shard_features(meta["grid_height"], meta["grid_width"])
+    parts = {}
+    for split, files in shards.items():
+        if files:
+            parts[split] = concatenate_datasets([Dataset.from_file(str(f)) for f in files])
+        else:
+            parts[split] = Dataset.from_dict({k: [] for k in features}, features=features)
+    DatasetDict(parts).save_to_disk(str(folder))
+    write_json(meta, Path(folder) / CODES_META)

@@ -28,8 +28,7 @@ from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.runs import hold_lock, holds_files, locked_command
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import save_png, write_json
-from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.core.files import image_grid, save_png, write_json
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -211,7 +210,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         class_rows = labels is not None and not cfg.labels and n >= prior.config.num_classes
         shown, per_row = grid_selection(n, labels, class_rows, prior.config.num_classes)
         tiles = torch.stack([_read_image(folder / names[i]) for i in shown])  # (m, C, S, S)
-        save_png(M.image_grid(tiles, nrow=max(1, per_row)), out)
+        save_png(image_grid(tiles, nrow=max(1, per_row)), out)
         write_json({"settings": settings, "complete": True}, manifest)
     except OSError as exc:
         raise UserError(f"cannot write samples to {out}: {exc.strerror or exc}") from None

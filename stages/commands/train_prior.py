@@ -7,27 +7,22 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
-import math
 import time
-import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from vqgen.priors import Prior
-from vqgen.stages.artifacts.codes import CodeSplits, load_codes
+from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
+from vqgen.stages.core.build import build_prior, sized_options
 from vqgen.stages.core.device import check_device_name, resolve_device
-from vqgen.stages.core.errors import UserError, one_line
-from vqgen.stages.core.files import save_png, write_json
-from vqgen.stages.core.options import parse_options
-from vqgen.stages.core.registry import PRIORS
-from vqgen.stages.evaluation.priors import evaluate_prior
-from vqgen.stages.sampling.config import SamplingConfig
-from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import write_json
+from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, overfit_note
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.preflight import check_fits, check_resume
+from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
 
 
@@ -37,107 +32,11 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
+    size: str | None = None  # a size preset (the prior config's sizes()); prior_options override it
     train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
-
-
-def prior_config_class(cls: type[Prior]) -> type:
-    """The dataclass a prior's __init__ takes (its `config` annotation)."""
-    return typing.get_type_hints(cls.__init__)["config"]
-
-
-def build_prior(name: str, meta: dict, options: dict[str, str]) -> Prior:
-    cls = PRIORS.get(name)
-    fixed = {
-        "prior_type": name,
-        "vocab_size": meta["vocab_size"],
-        "grid_height": meta["grid_height"],
-        "grid_width": meta["grid_width"],
-        "num_classes": meta["num_classes"],
-        "tokenizer_fingerprint": meta["tokenizer_fingerprint"],
-    }
-    for key in options:
-        if key in fixed:
-            raise UserError(f"--prior-opt {key} comes from the codes and cannot be set")
-    try:
-        config = parse_options(f"prior {name!r}", prior_config_class(cls), options, **fixed)
-    except (ValueError, TypeError) as exc:
-        raise UserError(str(exc)) from None
-    try:
-        return cls(config)
-    except Exception as exc:  # right types, but no model: a negative size, heads that do not divide, ...
-        raise UserError(f"prior {name!r}: these options make no valid model ({one_line(exc)})") from None
-
-
-class PriorTask:
-    """What the trainer needs from stage two (stages/trainer.py: TrainTask)."""
-
-    stage = "prior"
-    progress_keys = ("bits_per_token",)
-    shardable = True  # FSDP may shard it (stages/training/sharding.py)
-
-    def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
-        self.model, self.codes, self.tokenizer = model, codes, tokenizer
-        self.conditional = model.config.num_classes > 0
-        self.eval_batch_size = eval_batch_size
-
-    def num_examples(self) -> int:
-        return self.codes.train_codes.shape[0]
-
-    def get_batch(self, indices: torch.Tensor, device: torch.device):
-        labels = self.codes.train_labels[indices].to(device) if self.conditional else None
-        return self.codes.train_codes[indices].to(device), labels
-
-    def compute_loss(self, model, batch):
-        codes, labels = batch
-        out = model(codes, labels)
-        return out.loss, out, {"bits_per_token": out.loss.detach() / math.log(2)}  # read back at log steps
-
-    def validate(self, model: Prior) -> dict[str, float]:
-        """The held-out NLL of the weights as they are now (every --eval-every steps)."""
-        labels = self.codes.val_labels if self.conditional else None
-        scores = evaluate_prior(model, self.codes.val_codes, labels, self.eval_batch_size, image_dims=1)
-        return {"val_bits_per_token": scores["val_bits_per_token"]}
-
-    def save_samples(self, model: Prior, step: int, run_dir: Path) -> None:
-        if self.tokenizer is None:
-            return
-        labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
-        n = labels.numel() if labels is not None else 64
-        defaults = SamplingConfig().for_prior(model).prior_kwargs()  # the prior's own, as `generate` uses
-        grids = model.sample(
-            n,
-            labels=labels,
-            **defaults,
-            generator=torch.Generator(device=model.device).manual_seed(0),
-        )
-        save_png(
-            decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"
-        )
-
-
-def best_validation(history: list[dict], final_bits: float, final_step: int) -> dict:
-    """The step with the lowest held-out NLL among the --eval-every scores in `history` and the final one."""
-    curve = [(h["step"], h["val_bits_per_token"]) for h in history if "val_bits_per_token" in h]
-    step, bits = min([*curve, (final_step, final_bits)], key=lambda point: point[1])
-    return {"best_val_step": step, "best_val_bits_per_token": bits}
-
-
-OVERFIT_MARGIN = 0.05  # the final held-out NLL this much (relative) above the best one: the prior overfits
-
-
-def overfit_note(results: dict, train_examples: int) -> str | None:
-    """One line when the held-out NLL rose well above its best during training, else None."""
-    best, final = results["best_val_bits_per_token"], results["val_bits_per_token"]
-    if final <= best * (1 + OVERFIT_MARGIN):
-        return None
-    return (
-        f"warning: the held-out NLL was lowest at step {results['best_val_step']} ({best:.3f} bits/token) and ends "
-        f"at {final:.3f}: the prior overfits its {train_examples:,} training grids; train fewer steps "
-        f"(--steps {results['best_val_step']}) or on more data"
-    )
 
 
 @locked_command  # the prior folder stays locked while the command runs
@@ -145,6 +44,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
@@ -158,12 +58,12 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
     processes = launched_processes()
     with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
-        check_fits(build_prior(cfg.prior, codes.meta, cfg.prior_options), processes, cfg.train.device,
+        check_fits(build_prior(cfg.prior, codes.meta, options), processes, cfg.train.device,
                    ema=cfg.train.model_ema_decay > 0)  # fmt: skip
     if cfg.resume:
         check_resume(out_dir, processes, cfg.train.batch_size)
     set_seed(cfg.train.seed)
-    model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
+    model = build_prior(cfg.prior, codes.meta, options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer, cfg.eval_batch_size), cfg.train, out_dir)
     if tokenizer is not None:

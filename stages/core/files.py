@@ -1,4 +1,5 @@
-"""The one atomic file writer: every file vqgen writes (JSON, text, PNG, a model's files) goes through it.
+"""The one atomic file writer: every file vqgen writes (JSON, text, PNG, a model's files) goes through it; and
+image_grid, the picture that save_png writes most.
 
 A file is written to a fresh temporary file in the same folder (`mkstemp`: an unpredictable name, created with
 O_EXCL, so a link placed there in advance is never followed), then renamed into place: a file under its final
@@ -7,7 +8,9 @@ give it (0666 less the umask), not mkstemp's owner-only 0600.
 """
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -65,3 +68,29 @@ def save_png(image, path: str | Path) -> Path:
     if hasattr(image, "savefig"):
         return atomic_write(path, lambda f: image.savefig(f, format="png"))
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def image_grid(images, nrow: int, pad: int = 2):
+    """(B, C, H, W) images in [-1, 1] (a torch tensor) -> a PIL grid image with `nrow` images per row."""
+    import torch
+    from PIL import Image
+
+    images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    b, c, h, w = images.shape
+    rows = math.ceil(b / nrow)
+    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -11,9 +11,8 @@ from vqgen.priors import Prior
 from vqgen.stages.artifacts.codes import load_codes, meta_file
 from vqgen.stages.artifacts.models import load_prior
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import save_png
+from vqgen.stages.core.files import image_grid, save_png
 from vqgen.stages.evaluation import fid
-from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 from vqgen.stages.sampling.config import SamplingConfig, default_cfg_scale
 from vqgen.stages.sampling.sampler import check_pair, decode, sample_chunks
@@ -122,7 +121,7 @@ def evaluate_priors(run: Path, tokenizer, ctx: dict, cfg: EvaluateConfig, log: L
         if cfg.test_images:
             r.update(nll(prior, ctx["eval_codes"], ctx["eval_labels"], cfg.batch_size, image_dims, "test"))
         s, preview = sample_and_measure(prior, tokenizer, cfg, ctx["space"], ctx["classifier"])
-        save_png(M.image_grid(preview, nrow=10), run / "eval" / f"samples-{name}.png")
+        save_png(image_grid(preview, nrow=10), run / "eval" / f"samples-{name}.png")
         r.update(
             n_samples=cfg.n_samples,
             cfg_scale=s["cfg_scale"] if r["conditional"] else None,
@@ -167,3 +166,25 @@ def floor(data: EvalData, space, real_feats, cfg: EvaluateConfig) -> dict:
         "rfid": fid.frechet_distance(real_feats, feats[:n_rfid]),
         "n_train_images_rfid": n_rfid,
     }
+
+
+def best_validation(history: list[dict], final_bits: float, final_step: int) -> dict:
+    """The step with the lowest held-out NLL among the --eval-every scores in `history` and the final one."""
+    curve = [(h["step"], h["val_bits_per_token"]) for h in history if "val_bits_per_token" in h]
+    step, bits = min([*curve, (final_step, final_bits)], key=lambda point: point[1])
+    return {"best_val_step": step, "best_val_bits_per_token": bits}
+
+
+OVERFIT_MARGIN = 0.05  # the final held-out NLL this much (relative) above the best one: the prior overfits
+
+
+def overfit_note(results: dict, train_examples: int) -> str | None:
+    """One line when the held-out NLL rose well above its best during training, else None."""
+    best, final = results["best_val_bits_per_token"], results["val_bits_per_token"]
+    if final <= best * (1 + OVERFIT_MARGIN):
+        return None
+    return (
+        f"warning: the held-out NLL was lowest at step {results['best_val_step']} ({best:.3f} bits/token) and ends "
+        f"at {final:.3f}: the prior overfits its {train_examples:,} training grids; train fewer steps "
+        f"(--steps {results['best_val_step']}) or on more data"
+    )

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from vqgen.priors import Prior
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.evaluation.metrics import image_grid
+from vqgen.stages.core.files import image_grid
 from vqgen.stages.sampling.config import SamplingConfig
 
 

@@ -15,7 +15,6 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from vqgen.stages.artifacts.sharded import (
     load_sharded,
     save_sharded,
 )
+from vqgen.stages.core.files import file_sha256
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"  # state.safetensors, or state-0000i-of-0000N.safetensors + INDEX
@@ -98,14 +98,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -153,9 +145,9 @@ def write_checkpoint(
         for path in files:
             _fsync_file(path)
         weights = files[0]
-        meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": _sha256(weights)}
+        meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)}
         if len(files) > 1:  # every shard and the index: name -> [bytes, sha256]
-            meta["files"] = {p.name: [p.stat().st_size, _sha256(p)] for p in files}
+            meta["files"] = {p.name: [p.stat().st_size, file_sha256(p)] for p in files}
         with open(tmp / "state.json", "w") as f:
             json.dump(meta, f)
             f.flush()
@@ -214,7 +206,7 @@ def verify_checkpoint(path: Path) -> str | None:
         for name, (size, digest) in recorded.items():
             if (path / name).stat().st_size != size:
                 return f"{name}: size {(path / name).stat().st_size} != recorded {size}"
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 return f"{name}: checksum mismatch"
     except MissingShard:
         raise
