@@ -179,3 +179,17 @@ def test_a_model_too_large_for_the_devices_is_one_line(codes, tmp_path):
         result, "0M parameters", "20 bytes per parameter", "more than VQGEN_DEVICE_MEMORY_GB has"
     )
     assert not out.exists()
+
+
+def test_every_prior_names_its_blocks_as_the_sharding_unit():
+    """FSDP shards and gathers a prior block by block: the classes in `_no_split_modules` (priors/base.py)."""
+    from vqgen.stages.core.build import prior_config_class
+    from vqgen.stages.core.registry import PRIORS
+
+    for entry in PRIORS.entries():
+        cls = PRIORS.get(entry.name)
+        prior = cls(prior_config_class(cls)(vocab_size=16, grid_height=4, grid_width=4, num_classes=2))
+        present = {type(m).__name__ for m in prior.modules()}
+        assert set(prior._no_split_modules) <= present, entry.name
+    transformer = PRIORS.get("transformer")
+    assert transformer(prior_config_class(transformer)())._no_split_modules == ["LlamaDecoderLayer"]
