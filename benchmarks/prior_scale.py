@@ -2,7 +2,8 @@
 
     python benchmarks/prior_scale.py [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
                                      [--batch 2] [--sample-batch 2] [--repeats 3] [--json OUT.json]
-    accelerate launch --num_processes N benchmarks/prior_scale.py --fsdp ...   # training, sharded (FSDP2)
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes N [--mixed_precision bf16] \
+        benchmarks/prior_scale.py --fsdp ...                                      # training, sharded (FSDP2)
 
 The task of a class-conditional ImageNet prior: 16x16 = 256 codes of a 16384-entry codebook, 1000 classes.
 `ours` is `TransformerPrior` (priors/transformer.py) at the `--size` preset (priors/sizes.py); `plain` is written
@@ -15,9 +16,10 @@ needed (timing only).
 - training: tokens per second of one optimizer step (forward, backward, AdamW), batch `--batch` per process;
 - sampling: tokens per second of sampling whole grids with the key/value cache and classifier-free guidance
   (scale 2: the conditional and the unconditional half run as one batch of 2 x `--sample-batch`).
-Ratios are ours / plain, measured interleaved in the same run (benchmarks/measure.py). With --fsdp (launched on
-several processes) both models are sharded block by block with vqgen's own FSDP2 wrapping
-(stages/training/sharding.py) and only training is timed, in tokens per second over all processes.
+Ratios are ours / plain, measured interleaved in the same run (benchmarks/measure.py). With --fsdp both models
+are sharded block by block as `train-prior` shards a prior (stages/training/sharding.py: accelerate's FSDP2 on
+GPUs, ours on the CPU), in the launch's mixed precision, and only training is timed, in tokens per second over
+all processes.
 Prints a markdown table and writes JSON (default benchmarks/results/prior_scale.json).
 """
 
@@ -46,6 +48,7 @@ from measure import (  # noqa: E402
 from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig  # noqa: E402
 
 VOCAB, CLASSES, GRID, CFG_SCALE = 16384, 1000, 16, 2.0
+SMOKE = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)  # --sizes smoke: does it run
 
 
 # --- the plain reference ------------------------------------------------------------------------------------
@@ -90,6 +93,8 @@ class PlainBlock(nn.Module):
 
 class PlainGPT(nn.Module):
     """A class-conditional GPT over code grids: the same parameters as TransformerPrior at the same config."""
+
+    _no_split_modules = ["PlainBlock"]  # FSDP's unit (--fsdp)
 
     def __init__(self, c: TransformerPriorConfig):
         super().__init__()
@@ -154,16 +159,23 @@ class PlainGPT(nn.Module):
 
 
 def ours_config(size: str) -> TransformerPriorConfig:
-    preset = TransformerPriorConfig.sizes()[size]  # what `train-prior --size` builds
+    preset = (
+        SMOKE if size == "smoke" else TransformerPriorConfig.sizes()[size]
+    )  # what `train-prior --size` builds
     return TransformerPriorConfig(
         vocab_size=VOCAB, grid_height=GRID, grid_width=GRID, num_classes=CLASSES, attention_dropout=0.0, **preset
     )  # fmt: skip
 
 
 # --- the measurements -------------------------------------------------------------------------------------------
-def training_step(model, loss_of, batch, precision, device):
-    """One optimizer step of `model` (fused AdamW on CUDA) on a fixed random batch."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+def adamw(model):
+    return torch.optim.AdamW(
+        model.parameters(), lr=1e-4, fused=next(model.parameters()).device.type == "cuda"
+    )
+
+
+def training_step(model, optimizer, loss_of, batch, precision, device):
+    """One optimizer step of `model` on a fixed random batch."""
     codes = torch.randint(0, VOCAB, (batch, GRID, GRID), device=device)
     labels = torch.randint(0, CLASSES, (batch,), device=device)
 
@@ -188,8 +200,9 @@ def sampling_run(sample, n, precision, device):
     return run
 
 
-def build(size: str, device, sharded: bool):
-    """(ours, plain) at one size on `device`; sharded: each block and then the root under FSDP2."""
+def build(size: str, device, accelerator=None):
+    """(ours, its AdamW), (plain, its AdamW) at one size on `device`; with an accelerator launched for FSDP, each
+    sharded block by block as `train-prior` shards a prior (stages/training/sharding.py)."""
     config = ours_config(size)
     ours, plain = TransformerPrior(config).to(device), PlainGPT(config).to(device)
     n_ours, n_plain = (sum(p.numel() for p in m.parameters()) for m in (ours, plain))
@@ -197,20 +210,27 @@ def build(size: str, device, sharded: bool):
         raise SystemExit(
             f"the plain GPT has {n_plain:,} parameters, ours {n_ours:,}: not the same architecture"
         )
-    if sharded:
-        from vqgen.stages.training.sharding import shard_blocks
+    if accelerator is None:
+        return (ours, adamw(ours)), (plain, adamw(plain)), n_ours
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from vqgen.stages.training import sharding
 
-        shard_blocks(ours, None, checkpointing=False)
-        shard_blocks(plain, ["PlainBlock"], checkpointing=False)
-    return ours, plain, n_ours
+    engine, pairs = sharding.training_engine(accelerator), []
+    for model in (ours, plain):
+        if engine == "fsdp":  # accelerate keeps the first model's block classes: each model names its own
+            plugin = accelerator.state.fsdp_plugin
+            plugin.auto_wrap_policy, plugin.transformer_cls_names_to_wrap = transformer_auto_wrap_policy, None
+        pairs.append(sharding.prepare(accelerator, engine, model, adamw))
+    return pairs[0], pairs[1], n_ours
 
 
-def bench_size(size: str, args, device, world: int) -> list[dict]:
-    ours, plain, params = build(size, device, sharded=args.fsdp)
+def bench_size(size: str, args, device, world: int, accelerator=None) -> list[dict]:
+    (ours, ours_opt), (plain, plain_opt), params = build(size, device, accelerator)
     compile_ = (lambda f: torch.compile(f)) if args.compile else (lambda f: f)
+    precision = "fp32" if accelerator else args.precision  # FSDP: the launch's --mixed_precision
     train = {
-        f"{size} training: ours": training_step(ours, compile_(lambda c, y: ours(c, y).loss), args.batch, args.precision, device),
-        f"{size} training: plain": training_step(plain, compile_(plain.loss), args.batch, args.precision, device),
+        f"{size} training: ours": training_step(ours, ours_opt, compile_(lambda c, y: ours(c, y).loss), args.batch, precision, device),
+        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain.loss), args.batch, precision, device),
     }  # fmt: skip
     timing = Timing(repeats=args.repeats, warmup=2 if args.compile else 1)
     tokens = args.batch * GRID * GRID * world
@@ -219,7 +239,7 @@ def bench_size(size: str, args, device, world: int) -> list[dict]:
         result_row(name, tokens, "tokens/s", m, baseline=f"{size} training: plain", parameters=params)
         for name, m in measured.items()
     ]
-    if args.fsdp:
+    if accelerator is not None:
         return rows  # sampling runs on one device
     sample = {
         f"{size} sampling: ours": sampling_run(
@@ -246,7 +266,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile both training steps' forward")
-    parser.add_argument("--fsdp", action="store_true", help="shard both (launch on several processes)")
+    parser.add_argument(
+        "--fsdp", action="store_true", help="shard both: accelerate launch --use_fsdp --fsdp_version 2"
+    )
     parser.add_argument("--batch", type=int, default=2, help="training batch per process")
     parser.add_argument(
         "--sample-batch", type=int, default=2, help="grids sampled per call (x2 with guidance)"
@@ -257,18 +279,17 @@ def main() -> None:
     args = parser.parse_args()
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = torch.device(args.device)
-    if args.fsdp:
-        import torch.distributed as dist
+    accelerator = None
+    if args.fsdp:  # launched with `accelerate launch --use_fsdp --fsdp_version 2 [--mixed_precision bf16]`
+        from accelerate import Accelerator
 
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        device = accelerator.device
     torch.manual_seed(0)
     rows = []
     for size in args.sizes.split(","):
         try:
-            rows += bench_size(size, args, device, world if args.fsdp else 1)
+            rows += bench_size(size, args, device, world if args.fsdp else 1, accelerator)
         except torch.OutOfMemoryError as exc:  # L and up where memory does not allow
             rows.append(
                 {
