@@ -19,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from vqgen.priors import SamplingOptions  # noqa: E402
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer  # noqa: E402
 from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
 from vqgen.stages.data.eval_images import read_idx  # noqa: E402
@@ -74,18 +75,10 @@ def main() -> None:
         k = prior.config.num_classes
         labels = torch.arange(k).repeat_interleave(args.per_class)
         gen = torch.Generator().manual_seed(0)
+        options = SamplingOptions(temperature=args.temperature, cfg_scale=args.cfg_scale)
         t0 = time.perf_counter()
         grids = torch.cat(
-            [
-                prior.sample(
-                    chunk.numel(),
-                    chunk,
-                    temperature=args.temperature,
-                    cfg_scale=args.cfg_scale,
-                    generator=gen,
-                )
-                for chunk in labels.split(100)
-            ]
+            [prior.sample(chunk.numel(), chunk, options, generator=gen) for chunk in labels.split(100)]
         )
         seconds = time.perf_counter() - t0
         with torch.no_grad():

@@ -36,6 +36,11 @@ def run_app(app: typer.Typer) -> None:
         typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except Exception as exc:
+        from vqgen.stages.core.errors import environment_error
+
+        if environment_error(exc) is not None:  # a full disk met by a library that raises its own type
+            typer.echo(f"error: {environment_error(exc)}", err=True)
+            sys.exit(2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""

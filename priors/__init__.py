@@ -8,7 +8,7 @@ their own:
     my_prior = "my_package.my_prior:MyPrior"
 """
 
-from vqgen.priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput, SamplingOptions
 
 # name -> "module:Class", imported on first use; the name is also each config's `prior_type`.
 BUILTIN_PRIORS = {
@@ -18,4 +18,4 @@ BUILTIN_PRIORS = {
     "transformer": "vqgen.priors.transformer:TransformerPrior",
 }
 
-__all__ = ["BUILTIN_PRIORS", "Prior", "PriorConfig", "PriorOutput"]
+__all__ = ["BUILTIN_PRIORS", "Prior", "PriorConfig", "PriorOutput", "SamplingOptions"]

@@ -118,8 +118,12 @@ def test_ten_crop_stores_ten_views(tmp_path, tokenizer, image_folder):
 
 
 def test_encode_refusals(tmp_path, tokenizer, image_folder):
-    result = run_cli("encode", "--tokenizer", str(tmp_path / "none"), "--dataset", str(image_folder))
-    assert_user_error(result, "no such folder")
+    from vqgen.stages.core.errors import UserError
+
+    with pytest.raises(UserError, match="no such folder"):
+        encode(tmp_path / "none", image_folder, tmp_path / "codes")
+    with pytest.raises(UserError, match="--augment must be one of none, flip, ten-crop"):
+        encode(tokenizer, image_folder, tmp_path / "codes", augment="rotate")
     (tmp_path / "codes").mkdir()
     (tmp_path / "codes" / "x").write_text("keep")
     result = run_cli("encode", "--tokenizer", str(tokenizer), "--dataset", str(image_folder),

@@ -80,7 +80,14 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
         assert not (run / "tokenizer").exists() or not any((run / "tokenizer").iterdir())
 
     torch.save({"model": good}, tmp_path / "ok.pt")
-    refused(tmp_path / "ok.pt", "unknown import format 'llamagen'", fmt="llamagen")
+    refused(
+        tmp_path / "ok.pt",
+        "unknown import format 'llamagen'",
+        "llamagen-vq",
+        "taming",
+        "diffusers",
+        fmt="llamagen",
+    )
     refused(tmp_path / "ok.pt", "unknown LlamaGen tokenizer --model 'VQ-32'", model="VQ-32")
     refused(tmp_path / "ok.pt", "--model-config does not apply", model_config="x.yaml")
     # the default codebook_embed_dim (8) does not fit a checkpoint made with 4: the key and both shapes named
@@ -95,10 +102,8 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
     refused(tmp_path / "ok.pt", "already exists", codebook_embed_dim=4)
 
 
-def test_cli_import_unknown_format_and_overwrite(tmp_path, llamagen_tiny):
+def test_cli_import_of_a_checkpoint_that_does_not_fit_the_preset(tmp_path, llamagen_tiny):
     torch.save({"model": seeded_weights(llamagen_tiny["shapes"], 0)}, tmp_path / "vq.pt")
-    result = run_cli("import", "nonesuch", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
-    assert_user_error(result, "unknown import format 'nonesuch'", "llamagen-vq", "taming", "diffusers")
     result = run_cli("import", "llamagen-vq", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
     assert_user_error(result, "encoder.conv_in.weight", "[32, 3, 3, 3]", "[128, 3, 3, 3]")
     assert not (tmp_path / "run").exists()
@@ -149,3 +154,38 @@ def test_taming_refuses_what_vqgan_cannot_express(tmp_path):
                 ImportConfig("taming", str(ckpt), str(tmp_path / "run"), options={"model_config": str(yaml)})
             )
     assert not (tmp_path / "run").exists()
+
+
+def test_lightning_metadata_classes_load_as_inert_placeholders_and_code_is_refused(tmp_path, monkeypatch):
+    """Old Lightning checkpoints (taming's) key their callbacks' state by the callback class: read without
+    pytorch_lightning and without running it. A class from anywhere else stays refused."""
+    import sys
+    import types
+
+    from vqgen.stages.core.errors import UserError
+    from vqgen.stages.interop.sources import read_checkpoint
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            raise AssertionError("Lightning code ran")
+
+    ModelCheckpoint.__module__ = module.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    weights = {"encoder.conv_in.weight": torch.ones(2, 3, 3, 3)}
+    torch.save(
+        {"state_dict": weights, "callbacks": {ModelCheckpoint: {"best_model_score": 1.0}}},
+        tmp_path / "a.ckpt",
+    )
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.delitem(sys.modules, name)  # as on a machine without pytorch_lightning
+    data = read_checkpoint(tmp_path / "a.ckpt")
+    assert torch.equal(data["state_dict"]["encoder.conv_in.weight"], weights["encoder.conv_in.weight"])
+    torch.save({"state_dict": weights, "hook": Payload}, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="it needs test_interop.Payload to load"):
+        read_checkpoint(tmp_path / "b.ckpt")

@@ -4,7 +4,7 @@ bottom   vqgen.priors, vqgen.plugins             their own contract and torch on
          vqgen.stages.tokenizer                  the stage-one model and its quantizers: nothing else of vqgen
          vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
                                                  but the bottom packages whose registries it holds
-middle   data, training, artifacts, sampling, evaluation, interop   never the commands, the API or the CLI
+middle   data, training, artifacts, sampling, evaluation, interop, reporting   never the commands, the API or the CLI
 top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other
 command line  vqgen.cli, vqgen.command_line          the only modules that import typer or the commands
 Benchmarks reach a command only through its entry (run_*) and its config (*Config); tests may also patch one.
@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("priors", "plugins", "stages", "command_line")
 COMMAND_LINE = ("vqgen.cli", "vqgen.command_line")
-MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop")
+MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop", "reporting")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

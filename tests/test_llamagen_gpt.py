@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_user_error, run_cli
+from vqgen.priors import SamplingOptions
 from vqgen.priors.llamagen import LlamaGenPrior, LlamaGenPriorConfig
 from vqgen.stages.artifacts.models import load_prior, save_model
 from vqgen.stages.commands.interop import ImportConfig, run_import
@@ -77,12 +78,12 @@ def test_logits_equal_llamagen(imported):
 @pytest.mark.parametrize("key", ["greedy", "guided"])
 def test_top_k_1_samples_equal_llamagen(imported, key):
     s = EXPECTED["sampled"][key]
-    kwargs = dict(
+    options = SamplingOptions(
         top_k=1, cfg_scale=s["cfg_scale"], cfg_interval=llamagen_cfg_interval(s["cfg_interval"], 36)
     )
     labels = EXPECTED["sample_labels"]
-    cached = imported.sample(2, labels=labels, generator=torch.Generator().manual_seed(0), **kwargs)
-    naive = imported.sample_naive(2, labels=labels, generator=torch.Generator().manual_seed(0), **kwargs)
+    cached = imported.sample(2, labels, options, generator=torch.Generator().manual_seed(0))
+    naive = imported.sample_naive(2, labels, options, generator=torch.Generator().manual_seed(0))
     assert torch.equal(cached.view(2, -1), s["seq"])
     assert torch.equal(naive, cached)
 
@@ -92,7 +93,7 @@ def test_guidance_and_its_interval_change_the_samples(imported):
     checked, not just greedy decoding."""
     greedy, guided = EXPECTED["sampled"]["greedy"]["seq"], EXPECTED["sampled"]["guided"]["seq"]
     assert not torch.equal(greedy, guided)
-    everywhere = imported.sample(2, labels=EXPECTED["sample_labels"], top_k=1, cfg_scale=4.0)
+    everywhere = imported.sample(2, EXPECTED["sample_labels"], SamplingOptions(top_k=1, cfg_scale=4.0))
     assert not torch.equal(everywhere.view(2, -1), guided)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.runs import LOCK_FILE, hold_lock, prepare_run_dir, release_locks, run_lock
 from vqgen.stages.core.errors import UserError
 
@@ -89,7 +90,9 @@ def test_the_lock_file_is_not_a_run_and_resume_still_works(tmp_path):
     release_locks()
     assert not (run / LOCK_FILE).exists()
     assert prepare_run_dir(run, overwrite=False, resume=True) == run
-    assert prepare_run_dir(run, overwrite=True, resume=False) == run  # cleared, all but its own lock file
+    assert prepare_run_dir(run, overwrite=True, resume=False) == run  # set aside until the new run is safe
+    assert sorted(p.name for p in run.iterdir()) == [replaced.ASIDE, LOCK_FILE]
+    replaced.commit(run)  # (the trainer does it after the first checkpoint): then cleared, all but the lock
     assert [p.name for p in run.iterdir()] == [LOCK_FILE]
     release_locks()
 

@@ -7,7 +7,7 @@
 
 Codes written by `vqgen encode` carry two more columns: `image` (int64, the source image's id: its row in the
 prepared split, or rank * 10**12 + position for a stream) and `view` (int32, which augmented view of it the row
-encodes: see VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
+encodes: data/views.VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
 image's views are consecutive rows with the same `image`. They are encoded shard by shard (`write_shard`) and put
 together at the end (`assemble_codes`), so no process holds more than one shard of codes.
 
@@ -15,13 +15,16 @@ together at the end (`assemble_codes`), so no process holds more than one shard 
 """
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from vqgen.stages.core.errors import UserError, one_line, read_json_object
-from vqgen.stages.core.files import write_json
+from vqgen.stages.core.files import disk_writes, write_json
 
 CODES_META = "codes.json"
 LEGACY_META = "vqgen.json"
@@ -99,8 +102,23 @@ def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor
         )
         for name, (codes, labels) in splits.items()
     }
-    DatasetDict(parts).save_to_disk(str(folder))
-    write_json(meta, Path(folder) / CODES_META)
+    needed = sum(c.numel() * 4 + lab.numel() * 8 for c, lab in splits.values())
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)
+
+
+def _save_whole(folder: Path, dataset, meta: dict, needed: int) -> None:
+    """A codes DatasetDict and its codes.json saved beside `folder` and renamed into place, so that a codes folder
+    is never half-written; a full disk is one line (vqgen.stages.core.files.disk_writes)."""
+    with disk_writes(folder.parent, needed, f"the codes ({folder.name})"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            dataset.save_to_disk(str(tmp / "codes"))
+            write_json(meta, tmp / "codes" / CODES_META)
+            if folder.exists():
+                os.replace(folder, tmp / "old")
+            os.replace(tmp / "codes", folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
@@ -162,18 +180,6 @@ def meta_file(folder: Path) -> Path | None:
     return None
 
 
-# --augment -> the views encoded per training image, in row order (the validation split keeps `VIEW_OF_VALIDATION`)
-VIEWS = {
-    "none": ["image"],
-    "flip": ["image", "flipped"],
-    # LlamaGen's ten-crop (torchvision TenCrop of a 1.1x centre crop): four corners, the centre, then the same
-    # five of the left-right flipped image
-    "ten-crop": ["top-left", "top-right", "bottom-left", "bottom-right", "centre"]
-    + [f"flipped {v}" for v in ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
-}
-VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
-
-
 def shard_features(height: int, width: int):
     from datasets import Array2D, Features, Value
 
@@ -214,5 +220,5 @@ def assemble_codes(folder: Path, shards: dict[str, list[Path]], meta: dict) -> N
             parts[split] = concatenate_datasets([Dataset.from_file(str(f)) for f in files])
         else:
             parts[split] = Dataset.from_dict({k: [] for k in features}, features=features)
-    DatasetDict(parts).save_to_disk(str(folder))
-    write_json(meta, Path(folder) / CODES_META)
+    needed = sum(Path(f).stat().st_size for files in shards.values() for f in files)
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)

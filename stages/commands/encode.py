@@ -10,27 +10,22 @@ end the shards become CODES (read through memory maps) and the staging folder is
 stores the codes of every augmented view of each training image (data/views.py), a view index per row.
 """
 
-import itertools
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from vqgen.stages.artifacts.codes import VIEW_OF_VALIDATION, VIEWS, assemble_codes, write_shard
+from vqgen.stages.artifacts.codes import assemble_codes, write_shard
 from vqgen.stages.artifacts.hub import looks_local
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError, read_json_object
 from vqgen.stages.core.files import write_json
-from vqgen.stages.data.images import DataConfig, to_float
-from vqgen.stages.data.pixels import iter_pixel_batches, label_array
+from vqgen.stages.data.encode import encode_shard, prepared_shards, stream_shards
+from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.sources import load_image_splits
-from vqgen.stages.data.views import crop_size, make_views, validation_view
+from vqgen.stages.data.views import VIEWS, crop_size
 
 MANIFEST = "manifest.json"
-STREAM_ID = 10**12  # a streamed image's id: rank * STREAM_ID + its position in the rank's stream
 
 
 @dataclass
@@ -44,77 +39,6 @@ class EncodeConfig:
     device: str = "auto"
     overwrite: bool = False
     resume: bool = False
-
-
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (uint8 pixels, labels, image ids)
-
-
-def _prepared_shards(
-    ds, rank: int, world: int, shard_size: int, batch_size: int
-) -> Iterator[tuple[int, Batches]]:
-    """(shard number, lazy batches) over this process's rows of a prepared split: nothing is read for a shard
-    whose batches are not iterated."""
-    n = len(ds)
-    lo, hi = n * rank // world, n * (rank + 1) // world
-    labels = torch.as_tensor(label_array(ds)) if n else torch.empty(0, dtype=torch.long)
-
-    def rows(a: int, b: int) -> Batches:
-        for pixels in iter_pixel_batches(ds, batch_size, a, b):
-            m = len(pixels)
-            yield pixels, labels[a : a + m], torch.arange(a, a + m)
-            a += m
-
-    for k, a in enumerate(range(lo, hi, shard_size)):
-        yield k, rows(a, min(a + shard_size, hi))
-
-
-def _stream_shards(
-    split, rank: int, world: int, shard_size: int, batch_size: int
-) -> Iterator[tuple[int, Batches]]:
-    """The same over this process's part of a stream; a skipped shard's samples are read past (a stream cannot
-    seek), not encoded."""
-    samples = split.samples(split.node(rank, world))
-    for k in itertools.count():
-        first = next(samples, None)
-        if first is None:
-            return
-        part = itertools.chain([first], itertools.islice(samples, shard_size - 1))
-
-        def batches(part=part, start=rank * STREAM_ID + k * shard_size) -> Batches:
-            while group := list(itertools.islice(part, batch_size)):
-                pixels = torch.from_numpy(np.stack([p for p, _ in group]))
-                yield pixels, torch.tensor([lab for _, lab in group]), torch.arange(start, start + len(group))
-                start += len(group)
-
-        yield k, batches()
-        for _ in part:  # drain what the consumer did not read (a skipped shard)
-            pass
-
-
-@torch.no_grad()
-def encode_shard(model, batches: Batches, augment: str, validation: bool, device) -> tuple:
-    """(codes (R, h, w) int32, labels, image ids, view indices) of one shard's images: every view of a training
-    image (consecutive rows), the one validation view of a validation image."""
-    size = model.config.image_size
-    views = 1 if validation else len(VIEWS[augment])
-    out: list[list[torch.Tensor]] = [[], [], [], []]
-    for pixels, labels, ids in batches:
-        x = to_float(pixels.to(device))
-        x = validation_view(x, augment, size) if validation else make_views(x, augment, size)
-        view = (
-            torch.full((len(ids),), VIEW_OF_VALIDATION[augment])
-            if validation
-            else torch.arange(views).repeat(len(ids))
-        )
-        parts = (
-            model.encode(x).cpu().to(torch.int32),
-            labels.repeat_interleave(views),
-            ids.repeat_interleave(views),
-            view,
-        )
-        for bucket, part in zip(out, parts):
-            bucket.append(part)
-    return tuple(torch.cat(b) for b in out)
 
 
 @dataclass
@@ -249,7 +173,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     model.to(accelerator.device)
     progress = Progress()
     for split, ds in (("train", splits.train), ("validation", splits.heldout)):
-        make = _stream_shards if hasattr(ds, "samples") else _prepared_shards
+        make = stream_shards if hasattr(ds, "samples") else prepared_shards
         source = make(ds, rank, world, cfg.shard_size, cfg.batch_size)
         encode_split_to_shards(model, source, staging, split, cfg.augment, accelerator, progress)
     accelerator.wait_for_everyone()
@@ -264,27 +188,11 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
             "views": len(VIEWS[cfg.augment]), "view_names": VIEWS[cfg.augment],
         }  # fmt: skip
         shards = {s: sorted((staging / s).glob("*.arrow")) for s in ("train", "validation")}
-        _assemble_into_place(out, shards, meta)
+        assemble_codes(out, shards, meta)  # built beside CODES, then renamed into place
         shutil.rmtree(staging, ignore_errors=True)
         result["rows"] = {s: _rows(out, s) for s in shards}
     accelerator.wait_for_everyone()
     return result
-
-
-def _assemble_into_place(out: Path, shards: dict, meta: dict) -> None:
-    """The codes dataset built beside CODES, then renamed into place (an existing CODES goes only then)."""
-    import os
-    import tempfile
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
-    try:
-        assemble_codes(tmp / "codes", shards, meta)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp / "codes", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rows(out: Path, split: str) -> int:

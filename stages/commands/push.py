@@ -40,7 +40,7 @@ from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
 from vqgen.stages.artifacts.runs import lexical
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError, one_line
-from vqgen.stages.core.files import save_png, write_json
+from vqgen.stages.core.files import disk_writes, save_png, write_json
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -201,7 +201,8 @@ def _dry_run(cfg: PushConfig, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:
-        files = build_upload_folder(cfg, staging / "upload")
+        with disk_writes(out, None, "the upload folder"):
+            files = build_upload_folder(cfg, staging / "upload")
         for entry in sorted((staging / "upload").iterdir()):
             os.replace(entry, out / entry.name)
     except BaseException:
@@ -229,7 +230,8 @@ def run_push(cfg: PushConfig) -> dict:
     ensure_hub_reachable(f"push to {cfg.repo_id}")
     with tempfile.TemporaryDirectory(prefix="vqgen-push-") as tmp:
         folder = Path(tmp) / "upload"
-        files = build_upload_folder(cfg, folder)
+        with disk_writes(tmp, None, "the upload folder"):
+            files = build_upload_folder(cfg, folder)
         return {**_upload(cfg, folder), "files": files, "uploaded": True}
 
 

@@ -15,19 +15,21 @@ Run folder:
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from vqgen.stages.artifacts.codes import save_codes
+from vqgen.stages.artifacts.codes import load_codes, save_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
-from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, to_float
+from vqgen.stages.core.runconfig import check_limits
+from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
+from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
 from vqgen.stages.tokenizer.model import TokenizerConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
@@ -50,6 +52,8 @@ class TokenizeConfig:
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
@@ -95,8 +99,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
-    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    check_limits(cfg)  # every range and choice (--resize), as the command line checks them
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
@@ -149,6 +152,10 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             eval_split="held-out",
         )
         write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
-        write_json(asdict(cfg), run_dir / "run_config.json")
+        codes = load_codes(run_dir / "codes").train_codes
+        write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
+        write_json(
+            {**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json"
+        )  # a run is its folder: movable
     accelerator.wait_for_everyone()
     return results

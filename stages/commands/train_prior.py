@@ -7,9 +7,11 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from vqgen.stages.artifacts.codes import load_codes
@@ -19,6 +21,7 @@ from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, overfit_note
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.preflight import check_fits, check_resume
@@ -37,6 +40,8 @@ class PriorTrainConfig:
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 @locked_command  # the prior folder stays locked while the command runs
@@ -94,6 +99,11 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         if tokenizer is not None:
             trainer.task.save_samples(model, cfg.train.steps, out_dir)
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
-        write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
+        write_plots(out_dir, trainer.history, results)
+        paths = {
+            "out": ".",
+            "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),
+        }  # movable with it
+        write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
     return results

@@ -77,3 +77,18 @@ def training_accelerator_kwargs(name: str | None, num_processes: int = 1) -> dic
 def compile_backend() -> str:
     """The torch.compile backend: $VQGEN_COMPILE_BACKEND, default inductor ('eager' only checks that it traces)."""
     return os.environ.get(COMPILE_BACKEND_ENV, "").strip() or "inductor"
+
+
+def checked_compile_backend() -> str:
+    """compile_backend(), refused in one line when torch does not know it (training has no eager fallback: a run
+    is compiled as asked, or not started)."""
+    import torch._dynamo
+
+    backend = compile_backend()
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(
+            f"${COMPILE_BACKEND_ENV}={backend!r} is not a torch.compile backend here; use one of "
+            f"{', '.join(torch._dynamo.list_backends())}, or unset it (default inductor)"
+        )
+    return backend

@@ -11,16 +11,30 @@ Unreadable images are skipped and counted; a source with no readable image is an
 import io
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from vqgen.stages.core.errors import UserError
 
 EMBEDDED = "mnist5k"
-RESIZE_MODES = ("center-crop", "pad")
-PREPARED_FORMAT = 2  # bump when the preparation changes: older prepared caches are then not reused
+
+
+class Resize(str, Enum):
+    """How an image is made square: crop its centred square, or fit it inside the square and pad with black."""
+
+    center_crop = "center-crop"
+    pad = "pad"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PREPARED_FORMAT = 3  # bump when the preparation changes: older prepared caches are then not reused
+EXIF_ORIENTATION = 0x0112  # applied since format 3 (ImageOps.exif_transpose)
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -38,7 +52,7 @@ class DataConfig:
     channels: int = 1  # 1 = grey, 3 = RGB
     heldout_fraction: float = 0.1
     revision: str | None = None  # Hub datasets: branch, tag or commit
-    resize: str | None = None  # "center-crop" | "pad"; None = center-crop for RGB folders/Hub data, else pad
+    resize: Resize | None = None  # None = center-crop for RGB folders and Hub data, else pad (resize_mode)
     random_flip: bool = False  # tokenizer training: flip half of each batch left-right
     random_crop: bool = False  # tokenizer training: reflect-pad by size/8 and crop back at a random offset
     streaming: bool = (
@@ -47,12 +61,18 @@ class DataConfig:
     shuffle_buffer: int = 1000  # streaming: samples per shuffled block
     heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
 
-    def resize_mode(self) -> str:
+    # each number's range (vqgen.stages.core.runconfig.check_limits: flags, --config files and saved runs alike)
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "image_size": (4, 4096), "channels": (1, 3), "heldout_fraction": (0.001, 0.5),
+        "shuffle_buffer": (1, 10**7), "heldout_size": (1, 10**7),
+    }  # fmt: skip
+
+    def resize_mode(self) -> Resize:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and
         the letterbox (pad) for grey images and the embedded digits, as before."""
         if self.resize is not None:
-            return self.resize
-        return "center-crop" if self.channels == 3 and self.dataset != EMBEDDED else "pad"
+            return Resize(self.resize)
+        return Resize.center_crop if self.channels == 3 and self.dataset != EMBEDDED else Resize.pad
 
 
 @dataclass
@@ -128,12 +148,22 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def fit_array(image: Image.Image, size: int, channels: int, resize: str = "pad") -> np.ndarray:
+def fit_array(image: Image.Image, size: int, channels: int, resize: str = Resize.pad) -> np.ndarray:
     """A PIL image -> (C, size, size) uint8 by `resize`: "pad" fits it inside the square and pads (to_array);
     "center-crop" crops its centred square first, so nothing is padded and the short side fills the square."""
-    if resize == "center-crop":
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: turned as it is shown
+        image = ImageOps.exif_transpose(image)
+    if resize == Resize.center_crop:
         image = center_square(image)
     return to_array(image, size, channels)
+
+
+def not_an_image(item, column: str) -> UserError:
+    """The one line for an image column whose values are no images (numbers, lists, ...)."""
+    return UserError(
+        f"the column {column!r} holds {type(item).__name__} values, not images; name the image column with "
+        "--image-column"
+    )
 
 
 def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_name: str | None = None):
@@ -148,8 +178,10 @@ def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_nam
                 if isinstance(item, dict):
                     src = item.get("path") if item.get("bytes") is None else io.BytesIO(item["bytes"])
                     image = Image.open(src)
-                else:
+                elif isinstance(item, Image.Image):
                     image = item
+                else:
+                    raise not_an_image(item, image_column)
                 image.load()
                 pixels.append(fit_array(image, cfg.image_size, cfg.channels, cfg.resize_mode()))
                 labels.append(label_of(batch, i))

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from vqgen.stages.artifacts.hub import check_hub_id, ensure_hub_reachable, looks_local
 from vqgen.stages.core.errors import UserError, first_line
+from vqgen.stages.core.runconfig import check_limits
 from vqgen.stages.data.folders import load_folder
 from vqgen.stages.data.images import (
     ASSETS,
     EMBEDDED,
-    RESIZE_MODES,
     DataConfig,
     ImageSplits,
     _finish,
@@ -69,8 +69,7 @@ def load_image_splits(cfg: DataConfig) -> ImageSplits:
         raise UserError(f"--channels must be 1 (grey) or 3 (RGB), got {cfg.channels}")
     if cfg.image_size < 4:
         raise UserError(f"--image-size must be at least 4, got {cfg.image_size}")
-    if cfg.resize is not None and cfg.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.resize!r}")
+    check_limits(cfg)  # the ranges and choices (--resize) declared on DataConfig
     if cfg.streaming:
         return load_stream(cfg)
     if cfg.dataset == EMBEDDED:

@@ -1,4 +1,4 @@
-"""The augmented views `vqgen encode --augment` stores codes of (their names and order: artifacts/codes.VIEWS).
+"""The augmented views `vqgen encode --augment` stores codes of (their names and order: VIEWS).
 
 flip: the image and its left-right mirror. ten-crop: LlamaGen's (autoregressive/train/extract_codes_c2i.py, after
 torchvision's TenCrop): the images are prepared at `crop_size(S)` = int(1.1 S) px, and each gives its four corner
@@ -8,6 +8,16 @@ crops and centre crop of S px, then the same five of its mirror image.
 import torch
 
 CROP_RANGE = 1.1  # LlamaGen's --crop-range
+# --augment -> the views encoded per training image, in row order (the validation split keeps VIEW_OF_VALIDATION)
+VIEWS = {
+    "none": ["image"],
+    "flip": ["image", "flipped"],
+    # LlamaGen's ten-crop (torchvision TenCrop of a 1.1x centre crop): four corners, the centre, then the same
+    # five of the left-right flipped image
+    "ten-crop": ["top-left", "top-right", "bottom-left", "bottom-right", "centre"]
+    + [f"flipped {v}" for v in ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
+}
+VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
 
 
 def crop_size(size: int) -> int:

@@ -9,8 +9,9 @@ post_quant_conv at any width: quantizer.project), `num_vq_embeddings`, `norm_num
 diffusers' own `VQModel.from_pretrained` (safetensors, or .bin through torch.load(weights_only=True)); export
 writes config.json + diffusion_pytorch_model.safetensors itself (diffusers is not needed to export). What a
 VQModel cannot hold (l2-normalised codes, fsq/lfq quantizers, another decoder depth) is refused, naming the option.
-Released VQModels on the Hub include amused/amused-256 and amused/amused-512 (--subfolder vqgan) and
-CompVis/ldm-celebahq-256 (--subfolder vqvae).
+Released VQModels on the Hub include amused/amused-256 and amused/amused-512 (--subfolder vqvae) and
+CompVis/ldm-celebahq-256 (--subfolder vqvae): expected to import (their options are all expressible), not
+tried against the released files here.
 """
 
 from pathlib import Path

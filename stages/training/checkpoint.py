@@ -15,6 +15,7 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
+import errno
 import json
 import os
 import random
@@ -31,7 +32,8 @@ from vqgen.stages.artifacts.sharded import (
     load_sharded,
     save_sharded,
 )
-from vqgen.stages.core.files import file_sha256
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import disk_message, disk_writes, file_sha256, free_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 STATE = "state"  # state.safetensors, or state-0000i-of-0000N.safetensors + INDEX
@@ -133,8 +135,23 @@ def write_checkpoint(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
     """Atomically write checkpoint `step` under run_dir/checkpoints and keep only the newest `keep`; its tensors
-    go to one file, or to shards of at most `shard_bytes` with an index."""
+    go to one file, or to shards of at most `shard_bytes` with an index. A full disk is one line naming the folder
+    and the bytes needed; the checkpoints already there are kept."""
     root = Path(run_dir) / CHECKPOINT_DIR
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    with disk_writes(root, needed, f"checkpoint step {step}"):
+        return _write_checkpoint(root, run_dir, step, tensors, meta, keep, shard_bytes)
+
+
+def _write_checkpoint(
+    root: Path,
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int,
+    shard_bytes: int,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
@@ -163,6 +180,16 @@ def write_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         _remove(old)
     return final
+
+
+def check_space(run_dir: Path, model: torch.nn.Module, ema: bool) -> None:
+    """Refuse a run whose first checkpoint cannot fit on its disk, before the first step: the model and AdamW's two
+    moments (and the weight average), as float32, with a 10% margin for the rest of its state."""
+    weights = sum(t.numel() * 4 for t in model.state_dict().values())
+    needed = int(weights * (3 + ema) * 1.1)
+    free = free_bytes(run_dir)
+    if free is not None and free < needed:
+        raise UserError(disk_message(errno.ENOSPC, run_dir, needed, "a checkpoint"))
 
 
 def clean_partial(run_dir: Path) -> list[Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.errors import UserError, first_line
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training import sharding
 
@@ -52,15 +52,22 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
 
 
 def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`)."""
+    """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`). A
+    checkpoint that does not fit the model the run's settings build (a hand-edited run_config.json) is one line."""
     check_engine(meta, trainer.engine, path)
     model_state = ckpt.split_prefix(tensors, "model")
-    optimizer_state = ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
-    if trainer.sharded:
-        sharding.load_full_state(trainer.unwrapped(), trainer.optimizer, model_state, optimizer_state)
-    else:
-        trainer.unwrapped().load_state_dict(model_state)
-        trainer.optimizer.load_state_dict(optimizer_state)
+    try:
+        optimizer_state = ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+        if trainer.sharded:
+            sharding.load_full_state(trainer.unwrapped(), trainer.optimizer, model_state, optimizer_state)
+        else:
+            trainer.unwrapped().load_state_dict(model_state)
+            trainer.optimizer.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"--resume: {path} does not fit the model that run_config.json describes (edited by hand?): "
+            f"{first_line(exc)}; put run_config.json back as the run wrote it, or start a new run"
+        ) from None
     for plugin in trainer.plugins:
         skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
         plugin.load_state_dict(

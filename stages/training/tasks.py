@@ -147,12 +147,9 @@ class PriorTask:
             return
         labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
         n = labels.numel() if labels is not None else 64
-        defaults = SamplingConfig().for_prior(model).prior_kwargs()  # the prior's own, as `generate` uses
+        defaults = SamplingConfig().for_prior(model)  # the prior's own, as `generate` uses
         grids = model.sample(
-            n,
-            labels=labels,
-            **defaults,
-            generator=torch.Generator(device=model.device).manual_seed(0),
+            n, labels, defaults, generator=torch.Generator(device=model.device).manual_seed(0)
         )
         save_png(
             decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"

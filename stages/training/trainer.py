@@ -26,14 +26,16 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
-from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
+from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training import sharding
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
-from vqgen.stages.training.data_order import BatchFeed, EpochSampler
+from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
 from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
@@ -94,7 +96,7 @@ class Trainer:
             self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
             self.feed = self._data_feed()
         if config.compile:
-            self.model = torch.compile(self.model, backend=compile_backend())
+            self.model = torch.compile(self.model, backend=checked_compile_backend())
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -118,6 +120,8 @@ class Trainer:
             WeightAverage(self.unwrapped(), config.model_ema_decay) if config.model_ema_decay > 0 else None
         )
         self._stop_requested = False
+        if self.accelerator.is_main_process:  # a disk too small for one checkpoint: said before any step
+            ckpt.check_space(self.run_dir, self.unwrapped(), self.ema is not None)
 
     # --- schedule -----------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -295,6 +299,8 @@ class Trainer:
                         if self._saved_step != self.step:
                             self.save()
                         raise KeyboardInterrupt
+        except RuntimeError as exc:
+            raise (worker_died(exc) or exc) from None
         finally:
             bar.close()
             if self.feed is not None:
@@ -326,6 +332,7 @@ class Trainer:
             model = self.whole_model()  # sharded: gathered by every process, a copy on process 0
             if acc.is_main_process:
                 self.task.save_samples(model, self.step, self.run_dir)
+                write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
         if cfg.eval_every and self.step % cfg.eval_every == 0 and (acc.is_main_process or self.sharded):
             self._validate()  # sharded: every process runs the forward passes, each gathering its blocks
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -422,6 +429,7 @@ class Trainer:
             path = ckpt.write_checkpoint(
                 self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints, shard_bytes
             )
+            replaced.commit(self.run_dir)  # the new run is safe: what --overwrite set aside can go
         self._saved_step = self.step
         acc.wait_for_everyone()
         return path
