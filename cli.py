@@ -69,8 +69,10 @@ for name, command in COMMANDS.items():
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.command_line.app)."""
     from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+    from vqgen.stages.core.progress import quiet_library_bars
 
     use_short_hub_timeouts()  # before huggingface_hub is imported
+    quiet_library_bars()  # in a log: no per-batch bars from datasets and huggingface_hub (before their import)
     run_app(app)
 
 

@@ -12,12 +12,12 @@ from conftest import ROOT, assert_user_error, run_cli
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     from vqgen.stages.artifacts.models import save_model
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("enc") / "run"
-    config = TokenizerConfig(base_channels=8, max_channels=16, num_res_blocks=1, latent_channels=8,
+    config = VQVAEConfig(base_channels=8, max_channels=16, num_res_blocks=1, latent_channels=8,
                              quantizer=QuantizerConfig(codebook_size=16, code_dim=4))  # fmt: skip
     save_model(VQVAE(config), run / "tokenizer")
     return run / "tokenizer"

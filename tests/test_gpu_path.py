@@ -20,13 +20,14 @@ from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.sources import load_image_splits
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
+from vqgen.stages.tokenizer.base import QuantizerConfig
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.tasks import TokenizerTask
 from vqgen.stages.training.trainer import TrainConfig, Trainer
 
-TINY_MODEL = TokenizerConfig(
+TINY_MODEL = VQVAEConfig(
     base_channels=8,
     num_res_blocks=0,
     quantizer=QuantizerConfig(codebook_size=16, code_dim=4, restart_every=2),

@@ -189,3 +189,25 @@ def test_lightning_metadata_classes_load_as_inert_placeholders_and_code_is_refus
     torch.save({"state_dict": weights, "hook": Payload}, tmp_path / "b.ckpt")
     with pytest.raises(UserError, match="it needs test_interop.Payload to load"):
         read_checkpoint(tmp_path / "b.ckpt")
+
+
+def test_provenance_is_not_part_of_the_fingerprint(tmp_path, llamagen_tiny):
+    """The same weights imported from two places are one tokenizer: priors trained on either's codes fit both."""
+    import shutil
+
+    from vqgen.stages.artifacts.models import load_tokenizer
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = llamagen_tiny
+    torch.save({"model": seeded_weights(ref["shapes"], ref["seed"])}, tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
+    options = dict(model="VQ-tiny", codebook_size=64, codebook_embed_dim=4, image_size=16)
+    prints = []
+    for name in ("a", "b"):
+        run_import(
+            ImportConfig("llamagen-vq", str(tmp_path / f"{name}.pt"), str(tmp_path / name), options=options)
+        )
+        model = load_tokenizer(tmp_path / name / "tokenizer")
+        assert model.config.provenance["file"] == f"{name}.pt"
+        prints.append(model.fingerprint())
+    assert prints[0] == prints[1]

@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
+from vqgen.stages.core.progress import progress
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training import sharding
@@ -287,7 +287,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if cfg.log_with:
             acc.init_trackers("vqgen", config=_flat(asdict(cfg)))
-        self.bar = bar = tqdm(
+        self.bar = bar = progress(
             total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
         )
         order_log = self._open_data_order() if cfg.record_data_order else None
