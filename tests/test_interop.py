@@ -211,3 +211,14 @@ def test_provenance_is_not_part_of_the_fingerprint(tmp_path, llamagen_tiny):
         assert model.config.provenance["file"] == f"{name}.pt"
         prints.append(model.fingerprint())
     assert prints[0] == prints[1]
+
+
+def test_a_published_imported_tokenizer_says_where_it_came_from():
+    from vqgen.stages.artifacts.card import component_card
+
+    provenance = {"format": "llamagen-vq", "source": "/home/me/ckpts/vq_ds16_c2i.pt", "file": "vq_ds16_c2i.pt",
+                  "sha256": "ab" * 32, "licence": "mit"}  # fmt: skip
+    card = str(component_card("tokenizer", "me/lg", {"model_type": "vqgan", "provenance": provenance}))
+    assert "Imported with `vqgen import llamagen-vq` from `vq_ds16_c2i.pt`" in card and "ab" * 32 in card
+    assert "Licence of the original weights: mit" in card and "/home/me" not in card
+    assert "Imported" not in str(component_card("tokenizer", "me/x", {"model_type": "vqgan"}))
