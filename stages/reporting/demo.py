@@ -240,7 +240,7 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, say=print, blo
     port = port or free_port(host)
     app.queue().launch(
         server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False,
-        theme=_theme(), footer_links=[],
+        theme=space_theme(), footer_links=[],
     )  # fmt: skip
     url = f"http://{host}:{port}/"
     say(f"demo: serving {url} (Ctrl-C to stop)")
@@ -249,7 +249,7 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, say=print, blo
     return url
 
 
-def _theme():
+def space_theme():
     """Gradio's default look with the system's fonts: nothing fetched from a font server, so it works offline."""
     import gradio as gr
 
