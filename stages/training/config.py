@@ -34,6 +34,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    checkpoint_shard_gb: float = (
+        4.0  # a checkpoint's tensors split into safetensors files of at most this size
+    )
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     max_rollback_share: float = 0.1  # ... or when more than this share of the steps so far were rolled back
