@@ -222,3 +222,16 @@ def test_a_published_imported_tokenizer_says_where_it_came_from():
     assert "Imported with `vqgen import llamagen-vq` from `vq_ds16_c2i.pt`" in card and "ab" * 32 in card
     assert "Licence of the original weights: mit" in card and "/home/me" not in card
     assert "Imported" not in str(component_card("tokenizer", "me/x", {"model_type": "vqgan"}))
+
+
+def test_formats_are_listed_with_their_source():
+    from vqgen.command_line.app import format_listing
+
+    lines = format_listing().splitlines()
+    for verb, name in (
+        ("import", "llamagen-vq"),
+        ("import", "taming"),
+        ("import", "diffusers"),
+        ("export", "diffusers"),
+    ):
+        assert any(line.split()[:3] == [verb, name, "built-in"] for line in lines), lines
