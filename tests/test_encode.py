@@ -33,6 +33,22 @@ def encode(tokenizer, folder, out, **changes):
     return run_encode(cfg)
 
 
+def kill_after_two_shards(monkeypatch) -> None:
+    """encode's shard writer, patched to die (as under a kill) when it is about to write the third shard."""
+    from vqgen.stages.artifacts import codes as codes_module
+    from vqgen.stages.commands import encode as encode_module
+
+    written = []
+
+    def dies_after_two(path, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        codes_module.write_shard(path, *args)
+        written.append(path)
+
+    monkeypatch.setattr(encode_module, "write_shard", dies_after_two)
+
+
 def rows(out, split):
     from datasets import load_from_disk
 
@@ -66,21 +82,11 @@ def test_codes_are_the_tokenizers_own_and_flip_views_are_stored(tmp_path, tokeni
 
 
 def test_a_killed_encode_resumes_from_its_shards(tmp_path, tokenizer, image_folder, monkeypatch):
-    from vqgen.stages.artifacts import codes as codes_module
-    from vqgen.stages.commands import encode as encode_module
     from vqgen.stages.core.errors import UserError
 
     whole = tmp_path / "whole"
     encode(tokenizer, image_folder, whole)
-    written = []
-
-    def dies_after_two(path, *args):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        codes_module.write_shard(path, *args)
-        written.append(path)
-
-    monkeypatch.setattr(encode_module, "write_shard", dies_after_two)
+    kill_after_two_shards(monkeypatch)
     out = tmp_path / "codes"
     with pytest.raises(KeyboardInterrupt):
         encode(tokenizer, image_folder, out)
@@ -150,9 +156,7 @@ def test_two_processes_each_encode_their_part(tmp_path, tokenizer, image_folder)
 
 def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
     from test_streaming import stream_cfg, write_shards
-    from vqgen.stages.artifacts import codes as codes_module
     from vqgen.stages.artifacts.models import save_model
-    from vqgen.stages.commands import encode as encode_module
     from vqgen.stages.commands.encode import EncodeConfig, run_encode
     from vqgen.stages.data.images import to_float
     from vqgen.stages.data.sources import load_image_splits
@@ -172,15 +176,7 @@ def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
             setattr(cfg, k, v)
         return run_encode(cfg)
 
-    written = []
-
-    def dies_after_two(path, *args):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        codes_module.write_shard(path, *args)
-        written.append(path)
-
-    monkeypatch.setattr(encode_module, "write_shard", dies_after_two)
+    kill_after_two_shards(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         encode_stream(tmp_path / "run" / "codes")
     monkeypatch.undo()
