@@ -134,7 +134,7 @@ def tokenize_config(
     from vqgen.stages.commands.tokenize import TokenizeConfig
     from vqgen.stages.core.build import tokenizer_config
     from vqgen.stages.core.registry import tokenizer_preset
-    from vqgen.stages.tokenizer.model import downsample_for
+    from vqgen.stages.tokenizer.vqvae import downsample_for
 
     if resume and not given("arch"):  # the run's own architecture, as every other setting on --resume
         arch = saved_setting(Path(run) / "run_config.json", "arch", arch)

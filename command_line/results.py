@@ -1,5 +1,5 @@
-"""The commands that use a model: `generate` (images from a prior), `evaluate` (every stage of a run measured)
-and `report` (one page of a run's metrics and pictures)."""
+"""The commands that use a model: `generate` (images from a prior), `evaluate` (every stage of a run measured),
+`report` (one page of a run's metrics and pictures) and `demo` (a web app over a trained model)."""
 
 from enum import Enum
 from pathlib import Path
@@ -198,3 +198,21 @@ def report(
 
     cfg = ReportConfig(run=str(run), compare=[str(c) for c in compare], out=str(out) if out else None)
     typer.echo(f"wrote {run_report(cfg)}")
+
+
+def demo(
+    source: Annotated[str, typer.Argument(help="A run folder, a published folder or a Hub id (user/name).")],
+    revision: Annotated[Optional[str], typer.Option(help="With a Hub id: branch, tag or commit.")] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to serve on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        Optional[int], typer.Option(min=1, max=65535, help="Port (default: a free one, printed).")
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """A web demo of a trained model: generate, reconstruct an uploaded image, read its card (needs gradio:
+    pip install -e '.[demo]'). Serves until Ctrl-C."""
+    from vqgen.stages.commands.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(source, revision, host, port, device), say=typer.echo)

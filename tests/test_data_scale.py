@@ -92,15 +92,15 @@ def test_augmentation_is_a_function_of_the_generator_seed():
 
 
 def train_once(splits, workers: int, run_dir):
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
     from vqgen.stages.training.config import TrainConfig
     from vqgen.stages.training.tasks import TokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = VQVAE(
-        TokenizerConfig(
+        VQVAEConfig(
             image_size=8, channels=3, base_channels=8, num_res_blocks=1,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
         )

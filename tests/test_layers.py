@@ -105,7 +105,7 @@ def test_no_layer_reaches_up():
     [
         ("vqgen.priors.gru", "vqgen.stages.core.errors"),
         ("vqgen.plugins.gan", "vqgen.priors.base"),
-        ("vqgen.stages.tokenizer.model", "vqgen.stages.training.trainer"),
+        ("vqgen.stages.tokenizer.vqvae", "vqgen.stages.training.trainer"),
         ("vqgen.stages.training.trainer", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.generate", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.push", "vqgen.stages.pipeline"),

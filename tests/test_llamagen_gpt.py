@@ -29,12 +29,12 @@ GRID = 6
 
 def tokenizer(codebook_size: int = C["vocab_size"], image_size: int = 24):
     """A tiny tokenizer with the fixture's vocabulary; 24 px at f4 gives its 6x6 grid."""
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=codebook_size, code_dim=4, init="random")
-    config = TokenizerConfig(image_size=image_size, downsample=4, base_channels=8, num_res_blocks=1,
+    config = VQVAEConfig(image_size=image_size, downsample=4, base_channels=8, num_res_blocks=1,
                              latent_channels=8, quantizer=q)  # fmt: skip
     return VQVAE(config).eval()
 

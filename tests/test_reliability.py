@@ -231,10 +231,10 @@ def test_bad_weights_are_refused_in_one_line(tiny_prior, edit, fragments):
 def test_integer_and_bool_buffers_of_a_tokenizer_still_load(tmp_path):
     """The quantizer stores `steps` (int64) and `initialised` (bool) itself: those dtypes are the model's own."""
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-    model = VQVAE(TokenizerConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8,
+    model = VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8,
                                                                                                 code_dim=4)))  # fmt: skip
     save_model(model, tmp_path / "tok")
     loaded = load_tokenizer(tmp_path / "tok")

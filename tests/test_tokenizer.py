@@ -6,14 +6,14 @@ import pytest
 import torch
 from vqgen.stages.core.files import image_grid
 from vqgen.stages.evaluation import metrics as M
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+from vqgen.stages.tokenizer.base import QuantizerConfig
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
 
 def tiny(**kw) -> VQVAE:
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=16, code_dim=4, init="sample")
-    return VQVAE(TokenizerConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q, **kw))
+    return VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q, **kw))
 
 
 @pytest.mark.parametrize("size,factor,channels", [(28, 4, 1), (32, 8, 3), (16, 2, 1)])
@@ -68,7 +68,7 @@ def test_fingerprint_changes_with_weights():
 )
 def test_bad_configs_are_rejected(kw, message):
     with pytest.raises(ValueError, match=message):
-        TokenizerConfig(**kw).validate()
+        VQVAEConfig(**kw).validate()
 
 
 def test_psnr_and_ssim_against_hand_computed_values():

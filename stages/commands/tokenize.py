@@ -31,7 +31,7 @@ from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.vqvae import VQVAEConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.tasks import StreamingTokenizerTask, TokenizerTask
@@ -44,7 +44,7 @@ class TokenizeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = "vqvae"  # the architecture or size preset `model` started from (`python cli.py tokenizers`)
     # the architecture's dataclass config (its model_type names the architecture)
-    model: Any = field(default_factory=TokenizerConfig)
+    model: Any = field(default_factory=VQVAEConfig)
     train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)

@@ -16,7 +16,7 @@ from vqgen.stages.evaluation.tokenizer import save_reconstruction_grid
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.base import TokenizerConfig
 
 IN_MEMORY_BYTES = 256 << 20  # training splits up to 256 MiB of uint8 pixels are held in memory
 
@@ -117,6 +117,7 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
+    shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer
