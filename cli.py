@@ -3,7 +3,7 @@
     python cli.py tokenize --run runs/demo            # stage one on the embedded MNIST digits
     python cli.py train-prior --prior gru --codes runs/demo/codes
     python cli.py generate --prior runs/demo/prior-gru --label 7
-    python cli.py priors | plugins | tokenizers | quantizers   # what is installed, and from where
+    python cli.py priors | plugins | tokenizers | quantizers | formats   # what is installed, and from where
 
 A user's mistake prints one line and exits with code 2; an interrupted run keeps its checkpoint.
 """
@@ -61,6 +61,7 @@ COMMANDS = {  # name -> the typed command (vqgen.command_line), in the order --h
     "tokenizers": models.tokenizers,
     "quantizers": models.quantizers,
     "plugins": models.plugins,
+    "formats": models.formats,
 }
 for name, command in COMMANDS.items():
     app.command(name)(command)
@@ -69,8 +70,10 @@ for name, command in COMMANDS.items():
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.command_line.app)."""
     from vqgen.stages.artifacts.hub import use_short_hub_timeouts
+    from vqgen.stages.core.progress import quiet_library_bars
 
     use_short_hub_timeouts()  # before huggingface_hub is imported
+    quiet_library_bars()  # in a log: no per-batch bars from datasets and huggingface_hub (before their import)
     run_app(app)
 
 

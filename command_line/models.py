@@ -31,6 +31,9 @@ def push(
         bool, typer.Option("--with-training-state", help="Also publish the newest training checkpoints.")
     ] = False,
     license: Annotated[str, typer.Option(help="Licence id for the model card.")] = "apache-2.0",
+    space: Annotated[
+        bool, typer.Option("--space", help="Add space/: the web demo as a Hugging Face Space folder.")
+    ] = False,
     device: Device = "auto",
 ) -> None:
     """Publish a run's tokenizer, prior and model card as one Hugging Face Hub repo (token: HF_TOKEN or login)."""
@@ -39,7 +42,7 @@ def push(
     cfg = PushConfig(
         run=str(run), repo_id=repo_id, prior=prior, private=private, revision=revision,
         dry_run=str(dry_run) if dry_run else None, with_training_state=with_training_state, license=license,
-        device=device,
+        device=device, space=space,
     )  # fmt: skip
     r = run_push(cfg)
     if r["uploaded"]:
@@ -145,3 +148,10 @@ def quantizers() -> None:
 def plugins() -> None:
     """List every available training plugin and where it comes from."""
     typer.echo(listing("plugin"))
+
+
+def formats() -> None:
+    """List every import format (vqgen import) and export format (vqgen export) and where it comes from."""
+    from vqgen.command_line.app import format_listing
+
+    typer.echo(format_listing())

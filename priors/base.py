@@ -198,6 +198,25 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the prior's blocks: the unit that FSDP shards and gathers one at a time
+        (stages/training/sharding.py; accelerate reads this attribute, as on a `transformers` model). By default
+        those that the `transformers` models inside it name (a Llama's decoder layers), plus `block_classes`, a
+        class attribute a prior may set; else the class of its repeated blocks (the items of its longest
+        `nn.ModuleList` of one class); none: the whole prior is one unit."""
+        names = set(getattr(type(self), "block_classes", ()))
+        for module in self.modules():
+            if module is not self:
+                names.update(getattr(module, "_no_split_modules", None) or ())
+        if not names:
+            lists = [
+                m for m in self.modules() if isinstance(m, nn.ModuleList) and len({type(b) for b in m}) == 1
+            ]
+            if lists:
+                names.add(type(max(lists, key=len)[0]).__name__)
+        return sorted(names)
+
     @torch.inference_mode()
     def sample(
         self,

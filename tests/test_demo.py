@@ -166,3 +166,52 @@ def test_the_report_in_a_browser(run, browser, tmp_path):
     assert page.evaluate("() => [...document.images].map(i => i.naturalWidth)") == [640, 640]
     page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
     page.close()
+
+
+def test_push_space_serves_the_published_model(run, tmp_path):
+    """`push --space` writes space/ beside the published model; its app.py, started as a Space starts it
+    (GRADIO_SERVER_* set, VQGEN_MODEL pointing at the published folder instead of the Hub), generates."""
+    import urllib.request
+
+    from conftest import run_cli
+    from gradio_client import Client
+    from vqgen.stages.reporting.demo import free_port
+
+    out = tmp_path / "publish"
+    result = run_cli(
+        "push", str(run), "--repo-id", "you/tiny-vqgen", "--dry-run", str(out), "--space", "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "space").iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    assert 'os.environ.get("VQGEN_MODEL", "you/tiny-vqgen")' in (out / "space" / "app.py").read_text()
+    assert "sdk: gradio" in (out / "space" / "README.md").read_text()
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "VQGEN_MODEL": str(out), "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=out / "space",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 240
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the Space app did not start:\n" + process.stdout.read().decode()[-3000:])
+                time.sleep(1)
+        gallery = Client(url, verbose=False).predict(
+            "prior", "2: cat", 1.0, 0, 0, 1.0, "constant", 0, 3, api_name="/generate"
+        )
+        assert len(gallery) == 3
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

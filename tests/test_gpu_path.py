@@ -1,6 +1,6 @@
 """The GPU path, as far as a CPU can check it (issue 15): fp16 overflow handled by the GradScaler (not rollback),
 the quantizer in fp32 under bf16 autocast, at most one host sync per optimizer step, torch.compile without
-`_orig_mod.` prefixes, accelerate's own precision setting, FSDP/DeepSpeed refused, and --device on every command.
+`_orig_mod.` prefixes, accelerate's own precision setting, FSDP1/DeepSpeed refused, and --device on every command.
 GPU speed and the CUDA-only branches (channels_last, fused AdamW) are not exercised here."""
 
 import collections
@@ -290,14 +290,22 @@ def test_mixed_precision_unset_reads_accelerate_and_a_flag_overrides(splits, tmp
     assert trainer.accelerator.mixed_precision == "no" and trainer.cfg.mixed_precision == "no"
 
 
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_fsdp_and_deepspeed_are_refused_in_one_line(splits, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize(
+    "kind, fsdp2, message",
+    [
+        (DistributedType.FSDP, False, "FSDP version 1 is not supported"),
+        (DistributedType.DEEPSPEED, False, "DeepSpeed is not supported"),
+        (DistributedType.FSDP, True, "FSDP: the tokenizer trains with DDP"),  # FSDP2 shards priors only
+    ],
+)
+def test_fsdp1_deepspeed_and_a_sharded_tokenizer_are_refused_in_one_line(
+    splits, tmp_path, monkeypatch, kind, fsdp2, message
+):
     from accelerate import Accelerator
 
     monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: kind))
-    with pytest.raises(
-        UserError, match="is not supported: vqgen trains in a single process or with DDP"
-    ) as e:
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: fsdp2))
+    with pytest.raises(UserError, match=message) as e:
         make_trainer(splits, tmp_path)
     assert "\n" not in str(e.value)
 

@@ -211,3 +211,61 @@ def test_provenance_is_not_part_of_the_fingerprint(tmp_path, llamagen_tiny):
         assert model.config.provenance["file"] == f"{name}.pt"
         prints.append(model.fingerprint())
     assert prints[0] == prints[1]
+
+
+def test_a_published_imported_tokenizer_says_where_it_came_from():
+    from vqgen.stages.artifacts.card import component_card
+
+    provenance = {"format": "llamagen-vq", "source": "/home/me/ckpts/vq_ds16_c2i.pt", "file": "vq_ds16_c2i.pt",
+                  "sha256": "ab" * 32, "licence": "mit"}  # fmt: skip
+    card = str(component_card("tokenizer", "me/lg", {"model_type": "vqgan", "provenance": provenance}))
+    assert "Imported with `vqgen import llamagen-vq` from `vq_ds16_c2i.pt`" in card and "ab" * 32 in card
+    assert "Licence of the original weights: mit" in card and "/home/me" not in card
+    assert "Imported" not in str(component_card("tokenizer", "me/x", {"model_type": "vqgan"}))
+
+
+def test_formats_are_listed_with_their_source():
+    from vqgen.command_line.app import format_listing
+
+    lines = format_listing().splitlines()
+    for verb, name in (
+        ("import", "llamagen-vq"),
+        ("import", "taming"),
+        ("import", "diffusers"),
+        ("export", "diffusers"),
+    ):
+        assert any(line.split()[:3] == [verb, name, "built-in"] for line in lines), lines
+
+
+def test_import_from_a_hub_id_downloads_once_then_works_offline(tmp_path, llamagen_tiny, monkeypatch):
+    """SOURCE as a Hub id with --filename: fetched through huggingface_hub (a local stand-in Hub here) into the
+    Hub cache, so the same import works again offline."""
+    import io
+
+    from hub_server import Repo, StandInHub
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = llamagen_tiny
+    buffer = io.BytesIO()
+    torch.save({"model": seeded_weights(ref["shapes"], ref["seed"])}, buffer)
+    options = dict(
+        model="VQ-tiny", codebook_size=64, codebook_embed_dim=4, image_size=16, filename="vq_tiny.pt"
+    )
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    with StandInHub("hf_unused0000000000") as hub:
+        repo = Repo(private=False)
+        repo.branches["main"] = repo.commit(None, {"vq_tiny.pt": buffer.getvalue()})
+        hub.repos["FoundationVision/LlamaGen"] = repo
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+        monkeypatch.setattr(
+            "huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+            hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        run_import(
+            ImportConfig("llamagen-vq", "FoundationVision/LlamaGen", str(tmp_path / "a"), options=options)
+        )
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    run_import(ImportConfig("llamagen-vq", "FoundationVision/LlamaGen", str(tmp_path / "b"), options=options))
+    check_against_reference(tmp_path / "b" / "tokenizer", ref)
+    provenance = json.loads((tmp_path / "b" / "tokenizer" / "config.json").read_text())["provenance"]
+    assert provenance["source"] == "FoundationVision/LlamaGen" and provenance["file"] == "vq_tiny.pt"

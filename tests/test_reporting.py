@@ -62,6 +62,7 @@ def trained(tmp_path_factory, image_folder):
         *tiny, "--sample-every", "2", "--log-with", "trackio", env={"TRACKIO_DIR": str(run.parent / "trackio")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    (run.parent / "tokenize.log").write_text(result.stderr)
     result = run_cli(
         "train-prior", "--prior", "gru", "--codes", str(run / "codes"), "--steps", "4", "--batch-size", "8",
         "--sample-every", "2", "--eval-every", "2", *TINY_PRIOR,
@@ -112,3 +113,26 @@ def test_trackio_received_the_training_metrics(trained):
     history = json.loads((trained / "metrics.json").read_text())["history"]
     assert logged and set(logged) == {h["step"] for h in history if "loss" in h}
     assert all(abs(logged[h["step"]]["loss"] - h["loss"]) < 1e-6 for h in history if "loss" in h)
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(trained):
+    """stderr is a pipe here, as in CI or a scheduler's log: no carriage-return redraws, no per-batch bars of
+    datasets, and the training and encoding bars each end on a line of their own."""
+    log = (trained.parent / "tokenize.log").read_text()
+    assert "\r" not in log
+    assert "Saving the dataset" not in log and "Map" not in log
+    assert any(line.startswith("tokenizer: 100%") and "4/4" in line for line in log.splitlines()), log
+    assert any(line.startswith("encode: 100%") for line in log.splitlines()), log
+    assert len(log.splitlines()) < 30, log
+
+
+def test_progress_lines_are_spaced_in_time(monkeypatch, capsys):
+    from vqgen.stages.core.progress import progress
+
+    monkeypatch.setenv("VQGEN_PROGRESS_SECONDS", "3600")
+    with progress(total=1000, desc="work") as bar:
+        for _ in range(1000):
+            bar.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines) and 1 <= len(lines) <= 3, lines
+    assert lines[-1].startswith("work: 100%") and "1000/1000" in lines[-1]

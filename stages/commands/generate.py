@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from vqgen.priors import Prior
 from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
@@ -30,6 +29,7 @@ from vqgen.stages.artifacts.runs import hold_lock, holds_files, locked_command
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import image_grid, save_png, write_json
+from vqgen.stages.core.progress import progress
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -230,7 +230,7 @@ def _write_chunks(
     """Sample, decode and write the given chunks; returns the seconds spent sampling."""
     seconds = 0.0
     n = len(names)
-    with tqdm(total=n, initial=done_images, unit="img", desc="generate") as bar:
+    with progress(total=n, initial=done_images, unit="img", desc="generate") as bar:
         start = time.perf_counter()
         for c, grids in sample_chunks(prior, n, cfg.batch_size, labels, cfg.sampling, cfg.seed, todo):
             seconds += time.perf_counter() - start

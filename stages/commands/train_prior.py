@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.build import build_prior, sized_options
@@ -22,6 +23,8 @@ from vqgen.stages.core.files import write_json
 from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, overfit_note
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
+from vqgen.stages.training.distribution import launched_processes
+from vqgen.stages.training.preflight import check_fits, check_resume
 from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
 
@@ -58,6 +61,12 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
         raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    processes = launched_processes()
+    with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
+        check_fits(build_prior(cfg.prior, codes.meta, options), processes, cfg.train.device,
+                   ema=cfg.train.model_ema_decay > 0)  # fmt: skip
+    if cfg.resume:
+        check_resume(out_dir, processes, cfg.train.batch_size)
     set_seed(cfg.train.seed)
     model = build_prior(cfg.prior, codes.meta, options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
@@ -70,8 +79,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     trainer.fit()
     train_seconds = time.perf_counter() - started
     results: dict = {}
+    model = (
+        trainer.final_model()
+    )  # the weight average with --model-ema-decay (sharded: gathered, on process 0)
     if trainer.accelerator.is_main_process:
-        model = trainer.final_model()  # the weight average with --model-ema-decay
         save_model(model, out_dir)  # each file renamed into place: never half-written
         image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
         labels = codes.val_labels if model.config.num_classes else None

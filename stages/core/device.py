@@ -59,7 +59,9 @@ def training_accelerator_kwargs(name: str | None, num_processes: int = 1) -> dic
     single process, made the current device so that accelerate places the model on it."""
     name = check_device_name(name)
     if name == "auto":
-        return {}
+        # several processes and no GPU: accelerate's own choice would leave each process training alone
+        alone = num_processes > 1 and not torch.cuda.is_available() and not _mps_available()
+        return {"cpu": True} if alone else {}
     if name == "cpu":
         return {"cpu": True}
     device = resolve_device(name)  # refuses a device that is not here

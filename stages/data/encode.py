@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from vqgen.stages.core.progress import progress
 from vqgen.stages.data.images import to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, label_array
 from vqgen.stages.data.views import VIEW_OF_VALIDATION, VIEWS, make_views, validation_view
@@ -25,10 +26,12 @@ def encode_split(model, ds, batch_size: int, accelerator) -> tuple[torch.Tensor,
         return encode_stream(model, ds, batch_size, accelerator)
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
-    codes = [
-        model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32)
-        for pixels in iter_pixel_batches(ds, batch_size, lo, hi)
-    ]
+    bar = progress(total=hi - lo, desc="encode", unit="img", disable=not accelerator.is_local_main_process)
+    codes = []
+    for pixels in iter_pixel_batches(ds, batch_size, lo, hi):
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32))
+        bar.update(len(pixels))
+    bar.close()
     local = (
         torch.cat(codes)
         if codes

@@ -107,20 +107,21 @@ def convert(model: str, state: dict[str, torch.Tensor], tokenizer, grid: int, pa
         raise UserError(f"unknown LlamaGen GPT --model {model!r}; available: {', '.join(MODELS)}")
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items() if not NOT_WEIGHTS.search(k)}
     config = prior_config(model, state, tokenizer, grid, path)
-    check_names(state, config.num_layers, path)
     with torch.device("meta"):
         prior = LlamaGenPrior(config)
     wanted, ours = prior.state_dict(), {}
-    for theirs, name in _pairs(config.num_layers):
-        tensor = state[theirs]
-        if tuple(tensor.shape) != tuple(wanted[name].shape):
+    for theirs, name in _pairs(config.num_layers):  # shapes first: another model's widths say the most
+        tensor = state.get(theirs)
+        if tensor is not None and tuple(tensor.shape) != tuple(wanted[name].shape):
             raise UserError(
                 f"{path}: {theirs} has shape {list(tensor.shape)}, {model} at this vocabulary makes "
                 f"{list(wanted[name].shape)}; is it another model (--model) or another tokenizer?"
             )
-        if not tensor.is_floating_point():
+        if tensor is not None and not tensor.is_floating_point():
             raise UserError(f"{path}: {theirs} holds {tensor.dtype}, not weights")
-        ours[name] = tensor.float().contiguous()
+    check_names(state, config.num_layers, path)  # then the depth: a missing or an extra block
+    for theirs, name in _pairs(config.num_layers):
+        ours[name] = state[theirs].float().contiguous()
     prior.load_state_dict(ours, strict=True, assign=True)
     return prior.eval()
 

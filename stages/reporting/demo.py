@@ -209,7 +209,7 @@ def build_app(models: DemoModels):
                     n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="images")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                 gallery = gr.Gallery(
-                    label="samples", columns=8, elem_id="samples", height="auto", format="png"
+                    label="samples", columns=4, elem_id="samples", height="auto", format="png"
                 )
             inputs = [prior, klass, temperature, top_k, top_p, cfg_scale, schedule, seed, n]
             prior.change(as_message(models.defaults), prior, [temperature, cfg_scale])
@@ -240,7 +240,7 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, say=print, blo
     port = port or free_port(host)
     app.queue().launch(
         server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False,
-        theme=_theme(), footer_links=[],
+        theme=space_theme(), footer_links=[],
     )  # fmt: skip
     url = f"http://{host}:{port}/"
     say(f"demo: serving {url} (Ctrl-C to stop)")
@@ -249,7 +249,7 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, say=print, blo
     return url
 
 
-def _theme():
+def space_theme():
     """Gradio's default look with the system's fonts: nothing fetched from a font server, so it works offline."""
     import gradio as gr
 

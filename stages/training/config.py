@@ -34,6 +34,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    checkpoint_shard_gb: float = (
+        4.0  # a checkpoint's tensors split into safetensors files of at most this size
+    )
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     max_rollback_share: float = 0.1  # ... or when more than this share of the steps so far were rolled back
@@ -54,6 +57,7 @@ class TrainConfig:
         "sample_every": (0, 10**9), "eval_every": (0, 10**9), "checkpoint_every": (1, 10**9),
         "keep_checkpoints": (0, 10**6), "max_nonfinite": (1, 10**9), "max_rollback_share": (0.0, 1.0),
         "rollback_lr_factor": (1e-3, 1.0), "snapshot_every": (1, 10**9), "num_workers": (0, 256),
+        "checkpoint_shard_gb": (0.001, 10**4),
     }  # fmt: skip
 
 

@@ -117,6 +117,7 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
+    shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer

@@ -24,18 +24,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
 from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
+from vqgen.stages.core.progress import progress
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
+from vqgen.stages.training import sharding
 from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
-from vqgen.stages.training.distribution import launched_processes, refuse_unsupported_distribution
+from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
 from vqgen.stages.training.state import checkpoint_state, restore_state
@@ -57,7 +58,11 @@ class Trainer:
             )
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
-        refuse_unsupported_distribution(self.accelerator)
+        self.engine = sharding.training_engine(self.accelerator)  # plain (one process, DDP) or FSDP2
+        if self.engine != "plain" and not getattr(task, "shardable", False):
+            raise UserError(
+                f"FSDP: the {task.stage} trains with DDP (it fits one device); launch it without --use_fsdp"
+            )
         # the value used (the flag, or accelerate's own setting) is what run_config.json and checkpoints record
         config.mixed_precision = str(self.accelerator.mixed_precision)
         if config.log_with and not self.accelerator.log_with:
@@ -70,18 +75,20 @@ class Trainer:
         model.to(self.accelerator.device)  # before the optimizer: fused AdamW wants its parameters on the GPU
         if on_cuda and getattr(task, "channels_last", False):
             model.to(memory_format=torch.channels_last)  # convolutions: NHWC kernels on CUDA (tensor cores)
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None
-        )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+        def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+            decay, no_decay = [], []
+            for p in model.parameters():
+                if p.requires_grad:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+            groups = [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None)
+
+        self.model, self.optimizer = sharding.prepare(self.accelerator, self.engine, model, make_optimizer)
+        self.sharded = sharding.is_sharded(self.model)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if hasattr(task, "stream_feed"):  # a stream: its own resumable position, saved in every checkpoint
             self.sampler, self.feed = None, task.stream_feed(rank, world, config.batch_size, config.seed)
@@ -165,7 +172,7 @@ class Trainer:
         scaled = self.accelerator.scaler is not None  # fp16: the GradScaler judges the gradients
         if self.cfg.clip_grad > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            norm = torch.as_tensor(norm, device=self.accelerator.device).detach()
+            norm = torch.as_tensor(sharding.gather(norm), device=self.accelerator.device).detach()
             if not scaled:
                 bad[1] += (~torch.isfinite(norm.float())).any()
             metrics["grad_norm"] = norm
@@ -280,7 +287,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if cfg.log_with:
             acc.init_trackers("vqgen", config=_flat(asdict(cfg)))
-        self.bar = bar = tqdm(
+        self.bar = bar = progress(
             total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
         )
         order_log = self._open_data_order() if cfg.record_data_order else None
@@ -321,11 +328,13 @@ class Trainer:
             order_log.write(f"{step}\t{','.join(map(str, consumed.tolist()))}\n")
             order_log.flush()
         self._log(metrics)
-        if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
-            self.task.save_samples(self.unwrapped(), self.step, self.run_dir)
-            write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and acc.is_main_process:
-            self._validate()
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            model = self.whole_model()  # sharded: gathered by every process, a copy on process 0
+            if acc.is_main_process:
+                self.task.save_samples(model, self.step, self.run_dir)
+                write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and (acc.is_main_process or self.sharded):
+            self._validate()  # sharded: every process runs the forward passes, each gathering its blocks
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
@@ -386,13 +395,21 @@ class Trainer:
             self.history.append({"step": self.step})
         self.history[-1].update(scores)
 
-    def final_model(self) -> torch.nn.Module:
+    def final_model(self) -> torch.nn.Module | None:
         """The model to save once training has ended: with --model-ema-decay, the average of its weights (loaded into the
-        model, so call it after the last checkpoint), else the model as trained."""
+        model, so call it after the last checkpoint), else the model as trained. Every process calls it: sharded,
+        process 0 gets a single-device copy with the full weights and the others None."""
         model = self.unwrapped()
         if self.ema is not None:
             self.ema.copy_to(model)
-        return model
+        return self.whole_model()
+
+    def whole_model(self) -> torch.nn.Module | None:
+        """The model on one device: the model itself, or (sharded; every process calls it) a copy with the full
+        weights on process 0 and None on the others."""
+        if not self.sharded:
+            return self.unwrapped()
+        return sharding.plain_copy(self.unwrapped(), sharding.full_model_state(self.unwrapped()))
 
     def unwrapped(self) -> torch.nn.Module:
         """The trained model itself: without accelerate's wrappers (DDP, mixed precision) nor torch.compile's, so
@@ -405,9 +422,13 @@ class Trainer:
         acc.wait_for_everyone()
         path = None
         data_state = self._data_state()
-        if acc.is_main_process:
+        if acc.is_main_process or self.sharded:  # sharded: every process takes part in gathering the state
             tensors, meta = checkpoint_state(self, data_state)
-            path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
+        if acc.is_main_process:
+            shard_bytes = int(self.cfg.checkpoint_shard_gb * 1e9)
+            path = ckpt.write_checkpoint(
+                self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints, shard_bytes
+            )
             replaced.commit(self.run_dir)  # the new run is safe: what --overwrite set aside can go
         self._saved_step = self.step
         acc.wait_for_everyone()
@@ -421,7 +442,12 @@ class Trainer:
             ckpt.clean_partial(self.run_dir)
         acc.wait_for_everyone()
         for path in reversed(ckpt.list_checkpoints(self.run_dir)):
-            problem = ckpt.verify_checkpoint(path)
+            try:
+                problem = ckpt.verify_checkpoint(path)
+            except ckpt.MissingShard as exc:
+                raise UserError(
+                    f"--resume: {exc}; restore it, or delete {path.name} to resume from an older one"
+                ) from None
             if problem:
                 acc.wait_for_everyone()  # every process has checked it before it is renamed
                 if acc.is_main_process:
