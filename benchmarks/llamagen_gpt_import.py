@@ -1,7 +1,7 @@
 """LlamaGen's GPT-B at full size through `vqgen import llamagen-gpt`: parameter counts, import time, peak memory,
 and one run of the imported prior against LlamaGen's own model on the same random weights.
 
-    python benchmarks/llamagen_gpt_import.py --llamagen PATH/TO/LlamaGen [--model GPT-B] [--image-size 256]
+    python -m benchmarks.llamagen_gpt_import --llamagen PATH/TO/LlamaGen [--model GPT-B] [--image-size 256]
                                               [--tokens 256] [--json OUT.json]
 
 PATH/TO/LlamaGen is a checkout of https://github.com/FoundationVision/LlamaGen (its `autoregressive/models/gpt.py`,
@@ -27,11 +27,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.measure import machine_info, save_result
 
-from measure import machine_info, save_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MIB = 2**20
 BASELINE = (  # the same reader without the conversion
