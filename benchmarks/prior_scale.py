@@ -45,6 +45,7 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
+from vqgen.priors.base import SamplingOptions  # noqa: E402
 from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig  # noqa: E402
 
 VOCAB, CLASSES, GRID, CFG_SCALE = 16384, 1000, 16, 2.0
@@ -125,7 +126,7 @@ class PlainGPT(nn.Module):
             x = block(x, cos, sin, None if caches is None else caches[i], start)
         return self.norm(x)
 
-    def loss(self, codes, labels):  # codes (B, H, W), labels (B,)
+    def forward(self, codes, labels):  # codes (B, H, W), labels (B,) -> the mean NLL
         b = codes.shape[0]
         prefix = (self.c.vocab_size + 1 + labels).view(b, 1)
         ids = torch.cat([prefix, codes.reshape(b, -1)[:, :-1]], 1)
@@ -230,7 +231,7 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
     precision = "fp32" if accelerator else args.precision  # FSDP: the launch's --mixed_precision
     train = {
         f"{size} training: ours": training_step(ours, ours_opt, compile_(lambda c, y: ours(c, y).loss), args.batch, precision, device),
-        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain.loss), args.batch, precision, device),
+        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain), args.batch, precision, device),
     }  # fmt: skip
     timing = Timing(repeats=args.repeats, warmup=2 if args.compile else 1)
     tokens = args.batch * GRID * GRID * world
@@ -243,7 +244,7 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
         return rows  # sampling runs on one device
     sample = {
         f"{size} sampling: ours": sampling_run(
-            lambda y, g: ours.sample(y.shape[0], y, cfg_scale=CFG_SCALE, generator=g), args.sample_batch, args.precision, device
+            lambda y, g: ours.sample(y.shape[0], y, SamplingOptions(cfg_scale=CFG_SCALE), generator=g), args.sample_batch, args.precision, device
         ),
         f"{size} sampling: plain": sampling_run(
             lambda y, g: plain.sample(y, CFG_SCALE, g), args.sample_batch, args.precision, device
