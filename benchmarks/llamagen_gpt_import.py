@@ -50,12 +50,20 @@ def write_tokenizer(run: Path, image_size: int) -> None:
     """A random tokenizer of 16384 codes and an image_size/16 grid (small widths: only its vocabulary and grid
     matter here)."""
     from vqgen.stages.artifacts.models import save_model
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     q = QuantizerConfig(codebook_size=16384, code_dim=8, init="random")
-    config = TokenizerConfig(image_size=image_size, channels=3, downsample=16, base_channels=8, max_channels=32,
-                             num_res_blocks=1, latent_channels=16, quantizer=q)  # fmt: skip
+    config = VQVAEConfig(
+        image_size=image_size,
+        channels=3,
+        downsample=16,
+        base_channels=8,
+        max_channels=32,
+        num_res_blocks=1,
+        latent_channels=16,
+        quantizer=q,
+    )
     save_model(VQVAE(config).eval(), run / "tokenizer")
 
 
