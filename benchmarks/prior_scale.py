@@ -1,6 +1,6 @@
 """Throughput of the transformer prior at LlamaGen's sizes against a plain PyTorch GPT of the same architecture.
 
-    python benchmarks/prior_scale.py [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
+    python -m benchmarks.prior_scale [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
                                      [--batch 2] [--sample-batch 2] [--repeats 3] [--json OUT.json]
     accelerate launch --use_fsdp --fsdp_version 2 --num_processes N [--mixed_precision bf16] \
         benchmarks/prior_scale.py --fsdp ...                                      # training, sharded (FSDP2)
@@ -25,17 +25,15 @@ Prints a markdown table and writes JSON (default benchmarks/results/prior_scale.
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from vqgen.priors.base import SamplingOptions
+from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Timing,
     add_ratios,
     autocast,
@@ -45,8 +43,8 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
-from vqgen.priors.base import SamplingOptions  # noqa: E402
-from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VOCAB, CLASSES, GRID, CFG_SCALE = 16384, 1000, 16, 2.0
 SMOKE = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)  # --sizes smoke: does it run

@@ -56,6 +56,16 @@ def test_llamagen_vq_import_matches_llamagen(tmp_path, llamagen_tiny):
     assert len(config["provenance"]["sha256"]) == 64
     assert "llamagen-vq" in (folder / "README.md").read_text()
     check_against_reference(folder, ref)
+    # the same weights converted to safetensors (flat names, no "model" key) import the same
+    from safetensors.torch import save_file
+
+    save_file(seeded_weights(ref["shapes"], ref["seed"]), tmp_path / "vq_tiny.safetensors")
+    run_import(
+        ImportConfig(
+            "llamagen-vq", str(tmp_path / "vq_tiny.safetensors"), str(tmp_path / "st"), options=options
+        )
+    )
+    check_against_reference(tmp_path / "st" / "tokenizer", ref)
 
 
 class Payload:
