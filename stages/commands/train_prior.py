@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from vqgen.priors import Prior
+from vqgen.stages.artifacts.card import note_kept_weights
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device
@@ -74,6 +75,9 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
+    best_metric = (
+        "val_bits_per_token"  # the trainer keeps the weights that score lowest on the held-out codes
+    )
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer
@@ -137,16 +141,51 @@ def overfit_note(results: dict, train_examples: int) -> str | None:
     )
 
 
+def final_results(
+    cfg: PriorTrainConfig, trainer: Trainer, model: Prior, codes: CodeSplits, tokenizer, seconds
+):
+    """metrics.json's `prior`: the saved model's held-out NLL, which weights were kept and why, the run's speed."""
+    image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
+    labels = codes.val_labels if model.config.num_classes else None
+    results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
+    kept = trainer.kept()
+    results.update(
+        prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=seconds,
+        nonfinite_rolled_back=trainer.nonfinite_total, steps=trainer.step, stopped_early=trainer.stopped_early,
+        train_tokens_per_s=trainer.step * cfg.train.batch_size * codes.train_codes[0].numel() / seconds,
+        kept=kept, kept_step=trainer.best.step if kept == "best" else trainer.step,
+    )  # fmt: skip
+    results.update(best_validation(trainer.history, results["val_bits_per_token"], trainer.step))
+    return results
+
+
+def kept_note(results: dict) -> str | None:
+    """One line when the saved weights are the best held-out ones from before the last step, else None."""
+    if results["kept_step"] == results["steps"]:
+        return None
+    return (
+        f"saved the weights of step {results['kept_step']}, the lowest held-out NLL "
+        f"({results['val_bits_per_token']:.3f} bits/token) of the run's {results['steps']} steps "
+        "(--keep-last saves the last ones)"
+    )
+
+
 @locked_command  # the prior folder stays locked while the command runs
 def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
     check_device_name(cfg.train.device)
+    if cfg.train.patience and not cfg.train.eval_every:
+        raise UserError(
+            f"--patience {cfg.train.patience} counts held-out scorings: give --eval-every N (N > 0)"
+        )
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
     codes_dir = Path(cfg.codes)
     codes = load_codes(codes_dir)
+    if cfg.train.patience and codes.val_codes.shape[0] == 0:
+        raise UserError(f"--patience: {codes_dir} holds no held-out codes (its validation split is empty)")
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
     out_dir = Path(cfg.out) if cfg.out else codes_dir.resolve().parent / f"prior-{cfg.prior}"
     tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
@@ -166,22 +205,21 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     train_seconds = time.perf_counter() - started
     results: dict = {}
     if trainer.accelerator.is_main_process:
-        model = trainer.final_model()  # the weight average with --model-ema-decay
+        model = (
+            trainer.final_model()
+        )  # the best held-out weights; with --keep-last the last (or their average)
         save_model(model, out_dir)  # each file renamed into place: never half-written
-        image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
-        labels = codes.val_labels if model.config.num_classes else None
-        results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
-        results.update(
-            prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=train_seconds,
-            nonfinite_rolled_back=trainer.nonfinite_total,
-            train_tokens_per_s=cfg.train.steps * cfg.train.batch_size * codes.train_codes[0].numel() / train_seconds,
-        )  # fmt: skip
-        results.update(best_validation(trainer.history, results["val_bits_per_token"], cfg.train.steps))
-        note = overfit_note(results, codes.train_codes.shape[0])
+        results = final_results(cfg, trainer, model, codes, tokenizer, train_seconds)
+        note_kept_weights(out_dir / "README.md", results)
+        note = (
+            overfit_note(results, codes.train_codes.shape[0])
+            if results["kept"] == "last"
+            else kept_note(results)
+        )
         if note:
             trainer.accelerator.print(f"{cfg.prior}: {note}")
         if tokenizer is not None:
-            trainer.task.save_samples(model, cfg.train.steps, out_dir)
+            trainer.task.save_samples(model, results["kept_step"], out_dir)  # the grid of the model saved
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
         write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
