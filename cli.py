@@ -398,6 +398,58 @@ def evaluate(
         run_evaluate(cfg, log=typer.echo)
 
 
+@app.command("import")
+def import_(
+    fmt: Annotated[
+        str,
+        typer.Argument(
+            metavar="FORMAT", help="llamagen-vq, taming, diffusers, or an installed import format."
+        ),
+    ],
+    source: Annotated[
+        str, typer.Argument(help="A local checkpoint file or folder, or a Hub id (user/name).")
+    ],
+    run: Annotated[
+        Path, typer.Option("--run", help="Run folder to write RUN/tokenizer (or RUN/prior-NAME) into.")
+    ],
+    model: Annotated[
+        Optional[str], typer.Option(help="The original's size preset: VQ-16, VQ-8 (llamagen-vq), GPT-B, ...")
+    ] = None,
+    codebook_size: Annotated[Optional[int], typer.Option(min=2, help="llamagen-vq: codes (16384).")] = None,
+    codebook_embed_dim: Annotated[
+        Optional[int], typer.Option(min=1, help="llamagen-vq: code dimensions (8).")
+    ] = None,
+    image_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Image size the tokenizer takes (256; the grid follows).")
+    ] = None,
+    model_config: Annotated[
+        Optional[Path],
+        typer.Option(help="taming: the model's yaml config (configs/*.yaml beside last.ckpt)."),
+    ] = None,
+    subfolder: Annotated[
+        Optional[str], typer.Option(help="diffusers: the VQModel's folder inside a pipeline (vqvae).")
+    ] = None,
+    filename: Annotated[
+        Optional[str], typer.Option(help="The checkpoint file inside a Hub repo or folder (vq_ds16_c2i.pt).")
+    ] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub: branch, tag or commit.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder in --run.")
+    ] = False,
+    device: Device = "cpu",
+) -> None:
+    """Import a released model (LlamaGen, taming-transformers, diffusers) as a vqgen tokenizer or prior in RUN."""
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    options = dict(
+        model=model, codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, image_size=image_size,
+        model_config=str(model_config) if model_config else None, subfolder=subfolder, filename=filename,
+        revision=revision,
+    )  # fmt: skip
+    r = run_import(ImportConfig(fmt, source, str(run), overwrite, device, options))
+    typer.echo(f"imported {r['summary']}; wrote {r['folder']} ({r['seconds']:.1f} s)")
+
+
 @app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""

@@ -4,7 +4,7 @@ bottom   vqgen.priors, vqgen.plugins             their own contract and torch on
          vqgen.stages.tokenizer                  the stage-one model and its quantizers: nothing else of vqgen
          vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
                                                  but the bottom packages whose registries it holds
-middle   data, training, artifacts, sampling, evaluation     never the commands, the API or the CLI
+middle   data, training, artifacts, sampling, evaluation, interop   never the commands, the API or the CLI
 top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other; only vqgen.cli imports commands
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("priors", "plugins", "stages")
-MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation")
+MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

@@ -7,6 +7,7 @@ give it (0666 less the umask), not mkstemp's owner-only 0600.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -65,3 +66,12 @@ def save_png(image, path: str | Path) -> Path:
     if hasattr(image, "savefig"):
         return atomic_write(path, lambda f: image.savefig(f, format="png"))
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()

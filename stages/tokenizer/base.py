@@ -34,7 +34,9 @@ BUILTIN_QUANTIZERS = {
 }
 # Config fields added after tokenizers were first published: hashed into the fingerprint only when they differ from
 # their defaults, so a tokenizer saved before they existed keeps its fingerprint (and its priors keep working).
-LATER_FIELDS = ("kind", "levels", "entropy_weight", "restart_share")
+LATER_FIELDS = ("kind", "levels", "entropy_weight", "restart_share", "project")
+# The same for a model config's own fields (VQGANConfig's mid_attention, an imported model's provenance).
+LATER_MODEL_FIELDS = ("mid_attention", "provenance")
 
 
 def _import(target: str) -> type:
@@ -175,13 +177,18 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vq
 
 
 def fingerprint_fields(config) -> dict:
-    """asdict(config) without the LATER_FIELDS of its quantizer that still hold their defaults."""
-    data = asdict(config)
-    q = config.quantizer
-    defaults = {f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields(q)}
-    data["quantizer"] = {
-        k: v for k, v in data["quantizer"].items() if k not in LATER_FIELDS or v != defaults[k]
-    }
+    """asdict(config) without the LATER_MODEL_FIELDS, and the LATER_FIELDS of its quantizer, that still hold their
+    defaults."""
+
+    def defaults(obj) -> dict:
+        return {
+            f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields(obj)
+        }
+
+    data, top = asdict(config), defaults(config)
+    data = {k: v for k, v in data.items() if k not in LATER_MODEL_FIELDS or v != top[k]}
+    q = defaults(config.quantizer)
+    data["quantizer"] = {k: v for k, v in data["quantizer"].items() if k not in LATER_FIELDS or v != q[k]}
     return data
 
 

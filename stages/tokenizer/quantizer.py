@@ -46,6 +46,9 @@ class QuantizerConfig:
     # fsq: values per dimension, K = prod(levels) (fsq.py)
     levels: list[int] = field(default_factory=lambda: [8, 8, 8])
     entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample minus codebook entropy)
+    # vq: 1x1 projections in and out even when code_dim equals the encoder's width (taming's and diffusers'
+    # quant_conv / post_quant_conv, which they keep at equal width)
+    project: bool = False
 
 
 @dataclass
@@ -102,7 +105,7 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"update must be 'ema' or 'grad', got {config.update!r}")
         self.config = config
         k, d = config.codebook_size, config.code_dim
-        project = d != in_channels
+        project = d != in_channels or config.project
         self.proj_in = nn.Conv2d(in_channels, d, 1) if project else nn.Identity()
         self.proj_out = nn.Conv2d(d, in_channels, 1) if project else nn.Identity()
         codebook = torch.randn(k, d) / d**0.5

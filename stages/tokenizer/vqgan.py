@@ -38,6 +38,9 @@ class VQGANConfig:
     latent_channels: int = 64  # encoder output width before the quantizer's projection
     norm_groups: int = 32  # GroupNorm groups (the largest divisor of a width up to this)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    mid_attention: bool = True  # self-attention in the middle blocks (diffusers' mid_block_add_attention)
+    # where an imported model came from (`vqgen import`): format, source, file, sha256, licence; None if trained here
+    provenance: dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizer, dict):  # config.json holds it as a nested dict
@@ -130,8 +133,8 @@ def level(ch_in: int, ch_out: int, blocks: int, attn: bool, groups: int) -> list
     return layers
 
 
-def middle(ch: int, groups: int) -> list[nn.Module]:
-    return [ResBlock(ch, ch, groups), AttnBlock(ch, groups), ResBlock(ch, ch, groups)]
+def middle(ch: int, groups: int, attn: bool = True) -> list[nn.Module]:
+    return [ResBlock(ch, ch, groups), *([AttnBlock(ch, groups)] if attn else []), ResBlock(ch, ch, groups)]
 
 
 class Encoder(nn.Module):
@@ -145,7 +148,11 @@ class Encoder(nn.Module):
             layers += level(ch, w, cfg.num_res_blocks, i >= n - cfg.attn_levels, g)
             ch = w if cfg.num_res_blocks else ch
             layers += [Downsample(ch)] if i < n - 1 else []
-        layers += middle(ch, g) + [norm(ch, g), nn.SiLU(), nn.Conv2d(ch, cfg.latent_channels, 3, padding=1)]
+        layers += middle(ch, g, cfg.mid_attention) + [
+            norm(ch, g),
+            nn.SiLU(),
+            nn.Conv2d(ch, cfg.latent_channels, 3, padding=1),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +164,10 @@ class Decoder(nn.Module):
         super().__init__()
         g, n = cfg.norm_groups, len(cfg.ch_mult)
         ch = cfg.base_channels * cfg.ch_mult[-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, ch, 3, padding=1), *middle(ch, g)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.latent_channels, ch, 3, padding=1),
+            *middle(ch, g, cfg.mid_attention),
+        ]
         for i in reversed(range(n)):
             w = cfg.base_channels * cfg.ch_mult[i]
             blocks = cfg.num_res_blocks + cfg.decoder_extra_blocks

@@ -13,7 +13,6 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from vqgen.stages.core.files import file_sha256
 
 CHECKPOINT_DIR = "checkpoints"
 TENSOR, INT_KEYS = "__tensor__", "__int_keys__"  # markers in a flattened state's JSON skeleton
@@ -88,14 +88,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:]))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
@@ -136,7 +128,7 @@ def write_checkpoint(
         weights = tmp / "state.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(weights))
         _fsync_file(weights)
-        meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": _sha256(weights)}
+        meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)}
         with open(tmp / "state.json", "w") as f:
             json.dump(meta, f)
             f.flush()
@@ -191,7 +183,7 @@ def verify_checkpoint(path: Path) -> str | None:
         weights = path / "state.safetensors"
         if weights.stat().st_size != meta["bytes"]:
             return f"size {weights.stat().st_size} != recorded {meta['bytes']}"
-        if _sha256(weights) != meta["sha256"]:
+        if file_sha256(weights) != meta["sha256"]:
             return "checksum mismatch"
     except (OSError, ValueError, KeyError) as exc:
         return f"unreadable ({exc})"

@@ -1,0 +1,104 @@
+"""`vqgen import`: each format against the original project's own outputs (fixtures made with its code by
+tests/fixtures/make_reference_fixtures.py), the files it writes, and its refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_user_error, run_cli
+from fixtures.reference import seeded_images, seeded_weights, unpack
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def check_against_reference(folder: Path, ref: dict) -> None:
+    """The imported tokenizer gives the original's codes exactly and its reconstructions within 1e-4."""
+    from vqgen.stages.artifacts.models import load_tokenizer
+
+    model = load_tokenizer(folder)
+    x = seeded_images(ref["n"], 3, ref["image_size"], ref["image_seed"])
+    with torch.no_grad():
+        codes = model.encode(x)
+        recon = model.decoder(model.quantizer.lookup(codes))
+    assert torch.equal(codes, unpack(ref["codes"]).long())
+    assert (recon - unpack(ref["recon"])).abs().max().item() < 1e-4
+
+
+@pytest.fixture
+def llamagen_tiny(monkeypatch):
+    """LlamaGen's VQ at the fixture's small size, registered as a preset of the llamagen-vq format."""
+    from vqgen.stages.interop import llamagen_vq
+
+    ref = fixture("llamagen_vq_tiny")
+    monkeypatch.setitem(llamagen_vq.PRESETS, "VQ-tiny", ref["arch"])
+    return ref
+
+
+def test_llamagen_vq_import_matches_llamagen(tmp_path, llamagen_tiny):
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = llamagen_tiny
+    ckpt = tmp_path / "vq_tiny.pt"
+    torch.save({"model": seeded_weights(ref["shapes"], ref["seed"]), "steps": 10}, ckpt)
+    options = dict(model="VQ-tiny", codebook_size=ref["codebook_size"],
+                   codebook_embed_dim=ref["codebook_embed_dim"], image_size=ref["image_size"])  # fmt: skip
+    run_import(ImportConfig("llamagen-vq", str(ckpt), str(tmp_path / "run"), options=options))
+    folder = tmp_path / "run" / "tokenizer"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["provenance"]["format"] == "llamagen-vq"
+    assert config["provenance"]["licence"] == "mit"
+    assert len(config["provenance"]["sha256"]) == 64
+    assert "llamagen-vq" in (folder / "README.md").read_text()
+    check_against_reference(folder, ref)
+
+
+class Payload:
+    """An object that only a full unpickler can rebuild."""
+
+
+def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny):
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+    from vqgen.stages.core.errors import UserError
+
+    ref = llamagen_tiny
+    good = seeded_weights(ref["shapes"], ref["seed"])
+    run = tmp_path / "run"
+    tiny = dict(model="VQ-tiny", codebook_size=ref["codebook_size"], image_size=16)
+
+    def refused(path, *fragments, fmt="llamagen-vq", **options):
+        with pytest.raises(UserError) as err:
+            run_import(ImportConfig(fmt, str(path), str(run), options={**tiny, **options}))
+        message = str(err.value)
+        assert "\n" not in message and all(f in message for f in fragments), message
+        assert not run.exists() or [p.name for p in run.iterdir()] in ([], ["tokenizer"])
+        assert not (run / "tokenizer").exists() or not any((run / "tokenizer").iterdir())
+
+    torch.save({"model": good}, tmp_path / "ok.pt")
+    refused(tmp_path / "ok.pt", "unknown import format 'llamagen'", fmt="llamagen")
+    refused(tmp_path / "ok.pt", "unknown LlamaGen tokenizer --model 'VQ-32'", model="VQ-32")
+    refused(tmp_path / "ok.pt", "--model-config does not apply", model_config="x.yaml")
+    # the default codebook_embed_dim (8) does not fit a checkpoint made with 4: the key and both shapes named
+    refused(tmp_path / "ok.pt", "quant_conv.weight", "[4, 32, 1, 1]", "[8, 32, 1, 1]")
+    torch.save({"model": good, "args": Payload()}, tmp_path / "pickled.pt")
+    refused(tmp_path / "pickled.pt", "refused", "Payload", "weights_only=True", codebook_embed_dim=4)
+    refused(tmp_path / "missing.pt", "no such file", codebook_embed_dim=4)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    refused(tmp_path / "junk.pt", "not a readable PyTorch checkpoint", codebook_embed_dim=4)
+    # an existing tokenizer is kept unless --overwrite
+    (run / "tokenizer").mkdir(parents=True)
+    refused(tmp_path / "ok.pt", "already exists", codebook_embed_dim=4)
+
+
+def test_cli_import_unknown_format_and_overwrite(tmp_path, llamagen_tiny):
+    torch.save({"model": seeded_weights(llamagen_tiny["shapes"], 0)}, tmp_path / "vq.pt")
+    result = run_cli("import", "nonesuch", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
+    assert_user_error(result, "unknown import format 'nonesuch'", "llamagen-vq", "taming", "diffusers")
+    result = run_cli("import", "llamagen-vq", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
+    assert_user_error(result, "encoder.conv_in.weight", "[32, 3, 3, 3]", "[128, 3, 3, 3]")
+    assert not (tmp_path / "run").exists()
