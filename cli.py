@@ -38,7 +38,9 @@ def _run_from_clone() -> None:
 if __name__ == "__main__" and not __package__:
     _run_from_clone()
 
-from vqgen.stages.core.cli_options import (  # noqa: E402
+from vqgen.command_line.app import listing, rollback_note, run_app  # noqa: E402
+from vqgen.command_line.config import ConfigFile, finish, tokenize_config, training_options  # noqa: E402
+from vqgen.command_line.options import (  # noqa: E402
     PRIOR_TRAIN_OPTIONS,
     ArchOption,
     BaseChannelsOption,
@@ -48,7 +50,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     CodebookSizeOption,
     CodebookUpdateOption,
     CodeDimOption,
-    ConfigFile,
     CosineOption,
     DatasetOption,
     Device,
@@ -75,11 +76,6 @@ from vqgen.stages.core.cli_options import (  # noqa: E402
     ShuffleBufferOption,
     SplitOption,
     StreamingOption,
-    finish,
-    listing,
-    rollback_note,
-    run_app,
-    training_options,
 )
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.training.config import PRIOR_TRAINING, TOKENIZER_TRAINING  # noqa: E402
@@ -89,7 +85,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: an option's help wraps below it, readable at 80 columns
 )
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return choice.value if choice is not None else None
 
 
 @app.command()
@@ -134,12 +135,26 @@ def tokenize(
     resume: Resume = False,
 ) -> None:
     """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
-    flags = {
-        k: v.value if isinstance(v, Enum) else v for k, v in locals().items() if k not in ("train", "config")
-    }
-    from vqgen.stages.commands.tokenize import config_from_flags, run_tokenize
+    from vqgen.stages.commands.tokenize import run_tokenize
+    from vqgen.stages.data.images import DataConfig
 
-    cfg = config_from_flags(flags, train)
+    data = DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
+        heldout_size=heldout_size,
+    )  # fmt: skip
+    model = dict(
+        image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+        num_res_blocks=res_blocks,
+    )  # fmt: skip
+    quantizer_fields = dict(
+        kind=quantizer, codebook_size=codebook_size, code_dim=code_dim, beta=beta, cosine=cosine,
+        levels=fsq_levels, entropy_weight=entropy_weight, update=_value(codebook_update), init=_value(codebook_init),
+    )  # fmt: skip
+    cfg = tokenize_config(
+        train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
+        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+    )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(
@@ -451,6 +466,23 @@ def import_(
 
 
 @app.command()
+def export(
+    tokenizer: Annotated[
+        str, typer.Argument(help="A vqgen tokenizer: RUN/tokenizer, a run folder or a Hub id.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="The layout to write: diffusers (a VQModel folder).")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Export a vqgen tokenizer for another library: `--format diffusers` writes a folder that
+    diffusers.VQModel.from_pretrained loads."""
+    from vqgen.stages.commands.interop import ExportConfig, run_export
+
+    r = run_export(ExportConfig(tokenizer, fmt, str(out), overwrite))
+    typer.echo(f"wrote {r['folder']} ({', '.join(r['files'])})")
+
+
+@app.command()
 def priors() -> None:
     """List every available prior and where it comes from."""
     typer.echo(listing("prior"))
@@ -475,7 +507,7 @@ def plugins() -> None:
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.stages.core.cli_options)."""
+    """Entry point: user mistakes become one line on stderr and exit code 2 (vqgen.command_line.app)."""
     from vqgen.stages.artifacts.hub import use_short_hub_timeouts
 
     use_short_hub_timeouts()  # before huggingface_hub is imported

@@ -30,11 +30,10 @@ import torch
 from measure import save_result
 from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
-from vqgen.stages.commands.evaluate import load_eval_data, run_data_config
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation.classifier import eval_classifier
 from vqgen.stages.evaluation.priors import floor, nll, sample_and_measure
-from vqgen.stages.evaluation.settings import EvaluateConfig
+from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data, run_data_config
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import check_pair
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from vqgen.priors.gru import GRUPrior, GRUPriorConfig
 from vqgen.stages.artifacts.codes import CodeSplits
-from vqgen.stages.commands.train_prior import PriorTask
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training.best import BestWeights
 from vqgen.stages.training.checkpoint import CHECKPOINT_DIR
 from vqgen.stages.training.config import MIN_DATA_STEPS, PRIOR_TRAINING, TrainConfig, steps_for_epochs
+from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
 
 CURVE = {1: 5.0, 2: 4.0, 3: 4.5, 4: 3.9, 5: 4.2, 6: 4.3, 7: 4.4, 8: 3.0}  # step -> held-out bits/token

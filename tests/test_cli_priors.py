@@ -173,7 +173,7 @@ def test_priors_command_lists_the_builtins():
 
 
 def test_the_best_held_out_step_and_the_overfitting_warning():
-    from vqgen.stages.commands.train_prior import best_validation, overfit_note
+    from vqgen.stages.evaluation.priors import best_validation, overfit_note
 
     history = [{"step": 25, "loss": 3.0}, {"step": 200, "loss": 2.0, "val_bits_per_token": 5.1},
                {"step": 400, "val_bits_per_token": 5.0}, {"step": 600, "val_bits_per_token": 6.0}]  # fmt: skip

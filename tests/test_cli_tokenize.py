@@ -134,9 +134,9 @@ def test_two_process_accelerate_launch(tmp_path, image_folder):
 
 def test_large_datasets_are_read_batch_by_batch_with_the_same_batches(image_folder):
     import torch
-    from vqgen.stages.commands.tokenize import TokenizerTask
     from vqgen.stages.data.images import DataConfig, load_image_splits
     from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+    from vqgen.stages.training.tasks import TokenizerTask
 
     splits = load_image_splits(DataConfig(dataset=str(image_folder)))
     model = VQVAE(TokenizerConfig())

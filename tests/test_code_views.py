@@ -5,8 +5,8 @@ import pytest
 import torch
 from vqgen.priors.gru import GRUPrior, GRUPriorConfig
 from vqgen.stages.artifacts.codes import VIEWS, check_views, load_codes, write_codes
-from vqgen.stages.commands.train_prior import PriorTask
 from vqgen.stages.core.errors import UserError
+from vqgen.stages.training.tasks import PriorTask
 
 META = {"vocab_size": 8, "grid_height": 2, "grid_width": 3, "num_classes": 2, "tokenizer_fingerprint": "x"}
 

@@ -91,10 +91,10 @@ def test_augmentation_is_a_function_of_the_generator_seed():
 
 
 def train_once(splits, workers: int, run_dir):
-    from vqgen.stages.commands.tokenize import TokenizerTask
     from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
     from vqgen.stages.tokenizer.quantizer import QuantizerConfig
     from vqgen.stages.training.config import TrainConfig
+    from vqgen.stages.training.tasks import TokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)

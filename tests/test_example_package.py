@@ -81,7 +81,7 @@ def test_markov_prior_passes_the_contract(installed):
     from vqgen.stages.core.registry import PRIORS
 
     cls = PRIORS.get("markov")
-    from vqgen.stages.commands.train_prior import prior_config_class
+    from vqgen.stages.core.build import prior_config_class
 
     prior = cls(prior_config_class(cls)(vocab_size=5, grid_height=2, grid_width=3, num_classes=2))
     with torch.no_grad():

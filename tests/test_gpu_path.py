@@ -16,13 +16,13 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType
 from conftest import assert_user_error, run_cli
 from safetensors import safe_open
-from vqgen.stages.commands.tokenize import TokenizerTask
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.data.images import DataConfig, load_image_splits
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
 from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
 from vqgen.stages.training import checkpoint as ckpt
+from vqgen.stages.training.tasks import TokenizerTask
 from vqgen.stages.training.trainer import TrainConfig, Trainer
 
 TINY_MODEL = TokenizerConfig(
@@ -182,7 +182,8 @@ def test_at_most_one_host_sync_per_step(splits, tmp_path, monkeypatch, stage):
         )
     else:
         from vqgen.stages.artifacts.codes import CodeSplits
-        from vqgen.stages.commands.train_prior import PriorTask, build_prior
+        from vqgen.stages.core.build import build_prior
+        from vqgen.stages.training.tasks import PriorTask
 
         meta = {
             "vocab_size": 16,
@@ -248,7 +249,7 @@ def test_compiled_run_saves_the_same_keys_as_an_eager_run(splits, tmp_path, monk
 
 
 def test_generate_compile_falls_back_with_a_warning(monkeypatch):
-    from vqgen.stages.commands.train_prior import build_prior
+    from vqgen.stages.core.build import build_prior
     from vqgen.stages.sampling.sampler import compile_sampling_step
 
     meta = {

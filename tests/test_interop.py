@@ -102,3 +102,50 @@ def test_cli_import_unknown_format_and_overwrite(tmp_path, llamagen_tiny):
     result = run_cli("import", "llamagen-vq", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
     assert_user_error(result, "encoder.conv_in.weight", "[32, 3, 3, 3]", "[128, 3, 3, 3]")
     assert not (tmp_path / "run").exists()
+
+
+def taming_checkpoint(tmp_path: Path, ref: dict) -> tuple[Path, Path]:
+    """A Lightning-style last.ckpt (state_dict with the loss' weights too) and its yaml, as taming writes them."""
+    state = seeded_weights(ref["shapes"], ref["seed"])
+    state.update(
+        {k: torch.ones(2, 2) for k in ref["loss_keys"]}
+    )  # discriminator / LPIPS: not the tokenizer's
+    ckpt, yaml = tmp_path / "last.ckpt", tmp_path / "model.yaml"
+    torch.save({"state_dict": state, "global_step": 1000, "epoch": 3, "optimizer_states": []}, ckpt)
+    yaml.write_text(ref["yaml"])
+    return ckpt, yaml
+
+
+def test_taming_import_matches_taming(tmp_path):
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = fixture("taming_vq_tiny")
+    ckpt, yaml = taming_checkpoint(tmp_path, ref)
+    cfg = ImportConfig("taming", str(ckpt), str(tmp_path / "run"), options={"model_config": str(yaml)})
+    run_import(cfg)
+    folder = tmp_path / "run" / "tokenizer"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["quantizer"]["project"] is True and config["attn_levels"] == 1
+    assert config["provenance"]["format"] == "taming" and config["provenance"]["config"] == "model.yaml"
+    check_against_reference(folder, ref)
+
+
+def test_taming_refuses_what_vqgan_cannot_express(tmp_path):
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+    from vqgen.stages.core.errors import UserError
+
+    ref = fixture("taming_vq_tiny")
+    ckpt, yaml = taming_checkpoint(tmp_path, ref)
+    cases = [
+        (("attn_resolutions: [8]", "attn_resolutions: [16]"), "attention in levels [0] of 2"),
+        (("taming.models.vqgan.VQModel", "taming.models.vqgan.GumbelVQ"), "only taming.models.vqgan.VQModel"),
+        (("double_z: False", "double_z: True"), "ddconfig.double_z"),
+        (("n_embed: 64", "n_embed: 128"), "quantize.embedding.weight"),
+    ]
+    for (old, new), fragment in cases:
+        yaml.write_text(ref["yaml"].replace(old, new))
+        with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+            run_import(
+                ImportConfig("taming", str(ckpt), str(tmp_path / "run"), options={"model_config": str(yaml)})
+            )
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,9 @@ bottom   vqgen.priors, vqgen.plugins             their own contract and torch on
          vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
                                                  but the bottom packages whose registries it holds
 middle   data, training, artifacts, sampling, evaluation, interop   never the commands, the API or the CLI
-top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other; only vqgen.cli imports commands
+top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other
+command line  vqgen.cli, vqgen.command_line          the only modules that import typer or the commands
+Benchmarks reach a command only through its entry (run_*) and its config (*Config); tests may also patch one.
 """
 
 import ast
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = ("priors", "plugins", "stages")
+PACKAGE_DIRS = ("priors", "plugins", "stages", "command_line")
+COMMAND_LINE = ("vqgen.cli", "vqgen.command_line")
 MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop")
 
 
@@ -27,15 +30,21 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(("vqgen", *parts))
 
 
-def vqgen_imports(path: Path) -> set[str]:
-    """Every vqgen module a file imports, at any depth (lazy imports inside functions count too)."""
+def all_imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (lazy imports inside functions count too); `from m import x`
+    counts as both m and m.x."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
-    return {m for m in found if m == "vqgen" or m.startswith("vqgen.")}
+    return found
+
+
+def vqgen_imports(path: Path) -> set[str]:
+    """Every vqgen module a file imports, at any depth."""
+    return {m for m in all_imports(path) if m == "vqgen" or m.startswith("vqgen.")}
 
 
 def forbidden(module: str, imported: str) -> str | None:
@@ -47,7 +56,13 @@ def forbidden(module: str, imported: str) -> str | None:
     stages = "vqgen.stages"
     depth = 3 if inside(module, stages) else 2
     room = ".".join(module.split(".")[:depth])  # vqgen.priors, vqgen.stages.core, vqgen.stages.commands, ...
-    top = (f"{stages}.commands", f"{stages}.pipeline", "vqgen.cli")
+    top = (f"{stages}.commands", f"{stages}.pipeline", *COMMAND_LINE)
+    if imported == "typer" or imported.startswith("typer."):
+        return None if room in COMMAND_LINE else "only the command line knows typer"
+    if not inside(imported, "vqgen"):
+        return None
+    if inside(imported, f"{stages}.commands") and room not in (*COMMAND_LINE, f"{stages}.commands"):
+        return "only the command line imports the commands"
     if room in ("vqgen.priors", "vqgen.plugins"):
         if imported != "vqgen" and not inside(imported, room):
             return "a bottom package imports its own contract only"
@@ -62,6 +77,8 @@ def forbidden(module: str, imported: str) -> str | None:
     elif room in {f"{stages}.{m}" for m in MIDDLE}:
         if any(inside(imported, up) for up in top):
             return "a middle room never imports the commands, the API or the CLI"
+    elif room == "vqgen.command_line" and inside(imported, "vqgen.cli"):
+        return "the command line's parts sit below cli.py"
     elif room in top[:2] and any(inside(imported, up) for up in top):
         return "commands and the API never import each other"
     return None
@@ -72,7 +89,7 @@ def violations(root: Path = ROOT) -> list[str]:
     for folder in PACKAGE_DIRS:
         for path in sorted((root / folder).rglob("*.py")):
             module = module_name(path, root)
-            for imported in sorted(vqgen_imports(path)):
+            for imported in sorted(all_imports(path)):
                 why = forbidden(module, imported)
                 if why:
                     out.append(f"{module} imports {imported}: {why}")
@@ -92,10 +109,40 @@ def test_no_layer_reaches_up():
         ("vqgen.stages.training.trainer", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.generate", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.push", "vqgen.stages.pipeline"),
+        ("vqgen.stages.core.build", "typer"),
+        ("vqgen.stages.commands.tokenize", "typer.models"),
+        ("vqgen.stages.pipeline", "vqgen.stages.commands.generate"),
+        ("vqgen.stages.training.tasks", "vqgen.stages.commands.tokenize"),
+        ("vqgen.command_line.config", "vqgen.cli"),
     ],
 )
 def test_the_layer_rule_catches_a_reach_up(module, imported):
     assert forbidden(module, imported) is not None
+
+
+@pytest.mark.parametrize(
+    "module,imported",
+    [
+        ("vqgen.command_line.config", "typer"),
+        ("vqgen.command_line.config", "vqgen.stages.commands.tokenize"),
+        ("vqgen.command_line.options", "vqgen.stages.core.runconfig"),
+        ("vqgen.stages.commands.train_prior", "vqgen.stages.core.build"),
+        ("vqgen.stages.training.tasks", "vqgen.stages.evaluation.priors"),
+    ],
+)
+def test_the_layer_rule_allows_the_plan(module, imported):
+    assert forbidden(module, imported) is None
+
+
+def test_benchmarks_reach_commands_only_through_their_entry():
+    """A benchmark runs a command through `run_*` and its `*Config` only: library code lives in the rooms."""
+    bad = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vqgen.stages.commands."):
+                names = [a.name for a in node.names]
+                bad += [(path.name, n) for n in names if not (n.startswith("run_") or n.endswith("Config"))]
+    assert bad == []
 
 
 def test_a_prior_that_imports_the_host_fails_the_scan(tmp_path):
@@ -114,7 +161,7 @@ def test_a_prior_that_imports_the_host_fails_the_scan(tmp_path):
 
 
 def test_imports_use_the_vqgen_names_only():
-    bare = ("stages", "priors", "plugins", "cli")
+    bare = ("stages", "priors", "plugins", "cli", "command_line")
     for path in [
         ROOT / "cli.py",
         *[p for d in (*PACKAGE_DIRS, "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")],
@@ -131,7 +178,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_one_import_package_from_any_directory(tmp_path):
     assert run_python("import vqgen.priors.base, vqgen.plugins.base, vqgen.stages", tmp_path).returncode == 0
-    for name in ("stages", "priors", "plugins", "cli"):
+    for name in ("stages", "priors", "plugins", "cli", "command_line"):
         result = run_python(f"import {name}", tmp_path)
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, name
     help_text = subprocess.run(

@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from vqgen.plugins import PluginContext, PluginLoss, TrainingPlugin  # noqa: E402
 from vqgen.plugins.gan import GAN_LOSSES, GANPlugin, adaptive_weight  # noqa: E402
-from vqgen.stages.commands.tokenize import TokenizerTask  # noqa: E402
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.core.registry import PLUGINS, register_plugin  # noqa: E402
 from vqgen.stages.data.images import DataConfig, load_image_splits  # noqa: E402
 from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
 from vqgen.stages.tokenizer.quantizer import QuantizerConfig  # noqa: E402
 from vqgen.stages.training.plugins import build_plugins  # noqa: E402
+from vqgen.stages.training.tasks import TokenizerTask  # noqa: E402
 from vqgen.stages.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # a small discriminator that trains from step 0 and reaches the tokenizer from step 2

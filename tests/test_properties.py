@@ -23,7 +23,7 @@ from vqgen.priors.pixelcnn import PixelCNNPriorConfig  # noqa: E402
 from vqgen.priors.transformer import TransformerPriorConfig  # noqa: E402
 from vqgen.stages.artifacts.codes import read_codes_meta  # noqa: E402
 from vqgen.stages.artifacts.models import build_config  # noqa: E402
-from vqgen.stages.commands.train_prior import build_prior  # noqa: E402
+from vqgen.stages.core.build import build_prior  # noqa: E402
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.core.options import parse_options, split_assignments  # noqa: E402
 from vqgen.stages.evaluation.metrics import codebook_stats  # noqa: E402

@@ -540,7 +540,7 @@ def test_a_run_that_keeps_rolling_back_stops_and_says_so(tmp_path):
 
 
 def test_the_summary_line_reports_rollbacks():
-    from vqgen.stages.core.cli_options import rollback_note
+    from vqgen.command_line.app import rollback_note
 
     assert (
         rollback_note({"nonfinite_rolled_back": 4})

@@ -81,10 +81,10 @@ def test_bad_streams_are_one_line(tmp_path):
 
 
 def make_trainer(splits, run_dir, steps=10):
-    from vqgen.stages.commands.tokenize import StreamingTokenizerTask
     from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
     from vqgen.stages.tokenizer.quantizer import QuantizerConfig
     from vqgen.stages.training.config import TrainConfig
+    from vqgen.stages.training.tasks import StreamingTokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)

@@ -160,6 +160,30 @@ def write_codes(folder: Path, splits: dict[str, tuple], meta: dict) -> None:
     write_json(meta, Path(folder) / CODES_META)
 
 
+def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
+    """Encode both image splits (a vqgen.stages.data.images.ImageSplits) with the trained tokenizer `model` and
+    write them as the run's codes dataset; returns its description (codes.json)."""
+    from vqgen.stages.data.encode import encode_split
+
+    encoded = {
+        name: encode_split(model, ds, batch_size, accelerator)
+        for name, ds in (("train", splits.train), ("validation", splits.heldout))
+    }
+    g = model.config.grid_size
+    meta = {
+        "tokenizer": "../tokenizer",
+        "tokenizer_fingerprint": model.fingerprint(),
+        "vocab_size": model.config.quantizer.codebook_size,
+        "grid_height": g,
+        "grid_width": g,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+    }
+    if accelerator.is_main_process:
+        write_codes(Path(run_dir) / "codes", encoded, meta)
+    return meta
+
+
 def _features(meta: dict, with_view: bool):
     from datasets import Array2D, Features, Value
 

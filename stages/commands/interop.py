@@ -1,4 +1,5 @@
-"""`vqgen import FORMAT SOURCE --run RUN`: a released model of another project as an ordinary vqgen folder.
+"""`vqgen import FORMAT SOURCE --run RUN`: a released model of another project as an ordinary vqgen folder; and
+`vqgen export TOKENIZER --format FORMAT --out DIR`, the way back.
 
 The format (vqgen.stages.interop: llamagen-vq, taming, diffusers, or an installed one) reads SOURCE and builds the
 vqgen model; this command checks everything it can before reading a byte (the format, its options, the target
@@ -20,7 +21,7 @@ from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
-from vqgen.stages.interop.base import IMPORT_FORMATS, Imported, ImportRequest
+from vqgen.stages.interop.base import EXPORT_FORMATS, IMPORT_FORMATS, Imported, ImportRequest
 from vqgen.stages.tokenizer.base import Tokenizer
 
 
@@ -95,16 +96,24 @@ def card(imported: Imported) -> str:
 
 
 def write_imported(imported: Imported, target: Path) -> None:
-    """config.json (with the provenance), model.safetensors and README.md into `target`, all at once: written
-    into a fresh folder beside it, then renamed into place (an existing folder is replaced only after)."""
-    model = imported.model
-    model.config.provenance = imported.provenance
+    """config.json (with the provenance), model.safetensors and README.md into `target`, all at once."""
+    imported.model.config.provenance = imported.provenance
+
+    def write(tmp: Path) -> None:
+        save_model(imported.model, tmp)
+        write_text(card(imported), tmp / "README.md")
+
+    write_folder(target, write)
+
+
+def write_folder(target: Path, write) -> None:
+    """`write(tmp)` into a fresh folder beside `target`, then renamed into place: the folder appears whole or not
+    at all, and an existing one is replaced only once the new one is complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.import.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new.", dir=target.parent))
     old = None
     try:
-        save_model(model, tmp)
-        write_text(card(imported), tmp / "README.md")
+        write(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old / target.name)
@@ -113,3 +122,25 @@ def write_imported(imported: Imported, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class ExportConfig:
+    tokenizer: str  # a vqgen tokenizer folder (RUN/tokenizer), a run or published folder, or a Hub id
+    fmt: str
+    out: str
+    overwrite: bool = False
+
+
+def run_export(cfg: ExportConfig) -> dict:
+    """Write the tokenizer in another project's layout; returns the folder and its files."""
+    from vqgen.stages.artifacts.models import load_tokenizer
+
+    exporter = EXPORT_FORMATS.get(cfg.fmt)()
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+        raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
+    model = load_tokenizer(cfg.tokenizer)
+    files: list[str] = []
+    write_folder(out, lambda tmp: files.extend(exporter.export(model, tmp)))
+    return {"folder": str(out), "files": files}

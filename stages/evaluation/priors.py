@@ -167,3 +167,36 @@ def floor(data: EvalData, space, real_feats, cfg: EvaluateConfig) -> dict:
         "rfid": fid.frechet_distance(real_feats, feats[:n_rfid]),
         "n_train_images_rfid": n_rfid,
     }
+
+
+def best_validation(history: list[dict], final_bits: float, final_step: int) -> dict:
+    """The step with the lowest held-out NLL among the --eval-every scores in `history` and the final one."""
+    curve = [(h["step"], h["val_bits_per_token"]) for h in history if "val_bits_per_token" in h]
+    step, bits = min([*curve, (final_step, final_bits)], key=lambda point: point[1])
+    return {"best_val_step": step, "best_val_bits_per_token": bits}
+
+
+OVERFIT_MARGIN = 0.05  # the final held-out NLL this much (relative) above the best one: the prior overfits
+
+
+def overfit_note(results: dict, train_examples: int) -> str | None:
+    """One line when the held-out NLL rose well above its best during training, else None."""
+    best, final = results["best_val_bits_per_token"], results["val_bits_per_token"]
+    if final <= best * (1 + OVERFIT_MARGIN):
+        return None
+    return (
+        f"warning: the held-out NLL was lowest at step {results['best_val_step']} ({best:.3f} bits/token) and ends "
+        f"at {final:.3f}: the prior overfits its {train_examples:,} training grids; train fewer steps "
+        f"(--steps {results['best_val_step']}) or on more data"
+    )
+
+
+def kept_note(results: dict) -> str | None:
+    """One line when the saved weights are the best held-out ones from before the last step, else None."""
+    if results["kept_step"] == results["steps"]:
+        return None
+    return (
+        f"saved the weights of step {results['kept_step']}, the lowest held-out NLL "
+        f"({results['val_bits_per_token']:.3f} bits/token) of the run's {results['steps']} steps "
+        "(--keep-last saves the last ones)"
+    )

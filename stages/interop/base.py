@@ -65,7 +65,21 @@ class ImportFormat:
         raise NotImplementedError
 
 
+class ExportFormat:
+    """Base class of every export format: `export(model, out)` writes a vqgen model into the folder `out` (created,
+    empty) in another project's layout and returns the file names; what that layout cannot express is a UserError
+    naming the option."""
+
+    def export(self, model: nn.Module, out: Path) -> list[str]:
+        raise NotImplementedError
+
+
+BUILTIN_EXPORT_FORMATS = {"diffusers": "vqgen.stages.interop.diffusers_vq:DiffusersExport"}
+
 IMPORT_FORMATS: Registry = Registry(
     kind="import format", group="vqgen.import_formats", base=ImportFormat, builtins=BUILTIN_IMPORT_FORMATS
 )
 register_import_format = IMPORT_FORMATS.register  # `@register_import_format("mine")` in-process
+EXPORT_FORMATS: Registry = Registry(
+    kind="export format", group="vqgen.export_formats", base=ExportFormat, builtins=BUILTIN_EXPORT_FORMATS
+)
