@@ -50,6 +50,7 @@ from vqgen.command_line.options import (  # noqa: E402
     CodebookSizeOption,
     CodebookUpdateOption,
     CodeDimOption,
+    CodeViewsOption,
     CosineOption,
     DatasetOption,
     Device,
@@ -112,6 +113,7 @@ def tokenize(
     resize: ResizeOption = None,
     random_flip: RandomFlipOption = False,
     random_crop: RandomCropOption = False,
+    code_views: CodeViewsOption = None,
     streaming: StreamingOption = False,
     shuffle_buffer: ShuffleBufferOption = 1000,
     heldout_size: HeldoutSizeOption = 500,
@@ -153,7 +155,7 @@ def tokenize(
     )  # fmt: skip
     cfg = tokenize_config(
         train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
-        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume, code_views=code_views,
     )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:

@@ -109,7 +109,10 @@ FLAG_OF_FIELD = {
     "plugins": "plugin", "plugin_options": "plugin_opt", "prior_options": "prior_opt", "kind": "quantizer",
     "levels": "fsq_levels",
 }  # fmt: skip
-COMMA_LISTS = {"fsq_levels"}  # options that take a list as one comma-separated value: --fsq-levels 8,5,5,5
+COMMA_LISTS = {
+    "fsq_levels",
+    "code_views",
+}  # options that take a list as one comma-separated value: --fsq-levels 8,5,5,5
 
 
 # --- the options of `tokenize`'s model and data (None: the architecture preset's value) ------------------------
@@ -174,6 +177,15 @@ ResizeOption = Annotated[
 
 RandomFlipOption = Annotated[
     bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
+]
+
+CodeViewsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--code-views",
+        help="Also store the codes of these views of every training image, comma-separated: hflip (left-right), "
+        "vflip; none for no views. Default: hflip for RGB images, none for one channel. train-prior draws among them.",
+    ),
 ]
 
 RandomCropOption = Annotated[

@@ -3,9 +3,13 @@ step, exactly again on resume; a view the tokenizer cannot encode is one line, e
 
 import pytest
 import torch
+from conftest import TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
 from vqgen.priors.gru import GRUPrior, GRUPriorConfig
 from vqgen.stages.artifacts.codes import VIEWS, check_views, load_codes, write_codes
+from vqgen.stages.artifacts.models import load_tokenizer
 from vqgen.stages.core.errors import UserError
+from vqgen.stages.data.images import DataConfig, load_image_splits, to_float
+from vqgen.stages.data.pixels import pixel_tensor
 from vqgen.stages.training.tasks import PriorTask
 
 META = {"vocab_size": 8, "grid_height": 2, "grid_width": 3, "num_classes": 2, "tokenizer_fingerprint": "x"}
@@ -61,3 +65,26 @@ def test_views_the_tokenizer_cannot_encode_are_refused():
     assert torch.equal(VIEWS["hflip"](images)[0, 0, 0], torch.tensor([3.0, 2.0, 1.0, 0.0]))
     with pytest.raises(UserError, match="--code-views crop: not a view the tokenizer can encode"):
         check_views(["hflip", "crop"])
+
+
+def test_tokenize_stores_flip_views_and_train_prior_trains_on_them(tmp_path, image_folder):
+    run = tmp_path / "run"
+    result = run_cli("tokenize", "--run", str(run), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS,
+                     "--steps", "2", "--code-views", "hflip")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    codes, splits = load_codes(run / "codes"), load_image_splits(DataConfig(str(image_folder)))
+    assert codes.meta["views"] == ["identity", "hflip"] and codes.train_views.shape[:2] == (2, len(splits.train))
+    tokenizer = load_tokenizer(run / "tokenizer")
+    first = to_float(pixel_tensor(splits.train.select([0])))
+    with torch.no_grad():  # row 0 of view 1: the first training image, mirrored, then encoded
+        assert torch.equal(codes.train_views[1, 0], tokenizer.encode(first.flip(-1))[0].long())
+    prior = run_cli("train-prior", "--prior", "gru", "--codes", str(run / "codes"), "--steps", "2", "--batch-size",
+                    "8", "--sample-every", "0", "--prior-opt", "hidden_size=16", "--prior-opt", "embed_dim=16")  # fmt: skip
+    assert prior.returncode == 0, prior.stderr[-3000:]
+
+
+def test_tokenize_refuses_a_view_it_cannot_encode(tmp_path, image_folder):
+    result = run_cli("tokenize", "--run", str(tmp_path / "run"), "--dataset", str(image_folder),
+                     *TINY_TOKENIZER_FLAGS, "--code-views", "hflip,crop")  # fmt: skip
+    assert_user_error(result, "--code-views crop")
+    assert not (tmp_path / "run").exists()

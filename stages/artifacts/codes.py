@@ -160,15 +160,19 @@ def write_codes(folder: Path, splits: dict[str, tuple], meta: dict) -> None:
     write_json(meta, Path(folder) / CODES_META)
 
 
-def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
+def save_codes(
+    run_dir: Path, model, splits, batch_size: int, accelerator, views: list[str] = ("identity",)
+) -> dict:
     """Encode both image splits (a vqgen.stages.data.images.ImageSplits) with the trained tokenizer `model` and
-    write them as the run's codes dataset; returns its description (codes.json)."""
+    write them as the run's codes dataset; the train split also through every further view in `views` (names of
+    VIEWS, "identity" first). Returns its description (codes.json)."""
     from vqgen.stages.data.encode import encode_split
 
-    encoded = {
-        name: encode_split(model, ds, batch_size, accelerator)
-        for name, ds in (("train", splits.train), ("validation", splits.heldout))
-    }
+    train = [encode_split(model, splits.train, batch_size, accelerator, VIEWS[name]) for name in views]
+    encoded = {"train": train[0], "validation": encode_split(model, splits.heldout, batch_size, accelerator)}
+    if len(train) > 1:  # each view's rows in image order, after the images as they are
+        view = torch.arange(len(train)).repeat_interleave(len(train[0][0]))
+        encoded["train"] = (torch.cat([c for c, _ in train]), torch.cat([lab for _, lab in train]), view)
     g = model.config.grid_size
     meta = {
         "tokenizer": "../tokenizer",
@@ -178,6 +182,7 @@ def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> di
         "grid_width": g,
         "num_classes": splits.num_classes,
         "class_names": splits.class_names,
+        **({"views": list(views)} if len(views) > 1 else {}),
     }
     if accelerator.is_main_process:
         write_codes(Path(run_dir) / "codes", encoded, meta)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vqgen.stages.artifacts.codes import save_codes
+from vqgen.stages.artifacts.codes import check_views, save_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
@@ -46,6 +46,9 @@ class TokenizeConfig:
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
     plugin_options: list[str] = field(default_factory=list)
+    # the image views whose codes the train split also holds (stages/artifacts/codes.py: VIEWS); None: "hflip" for
+    # RGB images (a mirrored photo or emoji is another plausible image), none for one channel (a mirrored digit is not)
+    code_views: list[str] | None = None
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
@@ -94,6 +97,11 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
+    if cfg.code_views is None:  # a stream is read once per view: none by default
+        cfg.code_views = ["hflip"] if cfg.data.channels == 3 and not cfg.data.streaming else []
+    views = check_views(cfg.code_views)  # a view the tokenizer cannot encode: refused before anything is read
+    if len(views) > 1 and cfg.data.streaming:
+        raise UserError(f"--code-views {','.join(views[1:])}: a stream is read once; give --code-views none")
     if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
         raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
@@ -136,7 +144,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             run_dir / "samples" / "recon_final.png",
         )
         results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, cfg.eval_batch_size))
-    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
+    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator, views)
     if accelerator.is_main_process:
         results.update(
             train_images_per_s=train_images_per_s,
