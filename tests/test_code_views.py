@@ -73,7 +73,10 @@ def test_tokenize_stores_flip_views_and_train_prior_trains_on_them(tmp_path, ima
                      "--steps", "2", "--code-views", "hflip")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     codes, splits = load_codes(run / "codes"), load_image_splits(DataConfig(str(image_folder)))
-    assert codes.meta["views"] == ["identity", "hflip"] and codes.train_views.shape[:2] == (2, len(splits.train))
+    assert codes.meta["views"] == ["identity", "hflip"] and codes.train_views.shape[:2] == (
+        2,
+        len(splits.train),
+    )
     tokenizer = load_tokenizer(run / "tokenizer")
     first = to_float(pixel_tensor(splits.train.select([0])))
     with torch.no_grad():  # row 0 of view 1: the first training image, mirrored, then encoded

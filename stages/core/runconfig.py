@@ -21,7 +21,8 @@ from vqgen.stages.core.errors import UserError, one_line
 # Changing these on --resume changes how long or how verbosely a run goes on, not what it computes.
 SAFE_ON_RESUME = {
     "steps", "sample_every", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "max_nonfinite",
-    "record_data_order", "eval_batch_size", "eval_every", "device", "compile", "num_workers",
+    "record_data_order", "eval_batch_size", "eval_every", "device", "compile", "num_workers", "epochs", "patience",
+    "keep_last",
 }  # fmt: skip
 NOT_COMPARED = {"resume", "overwrite"}
 
