@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python cli.py tokenize --run $(RUN) --overwrite
 	$(BIN)/python cli.py train-prior --prior $(PRIOR) --codes $(RUN)/codes --overwrite
 	$(BIN)/python cli.py generate --prior $(RUN)/prior-$(PRIOR) --n 100 --overwrite
+	$(BIN)/python cli.py report $(RUN)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -19,11 +19,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from vqgen.priors import SamplingOptions  # noqa: E402
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer  # noqa: E402
 from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
 from vqgen.stages.data.eval_images import read_idx  # noqa: E402
-from vqgen.stages.data.images import DataConfig, load_image_splits, to_float  # noqa: E402
+from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
 from vqgen.stages.data.pixels import pixel_tensor  # noqa: E402
+from vqgen.stages.data.sources import load_image_splits  # noqa: E402
 from vqgen.stages.evaluation.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
 from vqgen.stages.sampling.sampler import check_pair  # noqa: E402
 
@@ -73,18 +75,10 @@ def main() -> None:
         k = prior.config.num_classes
         labels = torch.arange(k).repeat_interleave(args.per_class)
         gen = torch.Generator().manual_seed(0)
+        options = SamplingOptions(temperature=args.temperature, cfg_scale=args.cfg_scale)
         t0 = time.perf_counter()
         grids = torch.cat(
-            [
-                prior.sample(
-                    chunk.numel(),
-                    chunk,
-                    temperature=args.temperature,
-                    cfg_scale=args.cfg_scale,
-                    generator=gen,
-                )
-                for chunk in labels.split(100)
-            ]
+            [prior.sample(chunk.numel(), chunk, options, generator=gen) for chunk in labels.split(100)]
         )
         seconds = time.perf_counter() - t0
         with torch.no_grad():

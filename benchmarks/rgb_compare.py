@@ -38,12 +38,11 @@ from measure import machine_info, save_result  # noqa: E402
 from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
 from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize  # noqa: E402
 from vqgen.stages.core.build import tokenizer_config  # noqa: E402
-from vqgen.stages.core.files import save_png  # noqa: E402
+from vqgen.stages.core.files import image_grid, save_png  # noqa: E402
 from vqgen.stages.core.options import parse_options  # noqa: E402
 from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
 from vqgen.stages.evaluation import fid  # noqa: E402
 from vqgen.stages.evaluation.classifier import eval_classifier  # noqa: E402
-from vqgen.stages.evaluation.metrics import image_grid  # noqa: E402
 from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data  # noqa: E402
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 from vqgen.stages.training.config import TOKENIZER_TRAINING  # noqa: E402

@@ -98,11 +98,11 @@ def codebook_health(steps: int, batch_size: int, codebook_size: int, tiny: bool)
     """Train a VQ-VAE with `codebook_size` codes on mnist5k and report held-out usage, as `tokenize` does."""
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.data.images import DataConfig
-    from vqgen.stages.tokenizer.model import TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAEConfig
     from vqgen.stages.training.config import TOKENIZER_TRAINING
 
-    model = TokenizerConfig(quantizer=QuantizerConfig(codebook_size=codebook_size))
+    model = VQVAEConfig(quantizer=QuantizerConfig(codebook_size=codebook_size))
     if tiny:
         model = replace(model, base_channels=8, num_res_blocks=1)
     train = replace(

@@ -42,8 +42,9 @@ from measure import (  # noqa: E402
     save_result,
     state_mib,
 )
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, QuantizerOutput, VectorQuantizer  # noqa: E402
+from vqgen.stages.tokenizer.base import QuantizerConfig, QuantizerOutput  # noqa: E402
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer  # noqa: E402
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 
 IMAGE_SIZE = 28
 LR, CLIP_GRAD = 2e-3, 1.0  # stages/trainer.py TrainConfig defaults (lr, clip_grad)
@@ -88,7 +89,7 @@ class PlainQuantizer(nn.Module):
         return QuantizerOutput(z_q, codes, loss, zero, zero)
 
 
-def plain_vqvae(config: TokenizerConfig) -> VQVAE:
+def plain_vqvae(config: VQVAEConfig) -> VQVAE:
     """The default tokenizer with its quantizer replaced by a plain straight-through layer (PlainQuantizer)."""
     model = VQVAE(config)
     model.quantizer = PlainQuantizer(config.latent_channels, config.quantizer.codebook_size)
@@ -174,7 +175,7 @@ def _train_setup(plain: bool, device: torch.device) -> tuple[nn.Module, torch.op
     """A default-size tokenizer (ours, or the plain baseline) and its AdamW, placed as the trainer places them: on
     CUDA the convolutions in channels_last and the fused AdamW."""
     torch.manual_seed(0)
-    config = TokenizerConfig(image_size=IMAGE_SIZE)
+    config = VQVAEConfig(image_size=IMAGE_SIZE)
     model = (plain_vqvae(config) if plain else VQVAE(config)).to(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -254,7 +255,7 @@ def codec_rows(batch: int, precisions: list[str], timing: Timing, device: torch.
     """Images/s of encode (images -> codes) and decode (codes -> images) with the default tokenizer; ratios
     against the fp32 row of the same operation."""
     torch.manual_seed(0)
-    model = VQVAE(TokenizerConfig(image_size=IMAGE_SIZE)).to(device).eval()
+    model = VQVAE(VQVAEConfig(image_size=IMAGE_SIZE)).to(device).eval()
     images = random_images(batch, device)
     codes = model.encode(images)  # (B, 7, 7)
 

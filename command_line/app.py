@@ -36,6 +36,11 @@ def run_app(app: typer.Typer) -> None:
         typer.echo(f"error: {message}", err=True)
         sys.exit(2)
     except Exception as exc:
+        from vqgen.stages.core.errors import environment_error
+
+        if environment_error(exc) is not None:  # a full disk met by a library that raises its own type
+            typer.echo(f"error: {environment_error(exc)}", err=True)
+            sys.exit(2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
@@ -76,6 +81,37 @@ def listing(kind: str) -> str:
             f"{p.name:<14} {p.arch:<8} {c.image_size:>4} px {c.grid_size:>3}^2 {c.quantizer.codebook_size:>7} "
             f"{size}  {entry.source} ({entry.target})"
         )
+    return "\n".join(lines)
+
+
+def size_listing(vocab_size: int, grid: int, num_classes: int) -> str:
+    """The text of `vqgen priors --sizes`: every size preset of every prior that has them (`train-prior --size`),
+    with its parameters and forward FLOPs per token at this vocabulary, grid and number of classes, counted on
+    fake tensors (priors.base.count_size: nothing allocated)."""
+    import typing
+
+    from vqgen.priors.base import count_size
+    from vqgen.stages.core import registry
+
+    lines = [
+        f"{'prior':<12} {'size':<5} {'layers':>6} {'heads':>5} {'width':>6} {'params':>9} {'GFLOPs/token':>12}",
+    ]
+    for entry in registry.PRIORS.entries():
+        cls = registry.PRIORS.get(entry.name)
+        config_class = typing.get_type_hints(cls.__init__)["config"]
+        for size, fields_ in config_class.sizes().items():
+            config = config_class(
+                vocab_size=vocab_size, grid_height=grid, grid_width=grid, num_classes=num_classes, **fields_
+            )
+            params, flops = count_size(cls, config)
+            lines.append(
+                f"{entry.name:<12} {size:<5} {fields_.get('num_layers', '-'):>6} {fields_.get('num_heads', '-'):>5} "
+                f"{fields_.get('hidden_size', '-'):>6} {params / 1e6:>8.1f}M {flops / 1e9:>12.3f}"
+            )
+    lines.append(
+        f"at {vocab_size} codes, a {grid}x{grid} grid and {num_classes} classes; forward FLOPs (training: about 3x); "
+        "`train-prior --prior NAME --size SIZE`"
+    )
     return "\n".join(lines)
 
 

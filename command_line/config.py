@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from vqgen.command_line.options import COMMA_LISTS, FLAG_OF_FIELD, TRAIN_MAXIMA, TRAIN_OPTIONS, Precision
+from vqgen.command_line.options import COMMA_LISTS, FLAG_OF_FIELD, TRAIN_OPTIONS, Precision
 from vqgen.stages.core.errors import UserError
 
 _CONTEXT: contextvars.ContextVar = contextvars.ContextVar("vqgen_cli_context")  # the running command's
@@ -21,9 +21,9 @@ def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
     without an option are kept for `_finish`."""
     if value is None:
         return value
-    from vqgen.stages.core.runconfig import flat_file, read_config_file
+    from vqgen.stages.core.runconfig import file_values, read_config_file
 
-    values = flat_file(read_config_file(value), f"--config {value}")
+    values = file_values(read_config_file(value), f"--config {value}")
     params = {p.name for p in ctx.command.params}
     defaults = {}
     for name, v in values.items():
@@ -54,8 +54,9 @@ def training_options(defaults, stage_options: dict | None = None):
     def decorate(command):
         signature = inspect.signature(command)
         extra = []
-        for name, (kind, help_text, low) in options.items():
-            limits = {"min": low, "max": TRAIN_MAXIMA.get(name)} if low is not None else {}
+        for name, (kind, help_text) in options.items():
+            low, high = type(defaults).LIMITS.get(name, (None, None))
+            limits = {"min": low, "max": high} if low is not None else {}
             flag = typer.Option(f"--{name.replace('_', '-')}", help=help_text, **limits)
             default = getattr(defaults, name)
             default = Precision(default) if kind is Optional[Precision] and default is not None else default
@@ -100,16 +101,17 @@ def saved_setting(saved: Path, name: str, default):
 def finish(cfg, saved: Path):
     """The command's config with the --config fields that have no option, and on --resume the run's saved
     settings (`saved`, its run_config.json) with any change checked (vqgen.stages.core.runconfig)."""
-    from vqgen.stages.core.runconfig import resumed, set_fields
+    from vqgen.stages.core.runconfig import check_limits, resumed, set_fields
 
     ctx = _CONTEXT.get()
     file_only = ctx.meta.get("vqgen.config", {})
     cfg = set_fields(cfg, file_only, "--config")
-    if not cfg.resume:
-        return cfg
-    field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
-    named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
-    return resumed(cfg, saved, named | set(file_only))
+    if cfg.resume:
+        field_of = {flag: name for name, flag in FLAG_OF_FIELD.items()}
+        named = {field_of.get(p.name, p.name) for p in ctx.command.params if given(p.name)}
+        cfg = resumed(cfg, saved, named | set(file_only))
+    check_limits(cfg)  # the same ranges whether a value came from a flag, a file or the saved run
+    return cfg
 
 
 def tokenize_config(
@@ -133,7 +135,7 @@ def tokenize_config(
     from vqgen.stages.commands.tokenize import TokenizeConfig
     from vqgen.stages.core.build import tokenizer_config
     from vqgen.stages.core.registry import tokenizer_preset
-    from vqgen.stages.tokenizer.model import downsample_for
+    from vqgen.stages.tokenizer.vqvae import downsample_for
 
     if resume and not given("arch"):  # the run's own architecture, as every other setting on --resume
         arch = saved_setting(Path(run) / "run_config.json", "arch", arch)

@@ -38,81 +38,56 @@ PluginOpts = Annotated[
     list[str], typer.Option("--plugin-opt", help="Plugin option NAME.OPTION=VALUE (repeatable).")
 ]
 
-# The training options `tokenize` and `train-prior` share, declared once: (type, help, smallest value).
-# Their defaults are each stage's (vqgen.stages.training.config); every other TrainConfig field is set with --config.
-TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
-    "steps": (int, "Optimizer steps.", 1),
-    "batch_size": (int, "Examples per process per micro-batch.", 1),
-    "lr": (float, "Peak learning rate (AdamW, warm-up then cosine).", 0.0),
-    "weight_decay": (float, "AdamW weight decay.", 0.0),
-    "grad_accum": (int, "Micro-batches per optimizer step.", 1),
+# The training options `tokenize` and `train-prior` share, declared once: (type, help). Their defaults and ranges
+# are each stage's (vqgen.stages.training.config: TrainConfig.LIMITS); every other TrainConfig field is set with
+# --config.
+TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "steps": (int, "Optimizer steps."),
+    "batch_size": (int, "Examples per process per micro-batch."),
+    "lr": (float, "Peak learning rate (AdamW, warm-up then cosine)."),
+    "weight_decay": (float, "AdamW weight decay."),
+    "grad_accum": (int, "Micro-batches per optimizer step."),
     "model_ema_decay": (
         float,
         "Keep an exponential moving average of the weights with this decay (0 = off); the saved model is it.",
-        0.0,
     ),
     "mixed_precision": (
         Optional[Precision],
         "Mixed precision; default: accelerate's own setting (`accelerate config`, `accelerate launch "
         "--mixed_precision`), else no.",
-        None,
     ),
-    "device": (str, "cpu, cuda, cuda:N, mps or auto (accelerate's choice: GPU when there is one).", None),
-    "compile": (bool, "torch.compile the model ($VQGEN_COMPILE_BACKEND, default inductor).", None),
-    "seed": (int, "Random seed (data order, initialisation, sampling).", 0),
-    "sample_every": (int, "Save a sample grid every N steps (0: only at the end).", 0),
-    "checkpoint_every": (int, "Save a checkpoint every N steps.", 1),
-    "log_with": (Optional[str], "accelerate tracker: tensorboard or wandb.", None),
-    "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt.", None),
-    "max_nonfinite": (
-        int,
-        "Stop after this many non-finite losses in a row (each is skipped, rolled back).",
-        1,
-    ),
+    "device": (str, "cpu, cuda, cuda:N, mps or auto (accelerate's choice: GPU when there is one)."),
+    "compile": (bool, "torch.compile the model ($VQGEN_COMPILE_BACKEND, default inductor)."),
+    "seed": (int, "Random seed (data order, initialisation, sampling)."),
+    "sample_every": (int, "Save a sample grid every N steps (0: only at the end)."),
+    "checkpoint_every": (int, "Save a checkpoint every N steps."),
+    "log_with": (Optional[str], "accelerate tracker: tensorboard, wandb or trackio."),
+    "record_data_order": (bool, "Debug: write every step's dataset indices to RUN/data_order.txt."),
+    "max_nonfinite": (int, "Stop after this many non-finite losses in a row (each is skipped, rolled back)."),
     "num_workers": (
         Optional[int],
         "DataLoader worker processes reading image batches (default: min(4, cores - 1); 0 on 2 cores).",
-        None,
     ),
 }
 # Training options of `train-prior` only: stage two has a held-out split to score during training.
-PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str, float | None]] = {
-    "steps": (int, "Optimizer steps; 0: --epochs passes over the training codes (at least 500 steps).", 0),
-    "epochs": (float, "With --steps 0: passes over the training codes.", 0.0),
+PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "steps": (int, "Optimizer steps; 0: --epochs passes over the training codes (at least 500 steps)."),
+    "epochs": (float, "With --steps 0: passes over the training codes."),
     "eval_every": (
         int,
         "Score the held-out codes every N steps and at the end (metrics.json's history); the weights with the "
         "lowest held-out NLL are the ones saved. 0: only at the end, the last weights saved.",
-        0,
     ),
-    "patience": (
-        int,
-        "Stop once N held-out scorings in a row brought no lower NLL (0: never; needs --eval-every).",
-        0,
-    ),
-    "keep_last": (bool, "Save the last weights instead of those with the lowest held-out NLL.", None),
+    "patience": (int, "Stop once N held-out scorings in a row brought no lower NLL (0: never; needs --eval-every)."),
+    "keep_last": (bool, "Save the last weights instead of those with the lowest held-out NLL."),
 }
-# Largest sane values: beyond them a run is a typo (a learning rate of 1e5) or cannot be allocated.
-TRAIN_MAXIMA = {
-    "steps": 10**9,
-    "batch_size": 2**20,
-    "lr": 1.0,
-    "weight_decay": 10.0,
-    "grad_accum": 2**16,
-    "model_ema_decay": 0.99999,
-    "seed": MAX_SEED,
-}
-
 # Config field names whose command-line option is spelled otherwise.
 FLAG_OF_FIELD = {
     "run_dir": "run", "num_res_blocks": "res_blocks", "update": "codebook_update", "init": "codebook_init",
     "plugins": "plugin", "plugin_options": "plugin_opt", "prior_options": "prior_opt", "kind": "quantizer",
     "levels": "fsq_levels",
 }  # fmt: skip
-COMMA_LISTS = {
-    "fsq_levels",
-    "code_views",
-}  # options that take a list as one comma-separated value: --fsq-levels 8,5,5,5
+COMMA_LISTS = {"fsq_levels"}  # options that take a list as one comma-separated value: --fsq-levels 8,5,5,5
 
 
 # --- the options of `tokenize`'s model and data (None: the architecture preset's value) ------------------------
@@ -177,15 +152,6 @@ ResizeOption = Annotated[
 
 RandomFlipOption = Annotated[
     bool, typer.Option("--random-flip", help="Augment training batches with left-right flips.")
-]
-
-CodeViewsOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--code-views",
-        help="Also store the codes of these views of every training image, comma-separated: hflip (left-right), "
-        "vflip; none for no views. Default: hflip for RGB images, none for one channel. train-prior draws among them.",
-    ),
 ]
 
 RandomCropOption = Annotated[

@@ -8,13 +8,14 @@ their own:
     my_prior = "my_package.my_prior:MyPrior"
 """
 
-from vqgen.priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput, SamplingOptions
 
 # name -> "module:Class", imported on first use; the name is also each config's `prior_type`.
 BUILTIN_PRIORS = {
     "gru": "vqgen.priors.gru:GRUPrior",
+    "llamagen": "vqgen.priors.llamagen:LlamaGenPrior",
     "pixelcnn": "vqgen.priors.pixelcnn:PixelCNNPrior",
     "transformer": "vqgen.priors.transformer:TransformerPrior",
 }
 
-__all__ = ["BUILTIN_PRIORS", "Prior", "PriorConfig", "PriorOutput"]
+__all__ = ["BUILTIN_PRIORS", "Prior", "PriorConfig", "PriorOutput", "SamplingOptions"]

@@ -4,7 +4,8 @@ A prior models a grid of codes `(H, W)` over a vocabulary of `vocab_size` codebo
 optionally conditioned on a class label. Label index `num_classes` is the "null" label used for
 classifier-free guidance: the prior sees it for a fraction `label_dropout` of training examples.
 
-A prior implements three methods; `Prior.sample` and `Prior.sample_naive` are built on them:
+A prior implements three methods; `Prior.sample` and `Prior.sample_naive` are built on them, and draw as a
+`SamplingOptions` says (temperature, top-k, top-p, classifier-free guidance and its schedule):
 
 - `forward(codes, labels)` -> `PriorOutput(logits (B, H, W, V), loss)`: teacher-forced logits where position
   (i, j) depends only on positions before it in raster order, and the mean NLL in nats per token.
@@ -46,6 +47,11 @@ class PriorConfig:
     @property
     def seq_len(self) -> int:
         return self.grid_height * self.grid_width
+
+    @classmethod
+    def sizes(cls) -> dict[str, dict[str, Any]]:
+        """Named size presets (`train-prior --size NAME`): each the architecture fields it sets. None by default."""
+        return {}
 
 
 @dataclass
@@ -102,6 +108,24 @@ def guidance_scales(
         inside = lo <= t / seq_len < hi
         scales.append(1.0 + (cfg_scale - 1.0) * ramp if inside else 1.0)
     return scales
+
+
+@dataclass
+class SamplingOptions:
+    """How `Prior.sample` draws codes; the defaults draw from the plain model (no filtering, no guidance)."""
+
+    temperature: float = 1.0  # softmax temperature (> 0)
+    top_k: int | None = None  # keep the k most likely codes
+    top_p: float | None = None  # nucleus: keep the smallest set of codes that holds this much probability
+    cfg_scale: float = 1.0  # classifier-free guidance (1 = off); needs a prior trained with label dropout
+    cfg_schedule: str = "constant"  # the scale over the raster positions: constant | linear | power
+    cfg_power: float = 1.0  # the exponent of the power schedule
+    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guide only positions whose t / T lies in [lo, hi)
+
+    def scales(self, seq_len: int) -> list[float]:
+        """The guidance scale of every raster position (`guidance_scales`)."""
+        interval = tuple(self.cfg_interval)
+        return guidance_scales(self.cfg_scale, seq_len, self.cfg_schedule, self.cfg_power, interval)
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -174,26 +198,41 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the prior's blocks: the unit that FSDP shards and gathers one at a time
+        (stages/training/sharding.py; accelerate reads this attribute, as on a `transformers` model). By default
+        those that the `transformers` models inside it name (a Llama's decoder layers), plus `block_classes`, a
+        class attribute a prior may set; else the class of its repeated blocks (the items of its longest
+        `nn.ModuleList` of one class); none: the whole prior is one unit."""
+        names = set(getattr(type(self), "block_classes", ()))
+        for module in self.modules():
+            if module is not self:
+                names.update(getattr(module, "_no_split_modules", None) or ())
+        if not names:
+            lists = [
+                m for m in self.modules() if isinstance(m, nn.ModuleList) and len({type(b) for b in m}) == 1
+            ]
+            if lists:
+                names.add(type(max(lists, key=len)[0]).__name__)
+        return sorted(names)
+
     @torch.inference_mode()
     def sample(
         self,
         n: int,
         labels: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float = 1.0,
+        options: SamplingOptions | None = None,
         generator: torch.Generator | None = None,
-        cfg_schedule: str = "constant",
-        cfg_power: float = 1.0,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
         """Sample `n` code grids (n, H, W) with the prior's cache. `labels`: (n,) or one label for all; None for an
-        unconditional sample. `cfg_scale` > 1 sharpens towards the label (classifier-free guidance), per position
-        as `guidance_scales` says; the conditional and unconditional halves run as one batch."""
+        unconditional sample. `options` (default: the plain model): a `cfg_scale` > 1 sharpens towards the label
+        (classifier-free guidance), per position as `guidance_scales` says; the conditional and unconditional
+        halves run as one batch."""
+        options = options or SamplingOptions()
         was_training = self.training
         self.eval()
-        scales = guidance_scales(cfg_scale, self.config.seq_len, cfg_schedule, cfg_power, cfg_interval)
+        scales = options.scales(self.config.seq_len)
         cond, guided = self._sampling_labels(n, labels, scales)
         state = self.begin_sampling(cond, cond.shape[0] if cond is not None else n)
         out = torch.empty(n, self.config.seq_len, dtype=torch.long, device=self.device)
@@ -204,7 +243,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         for t in range(self.config.seq_len):
             logits, state = self.next_logits(state, prev)
             bad |= ~torch.isfinite(logits).all()
-            tok = self._pick(logits, guided, scales[t], temperature, top_k, top_p, generator)
+            tok = self._pick(logits, guided, scales[t], options, generator)
             out[:, t] = tok
             prev = torch.cat([tok, tok]) if guided else tok
         self.train(was_training)
@@ -217,20 +256,15 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         self,
         n: int,
         labels: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float = 1.0,
+        options: SamplingOptions | None = None,
         generator: torch.Generator | None = None,
-        cfg_schedule: str = "constant",
-        cfg_power: float = 1.0,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
     ) -> torch.Tensor:
         """Reference sampler: the full teacher-forced forward pass once per position, no cache. Same random draws
         as `sample`, so both return the same grids for the same generator state."""
+        options = options or SamplingOptions()
         was_training = self.training
         self.eval()
-        scales = guidance_scales(cfg_scale, self.config.seq_len, cfg_schedule, cfg_power, cfg_interval)
+        scales = options.scales(self.config.seq_len)
         cond, guided = self._sampling_labels(n, labels, scales)
         b = cond.shape[0] if cond is not None else n
         grid = torch.zeros(
@@ -239,14 +273,33 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         flat = grid.view(b, -1)
         for t in range(self.config.seq_len):
             logits = self.forward(grid, cond).logits.reshape(b, -1, self.config.vocab_size)[:, t]
-            tok = self._pick(logits, guided, scales[t], temperature, top_k, top_p, generator)
+            tok = self._pick(logits, guided, scales[t], options, generator)
             flat[:, t] = torch.cat([tok, tok]) if guided else tok
         self.train(was_training)
         return grid[:n].clone()
 
-    def _pick(self, logits, guided, cfg_scale, temperature, top_k, top_p, generator) -> torch.Tensor:
+    def _pick(
+        self, logits, guided: bool, cfg_scale: float, options: SamplingOptions, generator
+    ) -> torch.Tensor:
         logits = logits.float()
         if guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + cfg_scale * (cond - uncond)
-        return draw(filter_logits(logits, temperature, top_k, top_p), generator)
+        return draw(filter_logits(logits, options.temperature, options.top_k, options.top_p), generator)
+
+
+@torch.no_grad()
+def count_size(cls: type, config: PriorConfig, flops: bool = True) -> tuple[int, int]:
+    """(parameters, forward FLOPs per token of a full sequence) of a prior, built and run on fake tensors (shapes
+    without storage): nothing is allocated or computed. torch.utils.flop_counter counts the matmuls; causal attention
+    is counted in full. `flops=False` counts the parameters only (FLOPs 0)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # attention in its math form: plain matmuls, which the counter sees on every device
+    with FakeTensorMode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model = cls(config).eval()
+        if flops:
+            model(torch.zeros(1, config.grid_height, config.grid_width, dtype=torch.long))
+    return sum(p.numel() for p in model.parameters()), int(counter.get_total_flops()) // config.seq_len

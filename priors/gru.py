@@ -49,7 +49,9 @@ class GRUPrior(Prior):
         self.label_embed = nn.Embedding(
             num_labels, c.embed_dim
         )  # added at every step: the label is never forgotten
-        self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
+        # between GRU layers only: nn.GRU warns (and does nothing) with one layer
+        between_layers = c.dropout if c.num_layers > 1 else 0.0
+        self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=between_layers)
         self.drop = nn.Dropout(c.dropout)
         self.token_drop = nn.Dropout(c.token_dropout)
         self.head = nn.Linear(c.hidden_size, c.vocab_size)

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-from vqgen.priors.base import Prior, PriorConfig, PriorOutput
+from vqgen.priors.base import Prior, PriorConfig, PriorOutput, SamplingOptions
+from vqgen.priors.sizes import SIZES, swiglu_hidden
 
 POS_2D_FROM = 256  # grid positions from which the transformer's 2-D positions are on by default
 
@@ -42,6 +43,16 @@ class TransformerPriorConfig(PriorConfig):
     pos_2d: bool | None = None
     sample_temperature: float = 0.7  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
     sample_cfg_scale: float = 2.0
+
+    @classmethod
+    def sizes(cls) -> dict[str, dict]:
+        """LlamaGen's widths, depths, heads and SwiGLU widths (priors/sizes.py); parameter counts agree with
+        LlamaGen's within 1% at equal vocabulary and grid (the class tokens share the output layer here)."""
+        return {
+            name: dict(hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads,
+                       intermediate_size=swiglu_hidden(p.hidden_size, p.multiple_of))
+            for name, p in SIZES.items()
+        }  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.pos_2d is None:  # resolved once, so config.json records what the model was built with
@@ -196,14 +207,13 @@ class TransformerPrior(Prior):
         self,
         n: int,
         labels: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        options: SamplingOptions | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample n grids (n, H, W) with `transformers`' `generate`, special tokens suppressed, for comparison
-        with `sample`. No guidance. `generate` draws from the global RNG: a `generator` seeds it for the call."""
-        c = self.config
+        with `sample`: the options' temperature, top-k and top-p, no guidance. `generate` draws from the global
+        RNG: a `generator` seeds it for the call."""
+        c, options = self.config, options or SamplingOptions()
         if c.pos_2d:
             raise ValueError("sample_hf_generate knows no 2-D positions; use sample() with pos_2d")
         was_training = self.training
@@ -214,9 +224,9 @@ class TransformerPrior(Prior):
             do_sample=True,
             max_new_tokens=c.seq_len,
             min_new_tokens=c.seq_len,
-            temperature=temperature,
-            top_k=top_k or 0,  # generate's own default would be 50
-            top_p=top_p if top_p is not None else 1.0,
+            temperature=options.temperature,
+            top_k=options.top_k or 0,  # generate's own default would be 50
+            top_p=options.top_p if options.top_p is not None else 1.0,
             suppress_tokens=list(range(c.vocab_size, self.model.config.vocab_size)),  # codes only
             pad_token_id=self.start_token,
             use_cache=True,

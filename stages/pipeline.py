@@ -14,11 +14,12 @@ What `from_pretrained` accepts:
 The same seed gives the very images `vqgen generate` writes (both sample in chunks seeded from (seed, chunk)).
 """
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from PIL import Image
-from vqgen.priors import Prior
+from vqgen.priors import Prior, SamplingOptions
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.published import locate
 from vqgen.stages.core.device import resolve_device
@@ -78,12 +79,13 @@ class Pipeline:
         labels: int | list[int] | torch.Tensor | None = None,
         seed: int = 0,
         batch_size: int = 100,
-        **sampling,
+        sampling: SamplingOptions | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, H, W) code grids and their (n,) labels. `labels`: one class for all, one per sample, or None for a
         row per class (a conditional prior) or unconditional samples; the same rules as `vqgen generate`.
-        `sampling`: the fields of `SamplingConfig` (temperature, top_k, top_p, cfg_scale)."""
-        settings = SamplingConfig(**sampling)
+        `sampling`: temperature, top-k, top-p and guidance (a SamplingOptions, or a SamplingConfig whose None
+        values are the prior's own); None: the prior's own defaults, as `vqgen generate`."""
+        settings = SamplingConfig(**asdict(sampling)) if sampling is not None else SamplingConfig()
         settings.validate()
         wanted = resolve_labels(self.prior, n, _label_list(labels))
         n = n if wanted is None else wanted.numel()
@@ -95,8 +97,13 @@ class Pipeline:
         return decode(self.tokenizer, codes)
 
     def generate(
-        self, n: int = 16, labels: int | list[int] | torch.Tensor | None = None, seed: int = 0, **sampling
+        self,
+        n: int = 16,
+        labels: int | list[int] | torch.Tensor | None = None,
+        seed: int = 0,
+        batch_size: int = 100,
+        sampling: SamplingOptions | None = None,
     ) -> list[Image.Image]:
-        """`n` images as PIL images (sampling options as in `sample_codes`)."""
-        codes, _ = self.sample_codes(n, labels, seed, **sampling)
+        """`n` images as PIL images (the arguments as in `sample_codes`)."""
+        codes, _ = self.sample_codes(n, labels, seed, batch_size, sampling)
         return to_pil(self.decode(codes))

@@ -135,8 +135,8 @@ def test_tokenizer_step_against_the_plain_vqvae_of_the_same_size():
         assert (row["baseline"] == row["name"]) == plain
         if not plain:  # compared with the plain row of the same precision and compilation
             assert row["baseline"].endswith(row["name"].removeprefix("train step"))
-    plain = tokenizer_speed.plain_vqvae(tokenizer_speed.TokenizerConfig(image_size=28))
-    ours = tokenizer_speed.VQVAE(tokenizer_speed.TokenizerConfig(image_size=28))
+    plain = tokenizer_speed.plain_vqvae(tokenizer_speed.VQVAEConfig(image_size=28))
+    ours = tokenizer_speed.VQVAE(tokenizer_speed.VQVAEConfig(image_size=28))
     assert {k for k in plain.state_dict() if not k.startswith("quantizer")} == {
         k for k in ours.state_dict() if not k.startswith("quantizer")
     }  # same encoder and decoder

@@ -12,6 +12,7 @@ TINY_PRIOR_OPTIONS = {
     "gru": ["embed_dim=16", "hidden_size=16", "num_layers=1"],
     "pixelcnn": ["channels=8", "num_layers=2", "head_channels=16"],
     "transformer": ["hidden_size=16", "num_layers=1", "num_heads=2", "intermediate_size=32"],
+    "llamagen": ["hidden_size=16", "num_layers=1", "num_heads=2", "multiple_of=16"],
 }
 
 
@@ -179,10 +180,23 @@ def test_a_patience_without_held_out_scores_is_one_line(run, tmp_path):
     assert not (tmp_path / "p").exists()  # refused before anything was written
 
 
+def test_a_size_preset_reaches_the_saved_config(run, tmp_path):
+    """--size B fills the fields no --prior-opt names (here GPT-B's SwiGLU width); the run records the preset."""
+    out = tmp_path / "sized"
+    opts = [f for o in ("hidden_size=16", "num_heads=2", "num_layers=1") for f in ("--prior-opt", o)]
+    result = run_cli("train-prior", "--prior", "transformer", "--codes", str(run / "codes"), "--size", "B", *opts,
+                     "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--eval-every", "0",
+                     "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden_size"], config["num_layers"], config["intermediate_size"]) == (16, 1, 2048)
+    assert json.loads((out / "run_config.json").read_text())["size"] == "B"
+
+
 def test_priors_command_lists_the_builtins():
     result = run_cli("priors")
     assert result.returncode == 0
-    for name in ("gru", "pixelcnn", "transformer"):
+    for name in ("gru", "pixelcnn", "transformer", "llamagen"):
         assert name in result.stdout and "built-in" in result.stdout
 
 

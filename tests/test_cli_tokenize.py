@@ -134,12 +134,13 @@ def test_two_process_accelerate_launch(tmp_path, image_folder):
 
 def test_large_datasets_are_read_batch_by_batch_with_the_same_batches(image_folder):
     import torch
-    from vqgen.stages.data.images import DataConfig, load_image_splits
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.sources import load_image_splits
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
     from vqgen.stages.training.tasks import TokenizerTask
 
     splits = load_image_splits(DataConfig(dataset=str(image_folder)))
-    model = VQVAE(TokenizerConfig())
+    model = VQVAE(VQVAEConfig())
     in_memory, streamed = TokenizerTask(model, splits), TokenizerTask(model, splits, in_memory_bytes=0)
     assert in_memory.pixels is not None and streamed.pixels is None
     idx = torch.tensor([5, 0, 17, 3])

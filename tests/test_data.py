@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits, to_array
+from vqgen.stages.data.images import DataConfig, to_array
+from vqgen.stages.data.sources import load_image_splits
 
 
 def test_embedded_default_is_real_mnist_with_a_heldout_split():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vqgen.stages.data.images import DataConfig, fit_array, load_image_splits
+from vqgen.stages.data.images import DataConfig, fit_array
 from vqgen.stages.data.pixels import augment, iter_pixel_batches, pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 
 
 @pytest.fixture(autouse=True)
@@ -91,15 +92,15 @@ def test_augmentation_is_a_function_of_the_generator_seed():
 
 
 def train_once(splits, workers: int, run_dir):
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
     from vqgen.stages.training.config import TrainConfig
     from vqgen.stages.training.tasks import TokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = VQVAE(
-        TokenizerConfig(
+        VQVAEConfig(
             image_size=8, channels=3, base_channels=8, num_res_blocks=1,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
         )

@@ -124,12 +124,12 @@ def tiny_run(tmp_path_factory, image_folder):
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
     from vqgen.stages.data.images import DataConfig
-    from vqgen.stages.tokenizer.model import TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAEConfig
     from vqgen.stages.training.trainer import TrainConfig
 
     run = tmp_path_factory.mktemp("eval") / "run"
-    model = TokenizerConfig(
+    model = VQVAEConfig(
         base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=16, code_dim=4)
     )
     train = TrainConfig(steps=3, batch_size=8, sample_every=0)

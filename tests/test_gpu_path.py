@@ -1,6 +1,6 @@
 """The GPU path, as far as a CPU can check it (issue 15): fp16 overflow handled by the GradScaler (not rollback),
 the quantizer in fp32 under bf16 autocast, at most one host sync per optimizer step, torch.compile without
-`_orig_mod.` prefixes, accelerate's own precision setting, FSDP/DeepSpeed refused, and --device on every command.
+`_orig_mod.` prefixes, accelerate's own precision setting, FSDP1/DeepSpeed refused, and --device on every command.
 GPU speed and the CUDA-only branches (channels_last, fused AdamW) are not exercised here."""
 
 import collections
@@ -18,14 +18,16 @@ from conftest import assert_user_error, run_cli
 from safetensors import safe_open
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer
+from vqgen.stages.data.images import DataConfig
+from vqgen.stages.data.sources import load_image_splits
+from vqgen.stages.tokenizer.base import QuantizerConfig
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training.tasks import TokenizerTask
 from vqgen.stages.training.trainer import TrainConfig, Trainer
 
-TINY_MODEL = TokenizerConfig(
+TINY_MODEL = VQVAEConfig(
     base_channels=8,
     num_res_blocks=0,
     quantizer=QuantizerConfig(codebook_size=16, code_dim=4, restart_every=2),
@@ -288,14 +290,22 @@ def test_mixed_precision_unset_reads_accelerate_and_a_flag_overrides(splits, tmp
     assert trainer.accelerator.mixed_precision == "no" and trainer.cfg.mixed_precision == "no"
 
 
-@pytest.mark.parametrize("kind", [DistributedType.FSDP, DistributedType.DEEPSPEED])
-def test_fsdp_and_deepspeed_are_refused_in_one_line(splits, tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize(
+    "kind, fsdp2, message",
+    [
+        (DistributedType.FSDP, False, "FSDP version 1 is not supported"),
+        (DistributedType.DEEPSPEED, False, "DeepSpeed is not supported"),
+        (DistributedType.FSDP, True, "FSDP: the tokenizer trains with DDP"),  # FSDP2 shards priors only
+    ],
+)
+def test_fsdp1_deepspeed_and_a_sharded_tokenizer_are_refused_in_one_line(
+    splits, tmp_path, monkeypatch, kind, fsdp2, message
+):
     from accelerate import Accelerator
 
     monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: kind))
-    with pytest.raises(
-        UserError, match="is not supported: vqgen trains in a single process or with DDP"
-    ) as e:
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: fsdp2))
+    with pytest.raises(UserError, match=message) as e:
         make_trainer(splits, tmp_path)
     assert "\n" not in str(e.value)
 

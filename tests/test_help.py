@@ -37,7 +37,7 @@ def test_help_fits_80_columns_and_names_every_option(name):
             if param.help:  # the help text is there whole (wrapped, not truncated)
                 assert " ".join(param.help.split()[:4]) in " ".join(text.split()), param.help
     # the help column starts by column 40 (a wide option column would squeeze the help into a narrow strip)
-    options = [re.match(r" +(-\S.*?) {2,}(\S.*)$", line) for line in text.splitlines()]
+    options = [re.match(r"  (-\S.*?) {2,}(\S.*)$", line) for line in text.splitlines()]
     columns = [m.start(2) for m in options if m]
     assert columns and max(columns) <= 40, columns
     if name == "":

@@ -35,6 +35,7 @@ TINY_PRIORS = {  # architecture fields of the built-ins; a third-party prior is 
     "gru": dict(embed_dim=16, hidden_size=16, num_layers=1, dropout=0.0),
     "pixelcnn": dict(channels=8, num_layers=2, head_channels=16),
     "transformer": dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+    "llamagen": dict(hidden_size=16, num_layers=1, num_heads=2, multiple_of=16),
 }
 
 
@@ -44,13 +45,13 @@ def run(tmp_path_factory, image_folder) -> Path:
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
     from vqgen.stages.data.images import DataConfig
-    from vqgen.stages.tokenizer.model import TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAEConfig
     from vqgen.stages.training.trainer import TrainConfig
 
     root = tmp_path_factory.mktemp("hub") / "run"
     train = dict(steps=3, batch_size=8, sample_every=0, checkpoint_every=2)
-    model = TokenizerConfig(
+    model = VQVAEConfig(
         base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=16, code_dim=4)
     )
     run_tokenize(
@@ -73,12 +74,12 @@ def files_of(folder: Path) -> set[str]:
 
 def tiny_tokenizer():
     """A tiny tokenizer (16 codes, 7x7 grid) whose codebook and EMA buffers have moved from their initial values."""
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=16, code_dim=4, init="sample")
-    model = VQVAE(TokenizerConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q)).train()
+    model = VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q)).train()
     model(torch.rand(8, 1, 28, 28) * 2 - 1)
     return model.eval()
 

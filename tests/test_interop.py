@@ -80,7 +80,14 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
         assert not (run / "tokenizer").exists() or not any((run / "tokenizer").iterdir())
 
     torch.save({"model": good}, tmp_path / "ok.pt")
-    refused(tmp_path / "ok.pt", "unknown import format 'llamagen'", fmt="llamagen")
+    refused(
+        tmp_path / "ok.pt",
+        "unknown import format 'llamagen'",
+        "llamagen-vq",
+        "taming",
+        "diffusers",
+        fmt="llamagen",
+    )
     refused(tmp_path / "ok.pt", "unknown LlamaGen tokenizer --model 'VQ-32'", model="VQ-32")
     refused(tmp_path / "ok.pt", "--model-config does not apply", model_config="x.yaml")
     # the default codebook_embed_dim (8) does not fit a checkpoint made with 4: the key and both shapes named
@@ -95,10 +102,8 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path, llamagen_tiny)
     refused(tmp_path / "ok.pt", "already exists", codebook_embed_dim=4)
 
 
-def test_cli_import_unknown_format_and_overwrite(tmp_path, llamagen_tiny):
+def test_cli_import_of_a_checkpoint_that_does_not_fit_the_preset(tmp_path, llamagen_tiny):
     torch.save({"model": seeded_weights(llamagen_tiny["shapes"], 0)}, tmp_path / "vq.pt")
-    result = run_cli("import", "nonesuch", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
-    assert_user_error(result, "unknown import format 'nonesuch'", "llamagen-vq", "taming", "diffusers")
     result = run_cli("import", "llamagen-vq", str(tmp_path / "vq.pt"), "--run", str(tmp_path / "run"))
     assert_user_error(result, "encoder.conv_in.weight", "[32, 3, 3, 3]", "[128, 3, 3, 3]")
     assert not (tmp_path / "run").exists()
@@ -149,3 +154,71 @@ def test_taming_refuses_what_vqgan_cannot_express(tmp_path):
                 ImportConfig("taming", str(ckpt), str(tmp_path / "run"), options={"model_config": str(yaml)})
             )
     assert not (tmp_path / "run").exists()
+
+
+def test_lightning_metadata_classes_load_as_inert_placeholders_and_code_is_refused(tmp_path, monkeypatch):
+    """Old Lightning checkpoints (taming's) key their callbacks' state by the callback class: read without
+    pytorch_lightning and without running it. A class from anywhere else stays refused."""
+    import sys
+    import types
+
+    from vqgen.stages.core.errors import UserError
+    from vqgen.stages.interop.sources import read_checkpoint
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            raise AssertionError("Lightning code ran")
+
+    ModelCheckpoint.__module__ = module.__name__
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    weights = {"encoder.conv_in.weight": torch.ones(2, 3, 3, 3)}
+    torch.save(
+        {"state_dict": weights, "callbacks": {ModelCheckpoint: {"best_model_score": 1.0}}},
+        tmp_path / "a.ckpt",
+    )
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.delitem(sys.modules, name)  # as on a machine without pytorch_lightning
+    data = read_checkpoint(tmp_path / "a.ckpt")
+    assert torch.equal(data["state_dict"]["encoder.conv_in.weight"], weights["encoder.conv_in.weight"])
+    torch.save({"state_dict": weights, "hook": Payload}, tmp_path / "b.ckpt")
+    with pytest.raises(UserError, match="it needs test_interop.Payload to load"):
+        read_checkpoint(tmp_path / "b.ckpt")
+
+
+def test_provenance_is_not_part_of_the_fingerprint(tmp_path, llamagen_tiny):
+    """The same weights imported from two places are one tokenizer: priors trained on either's codes fit both."""
+    import shutil
+
+    from vqgen.stages.artifacts.models import load_tokenizer
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = llamagen_tiny
+    torch.save({"model": seeded_weights(ref["shapes"], ref["seed"])}, tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")
+    options = dict(model="VQ-tiny", codebook_size=64, codebook_embed_dim=4, image_size=16)
+    prints = []
+    for name in ("a", "b"):
+        run_import(
+            ImportConfig("llamagen-vq", str(tmp_path / f"{name}.pt"), str(tmp_path / name), options=options)
+        )
+        model = load_tokenizer(tmp_path / name / "tokenizer")
+        assert model.config.provenance["file"] == f"{name}.pt"
+        prints.append(model.fingerprint())
+    assert prints[0] == prints[1]
+
+
+def test_a_published_imported_tokenizer_says_where_it_came_from():
+    from vqgen.stages.artifacts.card import component_card
+
+    provenance = {"format": "llamagen-vq", "source": "/home/me/ckpts/vq_ds16_c2i.pt", "file": "vq_ds16_c2i.pt",
+                  "sha256": "ab" * 32, "licence": "mit"}  # fmt: skip
+    card = str(component_card("tokenizer", "me/lg", {"model_type": "vqgan", "provenance": provenance}))
+    assert "Imported with `vqgen import llamagen-vq` from `vq_ds16_c2i.pt`" in card and "ab" * 32 in card
+    assert "Licence of the original weights: mit" in card and "/home/me" not in card
+    assert "Imported" not in str(component_card("tokenizer", "me/x", {"model_type": "vqgan"}))

@@ -84,7 +84,7 @@ def test_diffusers_round_trip_keeps_every_weight(tmp_path):
 def test_a_vqgen_vqgan_opens_in_diffusers_and_reconstructs_the_same(tmp_path):
     from vqgen.stages.artifacts.models import save_model
     from vqgen.stages.commands.interop import ExportConfig, run_export
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
     from vqgen.stages.tokenizer.vqgan import VQGAN, VQGANConfig
 
     torch.manual_seed(0)
@@ -112,9 +112,9 @@ def test_export_refuses_what_a_vqmodel_cannot_hold(tmp_path):
     from vqgen.stages.artifacts.models import save_model
     from vqgen.stages.commands.interop import ExportConfig, run_export
     from vqgen.stages.core.errors import UserError
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
     from vqgen.stages.tokenizer.vqgan import VQGAN, VQGANConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     cosine = VQGANConfig(image_size=16, channels=3, base_channels=32, ch_mult=[1, 2], latent_channels=8,
                          quantizer=QuantizerConfig(codebook_size=64, code_dim=4, cosine=True))  # fmt: skip
@@ -124,7 +124,7 @@ def test_export_refuses_what_a_vqmodel_cannot_hold(tmp_path):
     )
     assert_user_error(result, "cannot export to diffusers", "quantizer.cosine")
     save_model(VQGAN(VQGAN.PRESETS["vqgan-tiny"]), tmp_path / "tiny")  # widths 8 and 16 under 32 groups
-    save_model(VQVAE(TokenizerConfig()), tmp_path / "vqvae")
+    save_model(VQVAE(VQVAEConfig()), tmp_path / "vqvae")
     cases = [("tiny", "onnx", "unknown export format 'onnx'"), ("tiny", "diffusers", "norm_groups=32"),
              ("vqvae", "diffusers", "a vqvae tokenizer")]  # fmt: skip
     for folder, fmt, fragment in cases:

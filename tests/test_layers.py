@@ -4,7 +4,7 @@ bottom   vqgen.priors, vqgen.plugins             their own contract and torch on
          vqgen.stages.tokenizer                  the stage-one model and its quantizers: nothing else of vqgen
          vqgen.stages.core                       errors, options, registries, the atomic writer: no other room
                                                  but the bottom packages whose registries it holds
-middle   data, training, artifacts, sampling, evaluation, interop   never the commands, the API or the CLI
+middle   data, training, artifacts, sampling, evaluation, interop, reporting   never the commands, the API or the CLI
 top      vqgen.stages.commands.*, vqgen.stages.pipeline      never each other
 command line  vqgen.cli, vqgen.command_line          the only modules that import typer or the commands
 Benchmarks reach a command only through its entry (run_*) and its config (*Config); tests may also patch one.
@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("priors", "plugins", "stages", "command_line")
 COMMAND_LINE = ("vqgen.cli", "vqgen.command_line")
-MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop")
+MIDDLE = ("data", "training", "artifacts", "sampling", "evaluation", "interop", "reporting")
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -105,7 +105,7 @@ def test_no_layer_reaches_up():
     [
         ("vqgen.priors.gru", "vqgen.stages.core.errors"),
         ("vqgen.plugins.gan", "vqgen.priors.base"),
-        ("vqgen.stages.tokenizer.model", "vqgen.stages.training.trainer"),
+        ("vqgen.stages.tokenizer.vqvae", "vqgen.stages.training.trainer"),
         ("vqgen.stages.training.trainer", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.generate", "vqgen.stages.commands.tokenize"),
         ("vqgen.stages.commands.push", "vqgen.stages.pipeline"),
@@ -132,6 +132,37 @@ def test_the_layer_rule_catches_a_reach_up(module, imported):
 )
 def test_the_layer_rule_allows_the_plan(module, imported):
     assert forbidden(module, imported) is None
+
+
+def import_cycles(root: Path = ROOT) -> list[list[str]]:
+    """Groups of package modules that import each other, directly or round a loop (lazy imports count)."""
+    modules = {module_name(p, root): p for d in PACKAGE_DIRS for p in (root / d).rglob("*.py")}
+    graph = {m: {i for i in vqgen_imports(p) if i in modules and i != m} for m, p in modules.items()}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    reachable = {m: reach(m) for m in graph}
+    loops = {
+        frozenset({m} | {n for n in reachable[m] if m in reachable[n]}) for m in graph if m in reachable[m]
+    }
+    return sorted(sorted(loop) for loop in loops)
+
+
+def test_no_import_cycles():
+    assert import_cycles() == []
+
+
+def test_an_import_cycle_is_found(tmp_path):
+    for name, imports in (("a", "vqgen.stages.data.b"), ("b", "vqgen.stages.data.a")):
+        (tmp_path / "stages" / "data").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "stages" / "data" / f"{name}.py").write_text(f"def f():\n    import {imports}\n")
+    assert import_cycles(tmp_path) == [["vqgen.stages.data.a", "vqgen.stages.data.b"]]
 
 
 def test_benchmarks_reach_commands_only_through_their_entry():

@@ -5,7 +5,7 @@ from typing import get_type_hints
 
 import pytest
 import torch
-from vqgen.priors.base import GUIDANCE_SCHEDULES, guidance_scales
+from vqgen.priors.base import GUIDANCE_SCHEDULES, SamplingOptions, guidance_scales
 from vqgen.stages.artifacts.models import load_prior
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.registry import PRIORS
@@ -16,7 +16,9 @@ TINY = {
     "gru": dict(embed_dim=8, hidden_size=16, num_layers=1, dropout=0.0),
     "pixelcnn": dict(channels=8, num_layers=3, head_channels=16),
     "transformer": dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, attention_dropout=0),
-}
+    "llamagen": dict(hidden_size=16, num_layers=1, num_heads=2, multiple_of=16, token_dropout=0, resid_dropout=0,
+                     ffn_dropout=0),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -56,10 +58,11 @@ def test_causal_on_a_long_grid(prior):
 
 @pytest.mark.parametrize("schedule", GUIDANCE_SCHEDULES)
 def test_cached_equals_naive_on_a_long_grid(prior, schedule):
-    kwargs = dict(labels=torch.tensor([1, 2]), cfg_scale=2.0, cfg_schedule=schedule, cfg_power=2.0)
-    kwargs["cfg_interval"] = (0.1, 0.9) if schedule == "constant" else (0.0, 1.0)
-    fast = prior.sample(2, generator=torch.Generator().manual_seed(3), **kwargs)
-    slow = prior.sample_naive(2, generator=torch.Generator().manual_seed(3), **kwargs)
+    interval = (0.1, 0.9) if schedule == "constant" else (0.0, 1.0)
+    options = SamplingOptions(cfg_scale=2.0, cfg_schedule=schedule, cfg_power=2.0, cfg_interval=interval)
+    labels = torch.tensor([1, 2])
+    fast = prior.sample(2, labels, options, generator=torch.Generator().manual_seed(3))
+    slow = prior.sample_naive(2, labels, options, generator=torch.Generator().manual_seed(3))
     assert fast.shape == (2, G, G) and torch.equal(fast, slow)
 
 
@@ -127,9 +130,11 @@ def test_transformer_with_2d_positions_samples_as_its_forward_pass():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    kwargs = dict(labels=torch.tensor([0, 1]), cfg_scale=2.0, cfg_schedule="linear")
-    fast = model.sample(2, generator=torch.Generator().manual_seed(5), **kwargs)
-    assert torch.equal(fast, model.sample_naive(2, generator=torch.Generator().manual_seed(5), **kwargs))
+    labels, options = torch.tensor([0, 1]), SamplingOptions(cfg_scale=2.0, cfg_schedule="linear")
+    fast = model.sample(2, labels, options, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(
+        fast, model.sample_naive(2, labels, options, generator=torch.Generator().manual_seed(5))
+    )
 
 
 def test_pixelcnn_layers_cover_the_grid():

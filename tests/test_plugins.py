@@ -16,9 +16,10 @@ from vqgen.plugins import PluginContext, PluginLoss, TrainingPlugin  # noqa: E40
 from vqgen.plugins.gan import GAN_LOSSES, GANPlugin, adaptive_weight  # noqa: E402
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.core.registry import PLUGINS, register_plugin  # noqa: E402
-from vqgen.stages.data.images import DataConfig, load_image_splits  # noqa: E402
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig  # noqa: E402
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig  # noqa: E402
+from vqgen.stages.data.images import DataConfig  # noqa: E402
+from vqgen.stages.data.sources import load_image_splits  # noqa: E402
+from vqgen.stages.tokenizer.base import QuantizerConfig  # noqa: E402
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from vqgen.stages.training.plugins import build_plugins  # noqa: E402
 from vqgen.stages.training.tasks import TokenizerTask  # noqa: E402
 from vqgen.stages.training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -55,9 +56,7 @@ def splits():
 
 def make_trainer(splits, run_dir: Path, plugins: list[TrainingPlugin], **train) -> Trainer:
     torch.manual_seed(0)
-    model = VQVAE(
-        TokenizerConfig(base_channels=8, num_res_blocks=0, quantizer=QuantizerConfig(codebook_size=16))
-    )
+    model = VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=0, quantizer=QuantizerConfig(codebook_size=16)))
     cfg = TrainConfig(**{"steps": 6, "batch_size": 8, "sample_every": 0, "log_every": 1, **train})
     return Trainer(TokenizerTask(model, splits), cfg, run_dir, plugins)
 

@@ -10,18 +10,21 @@ import torch
 import vqgen
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vqgen.priors import Prior, PriorConfig
+from vqgen.priors import Prior, PriorConfig, SamplingOptions
 from vqgen.priors.base import draw, filter_logits
 from vqgen.stages.core.registry import PRIORS, register_prior
 
 NAMES = PRIORS.names()  # built-ins and any installed through the entry-point group
-BUILT_IN = {"gru", "pixelcnn", "transformer"}  # architectures that see every earlier position and learn fast
+# architectures that see every earlier position and learn fast
+BUILT_IN = {"gru", "pixelcnn", "transformer", "llamagen"}
 COMMON = dict(vocab_size=16, grid_height=3, grid_width=5, num_classes=3)
 TINY = {  # architecture fields of the built-ins; a third-party prior is tried with its defaults
     "gru": dict(embed_dim=16, hidden_size=32, num_layers=2, dropout=0.0),
     "pixelcnn": dict(channels=16, num_layers=4, head_channels=32),  # 4 layers see all of a 3x5 grid
     "transformer": dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, attention_dropout=0),
-}
+    "llamagen": dict(hidden_size=32, num_layers=2, num_heads=2, multiple_of=32, token_dropout=0, resid_dropout=0,
+                     ffn_dropout=0),
+}  # fmt: skip
 V, H, W, T = COMMON["vocab_size"], COMMON["grid_height"], COMMON["grid_width"], 15
 
 
@@ -134,7 +137,11 @@ def test_dropout_acts_in_training_only(name):
     skip_unless_built_in(name)
     fields = [f.name for f in dataclasses.fields(tiny(name).config)]
     rates = [f for f in fields if f.endswith("dropout") and f != "label_dropout"]
-    assert name == "transformer" or {"dropout", "token_dropout"} <= set(rates)  # gru and pixelcnn: both kinds
+    kinds = {
+        "transformer": {"attention_dropout"},
+        "llamagen": {"token_dropout", "resid_dropout", "ffn_dropout"},
+    }
+    assert kinds.get(name, {"dropout", "token_dropout"}) <= set(rates)  # gru and pixelcnn: both kinds
     codes, labels = codes_and_labels(4)
 
     def logits(model, train: bool) -> torch.Tensor:
@@ -194,9 +201,9 @@ def test_trained_prior_follows_its_label(name, trained):
     skip_unless_built_in(name)
     model, _, _ = trained
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    greedy = model.sample(6, labels, top_k=1)
+    greedy = model.sample(6, labels, SamplingOptions(top_k=1))
     assert (greedy == pattern(labels)).double().mean() > 0.8
-    guided = model.sample(6, labels, cfg_scale=2.0, generator=seeded())
+    guided = model.sample(6, labels, SamplingOptions(cfg_scale=2.0), generator=seeded())
     assert (guided == pattern(labels)).double().mean() > 0.6
     a = model.sample(6, torch.tensor(0), generator=seeded())
     b = model.sample(6, torch.tensor(1), generator=seeded())
@@ -219,16 +226,17 @@ def test_save_load_round_trip(name, tmp_path):
         loaded.eval()
         with torch.no_grad():
             assert torch.equal(loaded(codes, labels).logits, model(codes, labels).logits)
-        kwargs = dict(labels=torch.tensor([0, 2]), temperature=0.9, cfg_scale=1.5)
+        labels, options = torch.tensor([0, 2]), SamplingOptions(temperature=0.9, cfg_scale=1.5)
         assert torch.equal(
-            loaded.sample(2, generator=seeded(), **kwargs), model.sample(2, generator=seeded(), **kwargs)
+            loaded.sample(2, labels, options, generator=seeded()),
+            model.sample(2, labels, options, generator=seeded()),
         )
 
 
 def test_top_k_1_is_greedy(name):
     model = tiny(name, torch.float64).eval()
     labels = torch.tensor([0, 1, 2, 1])
-    grid = model.sample(4, labels, top_k=1, generator=seeded())
+    grid = model.sample(4, labels, SamplingOptions(top_k=1), generator=seeded())
     assert grid.shape == (4, H, W) and grid.dtype == torch.long
     with torch.no_grad():  # the best code at each position, given the codes before it
         argmax = model(grid, labels).logits.argmax(-1)
@@ -238,11 +246,11 @@ def test_top_k_1_is_greedy(name):
 def test_classifier_free_guidance(trained):
     model, _, _ = trained
     labels = torch.tensor([0, 1, 2, 0])
-    guided = model.sample(4, labels, cfg_scale=3.0, generator=seeded())
+    guided = model.sample(4, labels, SamplingOptions(cfg_scale=3.0), generator=seeded())
     assert guided.shape == (4, H, W) and guided.min() >= 0 and guided.max() < V
     assert not torch.equal(guided, model.sample(4, labels, generator=seeded()))
     # guidance scale 0 keeps only the null-label logits: the unconditional sample, draw for draw
-    null_only = model.sample(4, labels, cfg_scale=0.0, generator=seeded())
+    null_only = model.sample(4, labels, SamplingOptions(cfg_scale=0.0), generator=seeded())
     assert torch.equal(null_only, model.sample(4, generator=seeded()))
 
 
@@ -271,8 +279,9 @@ def test_next_logits_match_forward(name):
 def test_cached_sample_equals_naive(name, labels, kwargs):
     model = tiny(name, torch.float64)
     labels = None if labels is None else torch.tensor(labels)
-    fast = model.sample(5, labels, generator=seeded(3), **kwargs)
-    naive = model.sample_naive(5, labels, generator=seeded(3), **kwargs)
+    options = SamplingOptions(**kwargs)
+    fast = model.sample(5, labels, options, generator=seeded(3))
+    naive = model.sample_naive(5, labels, options, generator=seeded(3))
     assert torch.equal(fast, naive)
 
 
@@ -288,8 +297,8 @@ def test_hf_generate_matches_greedy(name):
     if not hasattr(model, "sample_hf_generate"):
         pytest.skip(f"{name} has no transformers generate path")
     labels = torch.tensor([0, 1, 2])
-    hf = model.sample_hf_generate(3, labels, top_k=1)
-    assert torch.equal(hf, model.sample(3, labels, top_k=1))
+    hf = model.sample_hf_generate(3, labels, SamplingOptions(top_k=1))
+    assert torch.equal(hf, model.sample(3, labels, SamplingOptions(top_k=1)))
     assert torch.equal(
         model.sample_hf_generate(3, labels, generator=seeded()),
         model.sample_hf_generate(3, labels, generator=seeded()),

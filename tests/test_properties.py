@@ -27,8 +27,9 @@ from vqgen.stages.core.build import build_prior  # noqa: E402
 from vqgen.stages.core.errors import UserError  # noqa: E402
 from vqgen.stages.core.options import parse_options, split_assignments  # noqa: E402
 from vqgen.stages.evaluation.metrics import codebook_stats  # noqa: E402
-from vqgen.stages.tokenizer.model import TokenizerConfig  # noqa: E402
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer  # noqa: E402
+from vqgen.stages.tokenizer.base import QuantizerConfig  # noqa: E402
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer  # noqa: E402
+from vqgen.stages.tokenizer.vqvae import VQVAEConfig  # noqa: E402
 from vqgen.stages.training.plugins import build_plugins  # noqa: E402
 
 FAST = settings(max_examples=30, deadline=None, derandomize=True, database=None)
@@ -285,7 +286,7 @@ JSON = st.recursive(
 
 
 @FAST
-@given(st.sampled_from([TokenizerConfig, GRUPriorConfig, TransformerPriorConfig]), st.data())
+@given(st.sampled_from([VQVAEConfig, GRUPriorConfig, TransformerPriorConfig]), st.data())
 def test_config_json_round_trips_and_bad_fields_are_user_errors(config_class, data):
     """config.json as written (asdict) builds the same config back; with one field replaced by any JSON value,
     or one unknown field added, it builds a config or raises a UserError naming the field."""

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vqgen.stages.evaluation.metrics import codebook_stats
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, VectorQuantizer, kmeans
+from vqgen.stages.tokenizer.base import QuantizerConfig
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer, kmeans
 
 
 def make(in_ch=4, **kw) -> VectorQuantizer:

@@ -5,9 +5,9 @@ range; plus what is particular to FSQ and LFQ."""
 import pytest
 import torch
 from vqgen.stages.core.registry import QUANTIZERS
+from vqgen.stages.tokenizer.base import QuantizerConfig
 from vqgen.stages.tokenizer.fsq import FSQ
 from vqgen.stages.tokenizer.lfq import LFQ
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
 
 # A tiny config per quantizer: K = 16 for each.
 TINY = {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.runs import LOCK_FILE, hold_lock, prepare_run_dir, release_locks, run_lock
 from vqgen.stages.core.errors import UserError
 
@@ -89,7 +90,9 @@ def test_the_lock_file_is_not_a_run_and_resume_still_works(tmp_path):
     release_locks()
     assert not (run / LOCK_FILE).exists()
     assert prepare_run_dir(run, overwrite=False, resume=True) == run
-    assert prepare_run_dir(run, overwrite=True, resume=False) == run  # cleared, all but its own lock file
+    assert prepare_run_dir(run, overwrite=True, resume=False) == run  # set aside until the new run is safe
+    assert sorted(p.name for p in run.iterdir()) == [replaced.ASIDE, LOCK_FILE]
+    replaced.commit(run)  # (the trainer does it after the first checkpoint): then cleared, all but the lock
     assert [p.name for p in run.iterdir()] == [LOCK_FILE]
     release_locks()
 
@@ -228,10 +231,10 @@ def test_bad_weights_are_refused_in_one_line(tiny_prior, edit, fragments):
 def test_integer_and_bool_buffers_of_a_tokenizer_still_load(tmp_path):
     """The quantizer stores `steps` (int64) and `initialised` (bool) itself: those dtypes are the model's own."""
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-    model = VQVAE(TokenizerConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8,
+    model = VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8,
                                                                                                 code_dim=4)))  # fmt: skip
     save_model(model, tmp_path / "tok")
     loaded = load_tokenizer(tmp_path / "tok")
@@ -426,7 +429,8 @@ def test_a_float_tiff_is_scaled_not_clipped(tmp_path, low, high):
 def test_a_folder_mixing_class_folders_and_loose_images_warns(tmp_path, image_folder, capsys):
     import shutil
 
-    from vqgen.stages.data.images import DataConfig, load_image_splits
+    from vqgen.stages.data.images import DataConfig
+    from vqgen.stages.data.sources import load_image_splits
 
     mixed = tmp_path / "mixed"
     shutil.copytree(image_folder, mixed)

@@ -244,8 +244,10 @@ def test_a_failed_write_leaves_no_checkpoint_and_the_older_ones_intact(tmp_path,
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", disk_full)
-    with pytest.raises(OSError):
+    from vqgen.stages.artifacts import sharded  # writes a checkpoint's tensor files
+
+    monkeypatch.setattr(sharded, "save_file", disk_full)
+    with pytest.raises(UserError, match="no space left on the device of"):  # one line for the user
         ckpt.write_checkpoint(tmp_path, 2, {"w": torch.zeros(3)}, {}, keep=3)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]
     assert ckpt.verify_checkpoint(tmp_path / "checkpoints" / "step_0000001") is None

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.data.images import DataConfig, load_image_splits
+from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.pixels import pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 
 
 def png_bytes(rng) -> bytes:
@@ -81,15 +82,15 @@ def test_bad_streams_are_one_line(tmp_path):
 
 
 def make_trainer(splits, run_dir, steps=10):
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
     from vqgen.stages.training.config import TrainConfig
     from vqgen.stages.training.tasks import StreamingTokenizerTask
     from vqgen.stages.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = VQVAE(
-        TokenizerConfig(
+        VQVAEConfig(
             image_size=8, channels=3, base_channels=8, num_res_blocks=1,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
         )
@@ -141,8 +142,8 @@ def test_a_streamed_run_is_evaluated_on_the_first_samples_of_its_stream(tmp_path
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.data.streaming import reference_sample
     from vqgen.stages.evaluation.settings import EvaluateConfig
-    from vqgen.stages.tokenizer.model import TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAEConfig
     from vqgen.stages.training.config import TrainConfig
 
     shards = write_shards(tmp_path / "wds")
@@ -151,7 +152,7 @@ def test_a_streamed_run_is_evaluated_on_the_first_samples_of_its_stream(tmp_path
     first = torch.cat([x for x, _ in splits.train.batches(4)])[:10]
     assert torch.equal(pixel_tensor(reference), first)
 
-    model = TokenizerConfig(
+    model = VQVAEConfig(
         image_size=8, channels=3, base_channels=8, num_res_blocks=1,
         quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
     )  # fmt: skip

@@ -4,15 +4,16 @@ configuration errors, metrics."""
 import numpy as np
 import pytest
 import torch
+from vqgen.stages.core.files import image_grid
 from vqgen.stages.evaluation import metrics as M
-from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+from vqgen.stages.tokenizer.base import QuantizerConfig
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
 
 def tiny(**kw) -> VQVAE:
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=16, code_dim=4, init="sample")
-    return VQVAE(TokenizerConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q, **kw))
+    return VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q, **kw))
 
 
 @pytest.mark.parametrize("size,factor,channels", [(28, 4, 1), (32, 8, 3), (16, 2, 1)])
@@ -67,7 +68,7 @@ def test_fingerprint_changes_with_weights():
 )
 def test_bad_configs_are_rejected(kw, message):
     with pytest.raises(ValueError, match=message):
-        TokenizerConfig(**kw).validate()
+        VQVAEConfig(**kw).validate()
 
 
 def test_psnr_and_ssim_against_hand_computed_values():
@@ -102,5 +103,5 @@ def test_edge_sharpness_ignores_flat_noise_and_sees_blur():
 
 
 def test_image_grid_layout():
-    grid = M.image_grid(torch.zeros(5, 1, 4, 4), nrow=3, pad=1)
+    grid = image_grid(torch.zeros(5, 1, 4, 4), nrow=3, pad=1)
     assert grid.size == (3 * 5 + 1, 2 * 5 + 1) and grid.mode == "L"

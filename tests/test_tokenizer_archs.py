@@ -229,12 +229,11 @@ def test_bad_tokenizer_choices_are_one_line(flags, fragments, tmp_path, image_fo
 
 def test_old_tokenizer_config_without_a_quantizer_kind_loads(tmp_path):
     from vqgen.stages.artifacts.models import load_tokenizer
-    from vqgen.stages.tokenizer.base import LATER_FIELDS
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import LATER_FIELDS, QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
-    model = VQVAE(TokenizerConfig(base_channels=8, quantizer=QuantizerConfig(codebook_size=16, code_dim=4)))
+    model = VQVAE(VQVAEConfig(base_channels=8, quantizer=QuantizerConfig(codebook_size=16, code_dim=4)))
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     for later in LATER_FIELDS:  # as written before these fields existed
@@ -275,7 +274,7 @@ def test_tokenizer_sizes_benchmark_in_its_tiny_mode(tmp_path):
 
 
 def test_the_default_vqvae_grid_suits_the_image_size():
-    from vqgen.stages.tokenizer.model import downsample_for
+    from vqgen.stages.tokenizer.vqvae import downsample_for
 
     sizes = {28: 4, 32: 4, 64: 4, 96: 8, 128: 8, 256: 16, 512: 16, 100: 4, 200: 8, 30: 2}
     assert {s: downsample_for(s) for s in sizes} == sizes
@@ -286,10 +285,10 @@ def test_new_quantizer_fields_at_their_defaults_leave_the_fingerprint_as_publish
     """A field added to QuantizerConfig must be listed in LATER_FIELDS, or every published tokenizer's fingerprint
     changes and all its priors are refused."""
     from vqgen.stages.tokenizer.base import fingerprint_fields
-    from vqgen.stages.tokenizer.model import TokenizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAEConfig
 
     first_release = {
         "codebook_size", "code_dim", "beta", "update", "ema_decay", "cosine", "init", "kmeans_iters",
         "restart_threshold", "restart_every",
     }  # fmt: skip
-    assert set(fingerprint_fields(TokenizerConfig())["quantizer"]) == first_release
+    assert set(fingerprint_fields(VQVAEConfig())["quantizer"]) == first_release

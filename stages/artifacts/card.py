@@ -266,7 +266,21 @@ def component_card(kind: str, repo_id: str, config: dict) -> ModelCard:
     return ModelCard(
         f"---\n{data.to_yaml()}\n---\n\n# {kind} of {repo_id}\n\nThe {what} of the vqgen pipeline "
         f"`{repo_id}`: `config.json` + `model.safetensors`. See the repository's [README](../README.md); load it "
-        f'with `{loader}("{repo_id}")`.\n'
+        f'with `{loader}("{repo_id}")`.\n' + provenance_note(config.get("provenance"))
+    )
+
+
+def provenance_note(provenance: dict | None) -> str:
+    """For a model made by `vqgen import`: where it came from (local paths reduced to their last part) and the
+    licence of the original weights, whose terms apply to the copy."""
+    if not isinstance(provenance, dict) or not provenance.get("format"):
+        return ""
+    p = redact_paths(provenance)
+    file = f", file `{p['file']}` (sha256 `{p['sha256']}`)" if p.get("file") and p.get("sha256") else ""
+    licence = p.get("licence") or "not stated by the source; check it before use"
+    return (
+        f"\nImported with `vqgen import {p['format']}` from `{p.get('source')}`{file}. Licence of the original "
+        f"weights: {licence}.\n"
     )
 
 

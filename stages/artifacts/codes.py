@@ -1,28 +1,30 @@
 """The codes dataset: the one interface between the two stages, and the one file that reads and writes it.
 
     RUN/codes/             a datasets.DatasetDict saved with save_to_disk: splits `train` and `validation`, each
-                           with `codes` (H x W int32) and `label` (int64, -1 = unlabelled); a train split with
-                           augmented views has a `view` column too (int64, an index into codes.json's `views`)
+                           with `codes` (H x W int32) and `label` (int64, -1 = unlabelled)
     RUN/codes/codes.json   what a prior is built from: vocab_size, grid_height, grid_width, num_classes,
-                           tokenizer_fingerprint, class_names, `tokenizer` (the tokenizer folder, relative), and
-                           `views` (the names of the image views encoded, VIEWS; absent: ["identity"])
+                           tokenizer_fingerprint, class_names, and `tokenizer` (the tokenizer folder, relative)
 
-Views: with `tokenize --code-views hflip` the train split holds, after the rows of the images as they are (view 0,
-"identity"), the rows of each further view of the same images in the same order: row i of view v is image i seen
-through VIEWS[views[v]] and then encoded. `train-prior` draws one view per image and step (stages/training/tasks.py);
-the held-out split holds the images as they are only, so held-out NLL is measured on real images.
+Codes written by `vqgen encode` carry two more columns: `image` (int64, the source image's id: its row in the
+prepared split, or rank * 10**12 + position for a stream) and `view` (int32, which augmented view of it the row
+encodes: data/views.VIEWS). With `--augment`, codes.json adds `augment` and `views` (views per training image); a training
+image's views are consecutive rows with the same `image`. They are encoded shard by shard (`write_shard`) and put
+together at the end (`assemble_codes`), so no process holds more than one shard of codes.
 
 (Runs written before vqgen 0.2 call codes.json `vqgen.json`; they are still read.)
 """
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from vqgen.stages.core.errors import UserError, one_line, read_json_object
-from vqgen.stages.core.files import write_json
+from vqgen.stages.core.files import disk_writes, write_json
 
 CODES_META = "codes.json"
 LEGACY_META = "vqgen.json"
@@ -35,34 +37,16 @@ META_FIELDS = {
 }
 
 
-# The image views `tokenize --code-views` can encode: name -> (B, C, H, W) images -> the same images seen that way.
-# Each keeps the image size, so any tokenizer encodes them; a crop or a rescale would not be a view of this kind.
-VIEWS = {
-    "identity": lambda images: images,
-    "hflip": lambda images: images.flip(-1),  # left-right
-    "vflip": lambda images: images.flip(-2),  # upside down
-}
-
-
-def check_views(names: list[str]) -> list[str]:
-    """["identity", *names] for `tokenize --code-views NAMES`; a view the tokenizer cannot encode is a UserError."""
-    unknown = [n for n in names if n not in VIEWS]
-    if unknown:
-        raise UserError(
-            f"--code-views {','.join(unknown)}: not a view the tokenizer can encode (it encodes whole images of one "
-            f"size: crops and rescales are not views); choose from {', '.join(n for n in VIEWS if n != 'identity')}"
-        )
-    return ["identity", *dict.fromkeys(n for n in names if n != "identity")]
-
-
 @dataclass
 class CodeSplits:
-    train_codes: torch.Tensor  # (N, H, W) long: the images as they are
+    train_codes: torch.Tensor  # (N, H, W) long
     train_labels: torch.Tensor  # (N,) long, -1 where unlabelled
     val_codes: torch.Tensor
     val_labels: torch.Tensor
     meta: dict  # codes.json: vocab_size, grid_height, grid_width, num_classes, tokenizer_fingerprint, ...
-    train_views: torch.Tensor | None = None  # (V, N, H, W) long, view 0 = train_codes; None: one view only
+    # `vqgen encode --augment`: (V, N, H, W) long, every training image's V views (train_codes = view 0, the labels
+    # those of the N images); None: one code grid per image. `train-prior` draws one view per image and step.
+    train_views: torch.Tensor | None = None
 
 
 def load_codes(path: Path) -> CodeSplits:
@@ -82,45 +66,42 @@ def load_codes(path: Path) -> CodeSplits:
     except Exception as exc:
         raise UserError(f"--codes {path}: cannot read the codes dataset ({one_line(exc)})") from None
 
-    def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows = dd[split].with_format("numpy")[:]
-        view = torch.as_tensor(np.asarray(rows["view"]), dtype=torch.long) if "view" in rows else None
-        codes = torch.as_tensor(np.asarray(rows["codes"]), dtype=torch.long)
-        return codes, torch.as_tensor(np.asarray(rows["label"]), dtype=torch.long), view
-
-    train_codes, train_labels, train_view = arrays("train")
-    val_codes, val_labels, val_view = arrays("validation")
-    if val_view is not None:  # held-out scores are of the images as they are
-        val_codes, val_labels = val_codes[val_view == 0], val_labels[val_view == 0]
-    views = None
-    if train_view is not None:
-        views = split_views(train_codes, train_labels, train_view, len(meta.get("views", ["identity"])), path)
-        train_codes, train_labels = views[0], train_labels[train_view == 0]
-    return CodeSplits(
-        train_codes,
-        train_labels,
-        val_codes,
-        val_labels,
-        meta,
-        views if views is not None and len(views) > 1 else None,
-    )
-
-
-def split_views(codes: torch.Tensor, labels: torch.Tensor, view: torch.Tensor, count: int, path: Path):
-    """(V, N, H, W): the rows of each view in image order; the views must hold the same images (same labels)."""
-    parts = [codes[view == v] for v in range(count)]
-    labels_of = [labels[view == v] for v in range(count)]
-    if (
-        int(view.min()) < 0
-        or int(view.max()) >= count
-        or any(
-            len(p) != len(parts[0]) or not torch.equal(lab, labels_of[0]) for p, lab in zip(parts, labels_of)
+        return torch.as_tensor(np.asarray(rows["codes"]), dtype=torch.long), torch.as_tensor(
+            np.asarray(rows["label"]), dtype=torch.long
         )
+
+    codes = CodeSplits(*arrays("train"), *arrays("validation"), meta)
+    views = meta.get("views", 1)
+    if isinstance(views, int) and views > 1 and "view" in dd["train"].column_names:
+        codes = grouped_views(
+            codes, dd["train"].select_columns(["image", "view"]).with_format("numpy")[:], path
+        )
+    return codes
+
+
+def grouped_views(codes: CodeSplits, rows: dict, path: Path) -> CodeSplits:
+    """The train split of `vqgen encode --augment` (each image's V views in consecutive rows, `image` and `view`
+    columns) as (V, N, H, W) views of N images."""
+    v = codes.meta["views"]
+    n = len(codes.train_codes) // v
+    image = torch.as_tensor(np.asarray(rows["image"])).view(-1)
+    view = torch.as_tensor(np.asarray(rows["view"])).long().view(-1)
+    if n * v != len(codes.train_codes) or not (
+        torch.equal(view.view(n, v), torch.arange(v).expand(n, v))
+        and torch.equal(image.view(n, v), image.view(n, v)[:, :1].expand(n, v))
+        and torch.equal(codes.train_labels.view(n, v), codes.train_labels.view(n, v)[:, :1].expand(n, v))
     ):
         raise UserError(
-            f"--codes {path}: its views do not hold the same images; rewrite the codes with `tokenize`"
+            f"--codes {path}: its train rows are not {v} views of each image in turn; encode them again"
         )
-    return torch.stack(parts)
+    grids = (
+        codes.train_codes.view(n, v, *codes.train_codes.shape[1:]).transpose(0, 1).contiguous()
+    )  # (V, N, H, W)
+    codes.train_views, codes.train_codes = grids, grids[0]
+    codes.train_labels = codes.train_labels.view(n, v)[:, 0].contiguous()
+    return codes
 
 
 def read_codes_meta(meta_file: Path) -> dict:
@@ -133,46 +114,54 @@ def read_codes_meta(meta_file: Path) -> dict:
                 f"--codes: {meta_file} field {key} should be a {'non-negative int' if kind is int else kind.__name__}, "
                 f"got {json.dumps(value)}; rewrite the codes with `cli.py tokenize`"
             )
-    views = meta.get("views", ["identity"])
-    if not (isinstance(views, list) and views[:1] == ["identity"] and all(isinstance(v, str) for v in views)):
-        raise UserError(
-            f'--codes: {meta_file} field views should be a list of names starting with "identity"'
-        )
     if not isinstance(meta.get("tokenizer", ""), str):
         raise UserError(f"--codes: {meta_file} field tokenizer should be a relative path (str)")
     return meta
 
 
-def write_codes(folder: Path, splits: dict[str, tuple], meta: dict) -> None:
-    """Save {split: ((N, H, W) codes, (N,) labels[, (N,) view indices])} and the description `meta` (see the module
-    docstring; with view indices, meta["views"] names them)."""
-    from datasets import Dataset, DatasetDict, DatasetInfo
+def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], meta: dict) -> None:
+    """Save {split: ((N, H, W) codes, (N,) labels)} and the description `meta` (see the module docstring)."""
+    from datasets import Array2D, Dataset, DatasetDict, DatasetInfo, Features, Value
 
-    parts = {}  # named fingerprints: datasets would otherwise hash every code to make one (4x their size in memory)
-    for name, (codes, labels, *view) in splits.items():
-        features = _features(meta, with_view=bool(view))
-        parts[name] = Dataset(
-            _codes_table(codes, labels, features, view[0] if view else None),
+    features = Features(
+        {"codes": Array2D((meta["grid_height"], meta["grid_width"]), "int32"), "label": Value("int64")}
+    )
+    parts = {  # named fingerprints: datasets would otherwise hash every code to make one (4x their size in memory)
+        name: Dataset(
+            _codes_table(codes, labels, features),
             info=DatasetInfo(features=features),
             fingerprint=f"vqgen-codes-{meta.get('tokenizer_fingerprint')}-{name}-{len(codes)}",
         )
-    DatasetDict(parts).save_to_disk(str(folder))
-    write_json(meta, Path(folder) / CODES_META)
+        for name, (codes, labels) in splits.items()
+    }
+    needed = sum(c.numel() * 4 + lab.numel() * 8 for c, lab in splits.values())
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)
 
 
-def save_codes(
-    run_dir: Path, model, splits, batch_size: int, accelerator, views: list[str] = ("identity",)
-) -> dict:
+def _save_whole(folder: Path, dataset, meta: dict, needed: int) -> None:
+    """A codes DatasetDict and its codes.json saved beside `folder` and renamed into place, so that a codes folder
+    is never half-written; a full disk is one line (vqgen.stages.core.files.disk_writes)."""
+    with disk_writes(folder.parent, needed, f"the codes ({folder.name})"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        try:
+            dataset.save_to_disk(str(tmp / "codes"))
+            write_json(meta, tmp / "codes" / CODES_META)
+            if folder.exists():
+                os.replace(folder, tmp / "old")
+            os.replace(tmp / "codes", folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
     """Encode both image splits (a vqgen.stages.data.images.ImageSplits) with the trained tokenizer `model` and
-    write them as the run's codes dataset; the train split also through every further view in `views` (names of
-    VIEWS, "identity" first). Returns its description (codes.json)."""
+    write them as the run's codes dataset; returns its description (codes.json)."""
     from vqgen.stages.data.encode import encode_split
 
-    train = [encode_split(model, splits.train, batch_size, accelerator, VIEWS[name]) for name in views]
-    encoded = {"train": train[0], "validation": encode_split(model, splits.heldout, batch_size, accelerator)}
-    if len(train) > 1:  # each view's rows in image order, after the images as they are
-        view = torch.arange(len(train)).repeat_interleave(len(train[0][0]))
-        encoded["train"] = (torch.cat([c for c, _ in train]), torch.cat([lab for _, lab in train]), view)
+    encoded = {
+        name: encode_split(model, ds, batch_size, accelerator)
+        for name, ds in (("train", splits.train), ("validation", splits.heldout))
+    }
     g = model.config.grid_size
     meta = {
         "tokenizer": "../tokenizer",
@@ -182,24 +171,18 @@ def save_codes(
         "grid_width": g,
         "num_classes": splits.num_classes,
         "class_names": splits.class_names,
-        **({"views": list(views)} if len(views) > 1 else {}),
     }
     if accelerator.is_main_process:
         write_codes(Path(run_dir) / "codes", encoded, meta)
     return meta
 
 
-def _features(meta: dict, with_view: bool):
-    from datasets import Array2D, Features, Value
-
-    columns = {"codes": Array2D((meta["grid_height"], meta["grid_width"]), "int32"), "label": Value("int64")}
-    return Features({**columns, **({"view": Value("int64")} if with_view else {})})
-
-
-def _codes_table(codes: torch.Tensor, labels: torch.Tensor, features, view=None, rows: int = 65536):
-    """The Arrow table of (N, H, W) codes, (N,) labels and optional (N,) view indices, built from the arrays
-    themselves in record batches of `rows` (no Python object per code: `Dataset.from_dict` would take five times the
-    codes' size on the way)."""
+def _codes_table(
+    codes: torch.Tensor, labels: torch.Tensor, features, rows: int = 65536, extra: dict | None = None
+):
+    """The Arrow table of (N, H, W) codes and (N,) labels (and the `extra` columns, name -> (N,) numpy array, of
+    `features`), built from the arrays themselves in record batches of `rows` (no Python object per code:
+    `Dataset.from_dict` would take five times the codes' size on the way)."""
     import numpy as np
     import pyarrow as pa
 
@@ -213,11 +196,11 @@ def _codes_table(codes: torch.Tensor, labels: torch.Tensor, features, view=None,
         inner = pa.ListArray.from_arrays(np.arange(0, m * h * w + 1, w, dtype=np.int32), part.reshape(-1))
         outer = pa.ListArray.from_arrays(np.arange(0, m * h + 1, h, dtype=np.int32), inner)
         column = pa.ExtensionArray.from_storage(codes_type, outer)
-        arrays = [column, pa.array(lab[lo : lo + rows])]
-        if view is not None:
-            arrays.append(pa.array(view.to(torch.int64).numpy()[lo : lo + rows]))
-        batches.append(pa.record_batch(arrays, names=list(features)))
-    schema = pa.schema([(n, codes_type if n == "codes" else pa.int64()) for n in features])
+        more = [pa.array(a[lo : lo + rows]) for a in (extra or {}).values()]
+        names = ["codes", "label", *(extra or {})]
+        batches.append(pa.record_batch([column, pa.array(lab[lo : lo + rows]), *more], names=names))
+    more_types = [(k, pa.from_numpy_dtype(a.dtype)) for k, a in (extra or {}).items()]
+    schema = pa.schema([("codes", codes_type), ("label", pa.int64()), *more_types])
     return pa.Table.from_batches(batches, schema=schema)
 
 
@@ -227,3 +210,47 @@ def meta_file(folder: Path) -> Path | None:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
+
+
+def shard_features(height: int, width: int):
+    from datasets import Array2D, Features, Value
+
+    return Features(
+        {"codes": Array2D((height, width), "int32"), "label": Value("int64"), "image": Value("int64"),
+         "view": Value("int32")}
+    )  # fmt: skip
+
+
+def write_shard(path: Path, codes: torch.Tensor, labels, images, views) -> None:
+    """Rows of (N, H, W) codes with their (N,) labels, image ids and view indices as one Arrow file that
+    `datasets` reads, written under a temporary name and renamed: a shard under its final name is whole."""
+    from datasets.arrow_writer import ArrowWriter
+    from vqgen.stages.core.files import atomic_write
+
+    n, h, w = codes.shape
+    features = shard_features(h, w)
+    extra = {"image": np.asarray(images, dtype=np.int64), "view": np.asarray(views, dtype=np.int32)}
+    table = _codes_table(codes, torch.as_tensor(labels), features, extra=extra)
+
+    def write(f) -> None:
+        writer = ArrowWriter(features=features, stream=f)
+        writer.write_table(table)
+        writer.finalize()
+
+    atomic_write(path, write)
+
+
+def assemble_codes(folder: Path, shards: dict[str, list[Path]], meta: dict) -> None:
+    """The codes dataset (splits in `shards`, each a list of write_shard files in row order) saved to `folder`,
+    read through memory maps (no split is loaded whole), and its description `meta` as codes.json."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets
+
+    features = shard_features(meta["grid_height"], meta["grid_width"])
+    parts = {}
+    for split, files in shards.items():
+        if files:
+            parts[split] = concatenate_datasets([Dataset.from_file(str(f)) for f in files])
+        else:
+            parts[split] = Dataset.from_dict({k: [] for k in features}, features=features)
+    needed = sum(Path(f).stat().st_size for files in shards.values() for f in files)
+    _save_whole(Path(folder), DatasetDict(parts), meta, needed)

@@ -1,7 +1,9 @@
 """All network access of vqgen: Hub ids, downloads into the Hub cache, and where a model folder is.
 
-Only JSON, safetensors, README and PNG files are ever downloaded (never pickled weights). Every failure is one
-line that never contains the token.
+Only JSON, safetensors, README and PNG files are downloaded for vqgen's own models (never pickled weights); `vqgen
+import` also fetches the checkpoint file a user names with --filename, which it reads with
+torch.load(weights_only=True) only (stages/interop/sources.py). Every failure is one line that never contains the
+token.
 """
 
 import os

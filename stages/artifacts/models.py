@@ -20,6 +20,7 @@ from typing import Any
 
 from vqgen.stages.artifacts.hub import WEIGHTS, _hub_file, model_folder, read_config
 from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.core.files import disk_writes
 from vqgen.stages.core.registry import config_class as config_class_of
 
 
@@ -279,6 +280,12 @@ def load_prior(path: str | Path, revision: str | None = None):
 def save_model(model, folder: str | Path) -> None:
     """`model.save_pretrained(folder)`, each file written under a temporary name and renamed into place."""
     folder = Path(folder)
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with disk_writes(folder, needed, "the model"):
+        _save_model(model, folder)
+
+
+def _save_model(model, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=".tmp_save_", dir=folder)

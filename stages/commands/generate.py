@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from vqgen.priors import Prior
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.artifacts.runs import hold_lock, holds_files, locked_command
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import save_png, write_json
-from vqgen.stages.evaluation import metrics as M
+from vqgen.stages.core.files import image_grid, save_png, write_json
+from vqgen.stages.core.progress import progress
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -141,6 +141,7 @@ def manifest_settings(
 
 def prepare_output(out: Path, folder: Path, manifest: Path, settings: dict, cfg: GenerateConfig) -> None:
     """Refuse to overwrite without --overwrite, check a --resume against the manifest, and write the manifest."""
+    replaced.recover(folder, lambda: [*_own_files(folder), manifest])  # what a killed --overwrite set aside
     exists = out.exists() or holds_files(folder) or manifest.exists()  # its lock file aside
     if cfg.resume:
         if not manifest.is_file():
@@ -162,22 +163,21 @@ def prepare_output(out: Path, folder: Path, manifest: Path, settings: dict, cfg:
         raise UserError(
             f"{out} already exists; pass --overwrite to replace it, --resume to continue it, or choose another --out"
         )
-    elif exists:
-        out.unlink(missing_ok=True)
-        _remove_images(folder)
+    elif exists:  # the old grid stays until the new one is complete; its images and manifest are set aside
+        folder.mkdir(parents=True, exist_ok=True)
+        old = _own_files(folder) + ([manifest] if manifest.exists() else [])
+        replaced.set_aside(folder, old, lambda: [*_own_files(folder), manifest])
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob(".*.tmp"):  # what a killed write left behind
         tmp.unlink()
     write_json({"settings": settings, "complete": False}, manifest)
 
 
-def _remove_images(folder: Path) -> None:
-    """Delete what an earlier generation wrote into `folder` (only its own file names: never a user's files)."""
+def _own_files(folder: Path) -> list[Path]:
+    """What a generation wrote into `folder` (only its own file names: never a user's files)."""
     if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.is_file() and OWN_FILE.fullmatch(p.name):
-            p.unlink()
+        return []
+    return [p for p in folder.iterdir() if p.is_file() and OWN_FILE.fullmatch(p.name)]
 
 
 @locked_command
@@ -211,8 +211,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
         class_rows = labels is not None and not cfg.labels and n >= prior.config.num_classes
         shown, per_row = grid_selection(n, labels, class_rows, prior.config.num_classes)
         tiles = torch.stack([_read_image(folder / names[i]) for i in shown])  # (m, C, S, S)
-        save_png(M.image_grid(tiles, nrow=max(1, per_row)), out)
+        save_png(image_grid(tiles, nrow=max(1, per_row)), out)
         write_json({"settings": settings, "complete": True}, manifest)
+        replaced.commit(folder)  # the new grid is complete: the old images can go
     except OSError as exc:
         raise UserError(f"cannot write samples to {out}: {exc.strerror or exc}") from None
     sampled = n - done_images
@@ -229,7 +230,7 @@ def _write_chunks(
     """Sample, decode and write the given chunks; returns the seconds spent sampling."""
     seconds = 0.0
     n = len(names)
-    with tqdm(total=n, initial=done_images, unit="img", desc="generate") as bar:
+    with progress(total=n, initial=done_images, unit="img", desc="generate") as bar:
         start = time.perf_counter()
         for c, grids in sample_chunks(prior, n, cfg.batch_size, labels, cfg.sampling, cfg.seed, todo):
             seconds += time.perf_counter() - start

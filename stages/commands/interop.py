@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from vqgen.priors import Prior
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
@@ -60,8 +61,11 @@ def run_import(cfg: ImportConfig) -> dict:
 
 @torch.no_grad()
 def check_runs(model, device: torch.device) -> None:
-    """Run an imported tokenizer once (encode and decode one random image) on `device`: an import that loads but
-    cannot run is refused before anything is written."""
+    """Run an imported tokenizer once (encode and decode one random image) or an imported prior once (the logits
+    of one code grid) on `device`: an import that loads but cannot run is refused before anything is written."""
+    if isinstance(model, Prior):
+        check_prior_runs(model, device)
+        return
     if not isinstance(model, Tokenizer):
         return
     c = model.config
@@ -77,20 +81,34 @@ def check_runs(model, device: torch.device) -> None:
         )
 
 
+def check_prior_runs(prior: Prior, device: torch.device) -> None:
+    c = prior.config
+    codes = torch.zeros(1, c.grid_height, c.grid_width, dtype=torch.long, device=device)
+    prior.to(device)
+    try:
+        logits = prior(codes).logits
+    finally:
+        prior.to("cpu")
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError("the imported prior gives non-finite logits; the checkpoint's weights are broken")
+
+
 def card(imported: Imported) -> str:
     """README.md of an imported folder: where it came from, under which licence, how to use it."""
-    p = imported.provenance
+    p, prior = imported.provenance, isinstance(imported.model, Prior)
     licence = p.get("licence") or "unknown"
     lines = [
         "---", "library_name: vqgen", f"license: {licence if p.get('licence') else 'other'}",
-        "tags: [vqgen, image-tokenizer, imported]", "---", "",
+        f"tags: [vqgen, {'autoregressive-prior' if prior else 'image-tokenizer'}, imported]", "---", "",
         f"# Imported with `vqgen import {p['format']}`", "",
         imported.summary + ".", "",
         "| provenance | |", "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in sorted(p.items()) if v is not None], "",
         f"Licence of the original weights: {licence}; the original project's terms apply to this copy.", "",
-        "Use: `vqgen encode --tokenizer THIS_FOLDER --dataset DATA --out CODES`, or in Python",
-        "`vqgen.stages.artifacts.models.load_tokenizer(\"THIS_FOLDER\")`.", "",
+        *(["Use: `vqgen generate --prior THIS_FOLDER --label 207` (the run's `tokenizer` beside it decodes), or in "
+           "Python `vqgen.Pipeline.from_pretrained(\"THIS_FOLDER\")`.", ""] if prior else
+          ["Use: `vqgen encode --tokenizer THIS_FOLDER --dataset DATA --out CODES`, or in Python",
+           "`vqgen.stages.artifacts.models.load_tokenizer(\"THIS_FOLDER\")`.", ""]),
     ]  # fmt: skip
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ The uploaded folder (`--dry-run OUT` writes exactly this folder and uploads noth
     training_state/            only with --with-training-state: the newest intact checkpoint of each stage
         tokenizer/step_NNNNNNN/state.safetensors + state.json, tokenizer/run_config.json
         prior/step_NNNNNNN/state.safetensors + state.json, prior/run_config.json
+    space/                     only with --space: app.py + requirements.txt + README.md, the web demo as a Space
 
 The weights are copied byte for byte from the run. The token comes from HF_TOKEN or the Hugging Face login
 (huggingface_hub reads it) and is never printed, logged or written to a file. After a push, the target revision
@@ -40,7 +41,8 @@ from vqgen.stages.artifacts.published import INDEX_FILE, INDEX_FORMAT, locate
 from vqgen.stages.artifacts.runs import lexical
 from vqgen.stages.core.device import resolve_device
 from vqgen.stages.core.errors import UserError, one_line
-from vqgen.stages.core.files import save_png, write_json
+from vqgen.stages.core.files import disk_writes, save_png, write_json
+from vqgen.stages.reporting.space import write_space
 from vqgen.stages.sampling.sampler import (
     SamplingConfig,
     check_pair,
@@ -68,6 +70,7 @@ class PushConfig:
     )
     seed: int = 0  # seed of samples.png
     device: str = "auto"  # where samples.png is sampled and decoded: cpu | cuda | cuda:N | mps | auto
+    space: bool = False  # also write space/: the web demo as a Hugging Face Space (stages/reporting/space.py)
 
 
 def _read_json(path: Path, key: str | None = None) -> dict:
@@ -154,6 +157,8 @@ def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
         "class_names": folders.class_names, "samples": "samples.png", "training_state": state,
     }  # fmt: skip
     write_json(index, out / INDEX_FILE)
+    if cfg.space:
+        write_space(out / "space", cfg.repo_id)
     files = sorted([str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] + ["README.md"])
     inputs = CardInputs(
         repo_id=cfg.repo_id, tokenizer_config=tokenizer_config, prior_config=prior_config,
@@ -201,7 +206,8 @@ def _dry_run(cfg: PushConfig, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:
-        files = build_upload_folder(cfg, staging / "upload")
+        with disk_writes(out, None, "the upload folder"):
+            files = build_upload_folder(cfg, staging / "upload")
         for entry in sorted((staging / "upload").iterdir()):
             os.replace(entry, out / entry.name)
     except BaseException:
@@ -229,7 +235,8 @@ def run_push(cfg: PushConfig) -> dict:
     ensure_hub_reachable(f"push to {cfg.repo_id}")
     with tempfile.TemporaryDirectory(prefix="vqgen-push-") as tmp:
         folder = Path(tmp) / "upload"
-        files = build_upload_folder(cfg, folder)
+        with disk_writes(tmp, None, "the upload folder"):
+            files = build_upload_folder(cfg, folder)
         return {**_upload(cfg, folder), "files": files, "uploaded": True}
 
 

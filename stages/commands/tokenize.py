@@ -15,20 +15,23 @@ Run folder:
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from vqgen.stages.artifacts.codes import check_views, save_codes
+from vqgen.stages.artifacts.codes import load_codes, save_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
-from vqgen.stages.data.images import RESIZE_MODES, DataConfig, ImageSplits, load_image_splits, to_float
+from vqgen.stages.core.runconfig import check_limits
+from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
+from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.vqvae import VQVAEConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.tasks import StreamingTokenizerTask, TokenizerTask
@@ -41,17 +44,16 @@ class TokenizeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     arch: str = "vqvae"  # the architecture or size preset `model` started from (`python cli.py tokenizers`)
     # the architecture's dataclass config (its model_type names the architecture)
-    model: Any = field(default_factory=TokenizerConfig)
+    model: Any = field(default_factory=VQVAEConfig)
     train: TrainConfig = field(default_factory=lambda: replace(TOKENIZER_TRAINING))
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
     plugin_options: list[str] = field(default_factory=list)
-    # the image views whose codes the train split also holds (stages/artifacts/codes.py: VIEWS); None: "hflip" for
-    # RGB images (a mirrored photo or emoji is another plausible image), none for one channel (a mirrored digit is not)
-    code_views: list[str] | None = None
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 def resolve_tokenizer_config(cfg: TokenizeConfig) -> None:
@@ -97,13 +99,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
-    if cfg.code_views is None:  # a stream is read once per view: none by default
-        cfg.code_views = ["hflip"] if cfg.data.channels == 3 and not cfg.data.streaming else []
-    views = check_views(cfg.code_views)  # a view the tokenizer cannot encode: refused before anything is read
-    if len(views) > 1 and cfg.data.streaming:
-        raise UserError(f"--code-views {','.join(views[1:])}: a stream is read once; give --code-views none")
-    if cfg.data.resize is not None and cfg.data.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    check_limits(cfg)  # every range and choice (--resize), as the command line checks them
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
@@ -144,7 +140,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             run_dir / "samples" / "recon_final.png",
         )
         results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, cfg.eval_batch_size))
-    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator, views)
+    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
     if accelerator.is_main_process:
         results.update(
             train_images_per_s=train_images_per_s,
@@ -156,6 +152,10 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             eval_split="held-out",
         )
         write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
-        write_json(asdict(cfg), run_dir / "run_config.json")
+        codes = load_codes(run_dir / "codes").train_codes
+        write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
+        write_json(
+            {**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json"
+        )  # a run is its folder: movable
     accelerator.wait_for_everyone()
     return results

@@ -7,19 +7,25 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
                            samples/ (a decoded grid per class every --sample-every steps), checkpoints/
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
+import torch
 from vqgen.stages.artifacts.card import note_kept_weights
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
-from vqgen.stages.core.build import build_prior
+from vqgen.stages.core.build import build_prior, sized_options
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, kept_note, overfit_note
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
+from vqgen.stages.training.distribution import launched_processes
+from vqgen.stages.training.preflight import check_fits, check_resume
 from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
 
@@ -30,10 +36,13 @@ class PriorTrainConfig:
     prior: str = "gru"  # registry name
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
+    size: str | None = None  # a size preset (the prior config's sizes()); prior_options override it
     train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
+
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
 def final_results(
@@ -59,6 +68,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
     from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
+    options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
     if cfg.train.patience and not cfg.train.eval_every:
         raise UserError(
@@ -76,8 +86,14 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
         raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    processes = launched_processes()
+    with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
+        check_fits(build_prior(cfg.prior, codes.meta, options), processes, cfg.train.device,
+                   ema=cfg.train.model_ema_decay > 0)  # fmt: skip
+    if cfg.resume:
+        check_resume(out_dir, processes, cfg.train.batch_size)
     set_seed(cfg.train.seed)
-    model = build_prior(cfg.prior, codes.meta, cfg.prior_options)
+    model = build_prior(cfg.prior, codes.meta, options)
     out_dir = prepare_run_dir(out_dir, overwrite=cfg.overwrite, resume=cfg.resume)
     trainer = Trainer(PriorTask(model, codes, tokenizer, cfg.eval_batch_size), cfg.train, out_dir)
     if tokenizer is not None:
@@ -88,10 +104,9 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     trainer.fit()
     train_seconds = time.perf_counter() - started
     results: dict = {}
+    # the best held-out weights; with --keep-last the last (or their average); sharded: gathered, on process 0
+    model = trainer.final_model()
     if trainer.accelerator.is_main_process:
-        model = (
-            trainer.final_model()
-        )  # the best held-out weights; with --keep-last the last (or their average)
         save_model(model, out_dir)  # each file renamed into place: never half-written
         results = final_results(cfg, trainer, model, codes, tokenizer, train_seconds)
         note_kept_weights(out_dir / "README.md", results)
@@ -105,6 +120,11 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         if tokenizer is not None:
             trainer.task.save_samples(model, results["kept_step"], out_dir)  # the grid of the model saved
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
-        write_json({**asdict(cfg), "train": asdict(cfg.train)}, out_dir / "run_config.json")
+        write_plots(out_dir, trainer.history, results)
+        paths = {
+            "out": ".",
+            "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),
+        }  # movable with it
+        write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
     trainer.accelerator.wait_for_everyone()
     return results

@@ -32,6 +32,22 @@ def prior_config_class(cls: type[Prior]) -> type:
     return typing.get_type_hints(cls.__init__)["config"]
 
 
+def sized_options(name: str, size: str | None, options: dict[str, str]) -> dict[str, str]:
+    """`options` over the fields of the prior's size preset `size` (`train-prior --size`; an option given keeps
+    its own value); an unknown preset is a UserError, raised before anything is read or built."""
+    if size is None:
+        return options
+    sizes = prior_config_class(PRIORS.get(name)).sizes()
+    if size not in sizes:
+        have = (
+            f"has the sizes {', '.join(sizes)}"
+            if sizes
+            else "has no size presets (transformer and llamagen do)"
+        )
+        raise UserError(f"--size {size}: prior {name!r} {have}")
+    return {**{k: str(v) for k, v in sizes[size].items()}, **options}
+
+
 def build_prior(name: str, meta: dict, options: dict[str, str]) -> Prior:
     """The registered prior `name`, sized by the codes' facts (`meta`, codes.json) and configured by `options`
     (`--prior-opt` values as strings); a bad option or a config that makes no model is a UserError."""

@@ -59,7 +59,9 @@ def training_accelerator_kwargs(name: str | None, num_processes: int = 1) -> dic
     single process, made the current device so that accelerate places the model on it."""
     name = check_device_name(name)
     if name == "auto":
-        return {}
+        # several processes and no GPU: accelerate's own choice would leave each process training alone
+        alone = num_processes > 1 and not torch.cuda.is_available() and not _mps_available()
+        return {"cpu": True} if alone else {}
     if name == "cpu":
         return {"cpu": True}
     device = resolve_device(name)  # refuses a device that is not here
@@ -75,3 +77,18 @@ def training_accelerator_kwargs(name: str | None, num_processes: int = 1) -> dic
 def compile_backend() -> str:
     """The torch.compile backend: $VQGEN_COMPILE_BACKEND, default inductor ('eager' only checks that it traces)."""
     return os.environ.get(COMPILE_BACKEND_ENV, "").strip() or "inductor"
+
+
+def checked_compile_backend() -> str:
+    """compile_backend(), refused in one line when torch does not know it (training has no eager fallback: a run
+    is compiled as asked, or not started)."""
+    import torch._dynamo
+
+    backend = compile_backend()
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(
+            f"${COMPILE_BACKEND_ENV}={backend!r} is not a torch.compile backend here; use one of "
+            f"{', '.join(torch._dynamo.list_backends())}, or unset it (default inductor)"
+        )
+    return backend

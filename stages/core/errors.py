@@ -4,6 +4,8 @@ Every message that leaves the program goes through `redact`: a Hugging Face toke
 `Bearer` value, or a user and password inside a URL is never printed, whatever a library put into its message.
 """
 
+import errno
+import os
 import re
 
 _SECRETS = (
@@ -18,6 +20,36 @@ _SECRETS = (
     # Hugging Face tokens (hf_..., and the api_org_... organisation tokens)
     (re.compile(r"\b(?:hf|api_org)_[A-Za-z0-9]{6,}"), "***"),
 )
+
+
+# errno -> what it means for the user, and what to do about it
+DISK_ERRNOS = {
+    errno.ENOSPC: ("no space left on the device of", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded in", "free some space or raise the quota"),
+    errno.EFBIG: (
+        "a file would exceed the file-size limit (ulimit -f, or the file system's) in",
+        "raise the limit or write to another file system",
+    ),
+}
+_OS_ERROR = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) report an errno
+
+
+def disk_errno(exc: BaseException) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG if `exc` (or an exception it was raised from) is a full disk, a quota or a file-size
+    limit, whichever library raised it; else None."""
+    for _ in range(5):  # the exception and the ones it came from
+        if exc is None:
+            return None
+        code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+        if code is None:
+            match = _OS_ERROR.search(str(exc))
+            code = int(match.group(1)) if match else None
+        if code is None:
+            code = next((c for c in DISK_ERRNOS if os.strerror(c) in str(exc)), None)
+        if code in DISK_ERRNOS:
+            return code
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def redact(text: str) -> str:
@@ -70,17 +102,23 @@ def read_json_object(path, label: str) -> dict:
     return value
 
 
-def environment_error(exc: OSError) -> str | None:
-    """One line for an OSError that the user's environment causes (a full disk, a read-only or forbidden path),
-    or None for any other OSError (a bug of ours, which keeps its traceback)."""
+def environment_error(exc: BaseException) -> str | None:
+    """One line for an error that the user's environment causes (a full disk, a quota or a file-size limit met by
+    any library, a read-only or forbidden path), or None for any other (a bug of ours, which keeps its traceback).
+    Writers name their folder and the bytes they need themselves (vqgen.stages.core.files.disk_writes); this is
+    the last resort for one that did not."""
     import errno
 
-    where = f" ({exc.filename})" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    code = disk_errno(exc)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    if code is not None:
         return (
-            f"{exc.strerror or 'no space left'}{where}; free some space and run again "
+            f"{DISK_ERRNOS[code][0]} {filename or 'the folder being written'}; {DISK_ERRNOS[code][1]} and run again "
             "(training continues from its last complete checkpoint with --resume)"
         )
+    if not isinstance(exc, OSError):
+        return None
     if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename:
         return f"{exc.filename}: a file stands where a folder is needed; choose another path"
     if exc.errno == errno.ENAMETOOLONG:

@@ -1,30 +1,37 @@
 """Stage one's encoder pass: a prepared split or a stream turned into code grids by a trained tokenizer, each
-process encoding its own shard and the parts gathered (accelerate)."""
+process encoding its own shard and the parts gathered (accelerate); and, for `vqgen encode`, the same shard by
+shard (`prepared_shards`, `stream_shards`, `encode_shard`: never more than one shard of codes held), with the
+augmented views of data/views.py."""
 
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
 import torch
+from vqgen.stages.core.progress import progress
 from vqgen.stages.data.images import to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, label_array
+from vqgen.stages.data.views import VIEW_OF_VALIDATION, VIEWS, make_views, validation_view
 
-
-def _same(images: torch.Tensor) -> torch.Tensor:
-    return images
+STREAM_ID = 10**12  # a streamed image's id: rank * STREAM_ID + its position in the rank's stream
 
 
 @torch.no_grad()
-def encode_split(model, ds, batch_size: int, accelerator, view=_same) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (N, h, w) and labels (N,) for a prepared split; each process encodes its own contiguous shard. `view`
-    maps the (B, C, S, S) float images before they are encoded (a left-right flip: the codes of mirrored images)."""
+def encode_split(model, ds, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (N, h, w) and labels (N,) for a prepared split; each process encodes its own contiguous shard."""
     from accelerate.utils import gather_object
 
     model.eval()
     if hasattr(ds, "batches"):  # a stream (--streaming): one pass over each process's shards, in stream order
-        return encode_stream(model, ds, batch_size, accelerator, view)
+        return encode_stream(model, ds, batch_size, accelerator)
     n, rank, world = len(ds), accelerator.process_index, accelerator.num_processes
     lo, hi = n * rank // world, n * (rank + 1) // world
-    codes = [
-        model.encode(view(to_float(pixels.to(accelerator.device)))).cpu().to(torch.int32)
-        for pixels in iter_pixel_batches(ds, batch_size, lo, hi)
-    ]
+    bar = progress(total=hi - lo, desc="encode", unit="img", disable=not accelerator.is_local_main_process)
+    codes = []
+    for pixels in iter_pixel_batches(ds, batch_size, lo, hi):
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32))
+        bar.update(len(pixels))
+    bar.close()
     local = (
         torch.cat(codes)
         if codes
@@ -34,16 +41,14 @@ def encode_split(model, ds, batch_size: int, accelerator, view=_same) -> tuple[t
     return torch.cat(parts), torch.as_tensor(label_array(ds))
 
 
-def encode_stream(
-    model, stream, batch_size: int, accelerator, view=_same
-) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_stream(model, stream, batch_size: int, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes (N, h, w) and labels (N,) for a stream (streaming.py), gathered from every process's shards."""
     from accelerate.utils import gather_object
 
     rank, world = accelerator.process_index, accelerator.num_processes
     codes, labels = [], []
     for pixels, label in stream.batches(batch_size, rank, world):
-        codes.append(model.encode(view(to_float(pixels.to(accelerator.device)))).cpu().to(torch.int32))
+        codes.append(model.encode(to_float(pixels.to(accelerator.device))).cpu().to(torch.int32))
         labels.append(label)
     g = model.config.grid_size
     local = (
@@ -52,3 +57,74 @@ def encode_stream(
     )
     parts = gather_object([local]) if world > 1 else [local]
     return torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts])
+
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (uint8 pixels, labels, image ids)
+
+
+def prepared_shards(
+    ds, rank: int, world: int, shard_size: int, batch_size: int
+) -> Iterator[tuple[int, Batches]]:
+    """(shard number, lazy batches) over this process's rows of a prepared split: nothing is read for a shard
+    whose batches are not iterated."""
+    n = len(ds)
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    labels = torch.as_tensor(label_array(ds)) if n else torch.empty(0, dtype=torch.long)
+
+    def rows(a: int, b: int) -> Batches:
+        for pixels in iter_pixel_batches(ds, batch_size, a, b):
+            m = len(pixels)
+            yield pixels, labels[a : a + m], torch.arange(a, a + m)
+            a += m
+
+    for k, a in enumerate(range(lo, hi, shard_size)):
+        yield k, rows(a, min(a + shard_size, hi))
+
+
+def stream_shards(
+    split, rank: int, world: int, shard_size: int, batch_size: int
+) -> Iterator[tuple[int, Batches]]:
+    """The same over this process's part of a stream; a skipped shard's samples are read past (a stream cannot
+    seek), not encoded."""
+    samples = split.samples(split.node(rank, world))
+    for k in itertools.count():
+        first = next(samples, None)
+        if first is None:
+            return
+        part = itertools.chain([first], itertools.islice(samples, shard_size - 1))
+
+        def batches(part=part, start=rank * STREAM_ID + k * shard_size) -> Batches:
+            while group := list(itertools.islice(part, batch_size)):
+                pixels = torch.from_numpy(np.stack([p for p, _ in group]))
+                yield pixels, torch.tensor([lab for _, lab in group]), torch.arange(start, start + len(group))
+                start += len(group)
+
+        yield k, batches()
+        for _ in part:  # drain what the consumer did not read (a skipped shard)
+            pass
+
+
+@torch.no_grad()
+def encode_shard(model, batches: Batches, augment: str, validation: bool, device) -> tuple:
+    """(codes (R, h, w) int32, labels, image ids, view indices) of one shard's images: every view of a training
+    image (consecutive rows), the one validation view of a validation image."""
+    size = model.config.image_size
+    views = 1 if validation else len(VIEWS[augment])
+    out: list[list[torch.Tensor]] = [[], [], [], []]
+    for pixels, labels, ids in batches:
+        x = to_float(pixels.to(device))
+        x = validation_view(x, augment, size) if validation else make_views(x, augment, size)
+        view = (
+            torch.full((len(ids),), VIEW_OF_VALIDATION[augment])
+            if validation
+            else torch.arange(views).repeat(len(ids))
+        )
+        parts = (
+            model.encode(x).cpu().to(torch.int32),
+            labels.repeat_interleave(views),
+            ids.repeat_interleave(views),
+            view,
+        )
+        for bucket, part in zip(out, parts):
+            bucket.append(part)
+    return tuple(torch.cat(b) for b in out)

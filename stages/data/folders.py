@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vqgen.stages.core.errors import UserError, one_line
+from vqgen.stages.core.files import disk_writes, write_json
 from vqgen.stages.data.images import (
     EMBEDDED,
     IMAGE_SUFFIXES,
@@ -35,7 +36,7 @@ def _prepared_root() -> Path:
     return Path(config.HF_DATASETS_CACHE) / "vqgen-prepared"
 
 
-def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
+def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path], list[Path]]:
     """The prepared cache's name: a hash of the source (its path and every file's name, size and modification
     time) and of the settings that shape the prepared pixels; and the folder's image files."""
     h = hashlib.sha256()
@@ -45,16 +46,21 @@ def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path]]:
         "image_column": cfg.image_column, "label_column": cfg.label_column,
     }  # fmt: skip
     h.update(json.dumps(settings, sort_keys=True).encode())
-    images = []
+    images, unusable = [], []
     for root, dirs, names in os.walk(path):
         dirs.sort()
         for name in sorted(names):
             f = Path(root) / name
-            st = f.stat()
-            h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            try:
+                st = f.stat()
+                h.update(f"{f.relative_to(path).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except (OSError, UnicodeEncodeError):  # a dangling link, a name that is not UTF-8
+                unusable.append(f)
+                h.update(f"unusable\t{ascii(str(f.relative_to(path)))}\n".encode())
+                continue
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(f)
-    return h.hexdigest()[:20], images
+    return h.hexdigest()[:20], images, unusable
 
 
 def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
@@ -66,7 +72,13 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
         )
     started = time.perf_counter()  # the listing of the files counts: it is part of every later run
-    key, files = _source_key(path, cfg)
+    key, files, unusable = _source_key(path, cfg)
+    if unusable:
+        print(
+            f"warning: --dataset {path}: skipped {len(unusable)} file(s) that cannot be read: dangling links or "
+            f"names that are not UTF-8 (such as {ascii(unusable[0].name)}); rename or remove them",
+            file=sys.stderr,
+        )
     if not files:
         raise UserError(f"--dataset {path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     parents = sorted({f.parent.relative_to(path).as_posix() for f in files})
@@ -82,6 +94,9 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     if (cache / PREPARED_META).is_file():
         try:
             meta = json.loads((cache / PREPARED_META).read_text())
+            damaged = [n for n, digest in meta["files"].items() if _digest(cache / n) != digest]
+            if damaged:
+                raise ValueError(f"{', '.join(damaged)} changed since it was prepared")
             train, heldout = _open_prepared(cache)
             print(
                 f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
@@ -89,15 +104,23 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
                 file=sys.stderr,
             )
             return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
-        except (OSError, ValueError, KeyError, FileNotFoundError):
-            shutil.rmtree(cache, ignore_errors=True)  # damaged: prepared again below
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(
+                f"warning: the prepared cache {cache} is damaged ({exc}); preparing it again", file=sys.stderr
+            )
+            shutil.rmtree(cache, ignore_errors=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
     )  # unpredictable: no link followed
+    needed = len(files) * cfg.channels * cfg.image_size**2  # the decoded uint8 pixels
     try:
-        skipped, class_names = _prepare(path, cfg, tmp, len(files))
-        (tmp / PREPARED_META).write_text(json.dumps({"class_names": class_names, "skipped": skipped}))
+        with disk_writes(cache.parent, needed, "the prepared data cache"):
+            source = _without(path, unusable, tmp / "source") if unusable else path
+            skipped, class_names = _prepare(source, cfg, tmp, len(files))
+            skipped += sum(f.suffix.lower() in IMAGE_SUFFIXES for f in unusable)
+            files = {f"{name}.arrow": _digest(tmp / f"{name}.arrow") for name in ("train", "heldout")}
+            write_json({"class_names": class_names, "skipped": skipped, "files": files}, tmp / PREPARED_META)
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)
@@ -112,11 +135,46 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
     return ImageSplits(train, heldout, class_names, skipped)
 
 
+FULL_CHECK_BYTES = (
+    256 << 20
+)  # prepared files up to this size are hashed whole on every reuse; larger, sampled
+
+
+def _digest(path: Path) -> list:
+    """[size, sha256] of a prepared file, checked on every reuse: of the whole file up to FULL_CHECK_BYTES (about
+    0.2 s), beyond that of 64 blocks of 1 MiB spread over it, so that a check stays cheap whatever the size."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_CHECK_BYTES:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        else:
+            for i in range(64):
+                f.seek((size - (1 << 20)) * i // 63)
+                h.update(f.read(1 << 20))
+    return [size, h.hexdigest()]
+
+
 def _open_prepared(cache: Path):
     """The prepared train and held-out splits, memory-mapped (nothing is read until asked)."""
     from datasets import Dataset
 
     return tuple(Dataset.from_file(str(cache / f"{name}.arrow")) for name in ("train", "heldout"))
+
+
+def _without(path: Path, unusable: list[Path], shadow: Path) -> Path:
+    """A mirror of the folder `path` made of links to its files, the `unusable` ones left out (the imagefolder
+    builder stops at a name that is not UTF-8), so that the builder sees the same layout without them."""
+    for root, _, names in os.walk(path):
+        for name in names:
+            f = Path(root) / name
+            if f in unusable:
+                continue
+            link = shadow / f.relative_to(path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f.absolute())
+    return shadow
 
 
 def _prepare(path: Path, cfg: DataConfig, tmp: Path, n_files: int) -> tuple[int, list[str]]:

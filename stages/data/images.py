@@ -11,16 +11,30 @@ Unreadable images are skipped and counted; a source with no readable image is an
 import io
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from vqgen.stages.core.errors import UserError, first_line
+from PIL import Image, ImageOps, UnidentifiedImageError
+from vqgen.stages.core.errors import UserError
 
 EMBEDDED = "mnist5k"
-RESIZE_MODES = ("center-crop", "pad")
-PREPARED_FORMAT = 2  # bump when the preparation changes: older prepared caches are then not reused
+
+
+class Resize(str, Enum):
+    """How an image is made square: crop its centred square, or fit it inside the square and pad with black."""
+
+    center_crop = "center-crop"
+    pad = "pad"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PREPARED_FORMAT = 3  # bump when the preparation changes: older prepared caches are then not reused
+EXIF_ORIENTATION = 0x0112  # applied since format 3 (ImageOps.exif_transpose)
 ASSETS = Path(__file__).parent / "assets"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -38,7 +52,7 @@ class DataConfig:
     channels: int = 1  # 1 = grey, 3 = RGB
     heldout_fraction: float = 0.1
     revision: str | None = None  # Hub datasets: branch, tag or commit
-    resize: str | None = None  # "center-crop" | "pad"; None = center-crop for RGB folders/Hub data, else pad
+    resize: Resize | None = None  # None = center-crop for RGB folders and Hub data, else pad (resize_mode)
     random_flip: bool = False  # tokenizer training: flip half of each batch left-right
     random_crop: bool = False  # tokenizer training: reflect-pad by size/8 and crop back at a random offset
     streaming: bool = (
@@ -47,12 +61,18 @@ class DataConfig:
     shuffle_buffer: int = 1000  # streaming: samples per shuffled block
     heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
 
-    def resize_mode(self) -> str:
+    # each number's range (vqgen.stages.core.runconfig.check_limits: flags, --config files and saved runs alike)
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "image_size": (4, 4096), "channels": (1, 3), "heldout_fraction": (0.001, 0.5),
+        "shuffle_buffer": (1, 10**7), "heldout_size": (1, 10**7),
+    }  # fmt: skip
+
+    def resize_mode(self) -> Resize:
         """The resize mode in effect: the one asked for, or centre crop for RGB images of a folder or the Hub and
         the letterbox (pad) for grey images and the embedded digits, as before."""
         if self.resize is not None:
-            return self.resize
-        return "center-crop" if self.channels == 3 and self.dataset != EMBEDDED else "pad"
+            return Resize(self.resize)
+        return Resize.center_crop if self.channels == 3 and self.dataset != EMBEDDED else Resize.pad
 
 
 @dataclass
@@ -128,12 +148,22 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def fit_array(image: Image.Image, size: int, channels: int, resize: str = "pad") -> np.ndarray:
+def fit_array(image: Image.Image, size: int, channels: int, resize: str = Resize.pad) -> np.ndarray:
     """A PIL image -> (C, size, size) uint8 by `resize`: "pad" fits it inside the square and pads (to_array);
     "center-crop" crops its centred square first, so nothing is padded and the short side fills the square."""
-    if resize == "center-crop":
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: turned as it is shown
+        image = ImageOps.exif_transpose(image)
+    if resize == Resize.center_crop:
         image = center_square(image)
     return to_array(image, size, channels)
+
+
+def not_an_image(item, column: str) -> UserError:
+    """The one line for an image column whose values are no images (numbers, lists, ...)."""
+    return UserError(
+        f"the column {column!r} holds {type(item).__name__} values, not images; name the image column with "
+        "--image-column"
+    )
 
 
 def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_name: str | None = None):
@@ -148,8 +178,10 @@ def _preprocess(ds, cfg: DataConfig, image_column: str, label_of, cache_file_nam
                 if isinstance(item, dict):
                     src = item.get("path") if item.get("bytes") is None else io.BytesIO(item["bytes"])
                     image = Image.open(src)
-                else:
+                elif isinstance(item, Image.Image):
                     image = item
+                else:
+                    raise not_an_image(item, image_column)
                 image.load()
                 pixels.append(fit_array(image, cfg.image_size, cfg.channels, cfg.resize_mode()))
                 labels.append(label_of(batch, i))
@@ -198,18 +230,6 @@ def _split(ds, cfg: DataConfig):
     return parts["train"], parts["test"]
 
 
-def load_embedded(cfg: DataConfig) -> ImageSplits:
-    from datasets import Dataset
-
-    parts = [
-        _no_decode(Dataset.from_parquet(str(ASSETS / f"{EMBEDDED}-{name}.parquet")), "image")
-        for name in ("train", "heldout")
-    ]
-    label_of = lambda batch, i: int(batch["label"][i])  # noqa: E731
-    train, heldout = (_preprocess(p, cfg, "image", label_of) for p in parts)
-    return _finish(train, heldout, [str(d) for d in range(10)], sum(len(p) for p in parts))
-
-
 def _label_reader(ds, label_column: str | None):
     """(class names, label_of(batch, i)) for a dataset's label column: a ClassLabel's names, or the sorted
     distinct values of another column; no classes and -1 labels without one."""
@@ -228,64 +248,6 @@ def _label_reader(ds, label_column: str | None):
         return int(value) if isinstance(feature, ClassLabel) else class_names.index(str(value))
 
     return class_names, label_of
-
-
-def load_hub(cfg: DataConfig) -> ImageSplits:
-    from datasets import load_dataset
-    from vqgen.stages.artifacts.hub import ensure_hub_reachable
-
-    ensure_hub_reachable(f"--dataset {cfg.dataset}")
-
-    def fetch(split: str):
-        try:
-            return load_dataset(cfg.dataset, split=split, revision=cfg.revision)
-        except Exception as exc:  # offline, missing repo, missing split: one line, no retries stack
-            first = first_line(exc, 300)
-            raise UserError(
-                f"--dataset {cfg.dataset!r}: could not load split {split!r} from the Hugging Face Hub ({first}); "
-                "check the id and your network, or pass a local folder"
-            ) from None
-
-    train_raw = fetch(cfg.split)
-    if cfg.image_column not in train_raw.column_names:
-        raise UserError(
-            f"--image-column {cfg.image_column!r} not in the dataset; columns: {train_raw.column_names}"
-        )
-    class_names, label_of = _label_reader(train_raw, cfg.label_column)
-
-    prep = lambda ds: _preprocess(_no_decode(ds, cfg.image_column), cfg, cfg.image_column, label_of)  # noqa: E731
-    if cfg.heldout_split:
-        heldout_raw = fetch(cfg.heldout_split)
-        return _finish(prep(train_raw), prep(heldout_raw), class_names, len(train_raw) + len(heldout_raw))
-    train, heldout = _split(prep(train_raw), cfg)
-    return _finish(train, heldout, class_names, len(train_raw))
-
-
-def load_image_splits(cfg: DataConfig) -> ImageSplits:
-    """Resolve --dataset to the embedded data, a local folder, or a Hub id."""
-    if cfg.channels not in (1, 3):
-        raise UserError(f"--channels must be 1 (grey) or 3 (RGB), got {cfg.channels}")
-    if cfg.image_size < 4:
-        raise UserError(f"--image-size must be at least 4, got {cfg.image_size}")
-    if cfg.resize is not None and cfg.resize not in RESIZE_MODES:
-        raise UserError(f"--resize must be {' or '.join(RESIZE_MODES)}, got {cfg.resize!r}")
-    if cfg.streaming:
-        from vqgen.stages.data.streaming import load_stream
-
-        return load_stream(cfg)
-    if cfg.dataset == EMBEDDED:
-        return load_embedded(cfg)
-    path = Path(cfg.dataset).expanduser()
-    if path.exists():
-        from vqgen.stages.data.folders import load_folder
-
-        return load_folder(path, cfg)
-    from vqgen.stages.artifacts.hub import check_hub_id, looks_local
-
-    if looks_local(cfg.dataset):
-        raise UserError(f"--dataset {cfg.dataset}: no such folder")
-    check_hub_id(cfg.dataset, "--dataset")
-    return load_hub(cfg)
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:

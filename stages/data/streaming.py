@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from vqgen.stages.core.errors import UserError, one_line
-from vqgen.stages.data.images import DataConfig, ImageSplits, fit_array
+from vqgen.stages.data.images import DataConfig, ImageSplits, fit_array, not_an_image
 
 IMAGE_KEYS = ("image", "img", "png", "jpg", "jpeg", "webp")
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -79,6 +79,8 @@ def _decode(item, cfg: DataConfig) -> np.ndarray | None:
             item = io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item.get("path")
         elif isinstance(item, bytes):
             item = io.BytesIO(item)
+        elif not isinstance(item, (Image.Image, str)):
+            raise not_an_image(item, cfg.image_column)
         image = item if isinstance(item, Image.Image) else Image.open(item)
         image.load()
         return fit_array(image, cfg.image_size, cfg.channels, cfg.resize_mode())

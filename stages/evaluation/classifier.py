@@ -133,7 +133,9 @@ def load_or_train(
 
         return load_model(Classifier, path, "classifier")  # safetensors only, config.json checked
     model = train_classifier(images, labels, config, epochs=epochs)
-    model.save_pretrained(str(path))
+    from vqgen.stages.artifacts.models import save_model
+
+    save_model(model, path)  # each file renamed into place; a full disk is one line
     return model
 
 

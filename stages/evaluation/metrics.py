@@ -1,4 +1,4 @@
-"""Image quality metrics and sample grids, in plain torch (no torchvision).
+"""Image quality metrics and plots, in plain torch (no torchvision).
 
 Images are float tensors (B, C, H, W) in [-1, 1]; metrics are computed on the [0, 1] scale, per image, then
 averaged over images.
@@ -86,20 +86,6 @@ def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
         "perplexity": float(math.exp(float(entropy))),
         "dead_codes": counts.numel() - used,
     }
-
-
-def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> Image.Image:
-    """(B, C, H, W) in [-1, 1] -> a PIL grid image with `nrow` images per row."""
-    images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
-    b, c, h, w = images.shape
-    rows = math.ceil(b / nrow)
-    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
-    for i in range(b):
-        r, col = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top : top + h, left : left + w] = images[i]
-    arr = grid.permute(1, 2, 0).numpy()
-    return Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
 
 
 def scatter_plot(points: list[tuple[float, float, str]], xlabel: str, ylabel: str, path: Path) -> None:

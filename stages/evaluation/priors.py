@@ -11,9 +11,8 @@ from vqgen.priors import Prior
 from vqgen.stages.artifacts.codes import load_codes, meta_file
 from vqgen.stages.artifacts.models import load_prior
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import save_png
+from vqgen.stages.core.files import image_grid, save_png
 from vqgen.stages.evaluation import fid
-from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 from vqgen.stages.sampling.config import SamplingConfig, default_cfg_scale
 from vqgen.stages.sampling.sampler import check_pair, decode, sample_chunks
@@ -122,7 +121,7 @@ def evaluate_priors(run: Path, tokenizer, ctx: dict, cfg: EvaluateConfig, log: L
         if cfg.test_images:
             r.update(nll(prior, ctx["eval_codes"], ctx["eval_labels"], cfg.batch_size, image_dims, "test"))
         s, preview = sample_and_measure(prior, tokenizer, cfg, ctx["space"], ctx["classifier"])
-        save_png(M.image_grid(preview, nrow=10), run / "eval" / f"samples-{name}.png")
+        save_png(image_grid(preview, nrow=10), run / "eval" / f"samples-{name}.png")
         r.update(
             n_samples=cfg.n_samples,
             cfg_scale=s["cfg_scale"] if r["conditional"] else None,

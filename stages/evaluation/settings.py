@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.data.eval_images import load_test_images
-from vqgen.stages.data.images import EMBEDDED, DataConfig, load_image_splits
+from vqgen.stages.data.images import EMBEDDED, DataConfig
 from vqgen.stages.data.pixels import PixelSplit, label_array
+from vqgen.stages.data.sources import load_image_splits
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from vqgen.stages.core.files import save_png
+from vqgen.stages.core.files import image_grid, save_png
 from vqgen.stages.data.images import to_float
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
@@ -80,4 +80,4 @@ def save_reconstruction_grid(model, images: torch.Tensor, path: Path) -> None:
     device = next(model.parameters()).device
     recon = model.decode(model.encode(images.to(device))).cpu()
     n = images.shape[0]
-    save_png(M.image_grid(torch.cat([images, recon]), nrow=min(n, 8) if n > 8 else n), path)
+    save_png(image_grid(torch.cat([images, recon]), nrow=min(n, 8) if n > 8 else n), path)

@@ -29,6 +29,7 @@ from vqgen.stages.core.registry import Registry
 # name -> "module:Class", imported on first use.
 BUILTIN_IMPORT_FORMATS = {
     "llamagen-vq": "vqgen.stages.interop.llamagen_vq:LlamaGenVQ",
+    "llamagen-gpt": "vqgen.stages.interop.llamagen_gpt:LlamaGenGPT",
     "taming": "vqgen.stages.interop.taming:TamingVQGAN",
     "diffusers": "vqgen.stages.interop.diffusers_vq:DiffusersVQ",
 }

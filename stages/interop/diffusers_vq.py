@@ -9,8 +9,9 @@ post_quant_conv at any width: quantizer.project), `num_vq_embeddings`, `norm_num
 diffusers' own `VQModel.from_pretrained` (safetensors, or .bin through torch.load(weights_only=True)); export
 writes config.json + diffusion_pytorch_model.safetensors itself (diffusers is not needed to export). What a
 VQModel cannot hold (l2-normalised codes, fsq/lfq quantizers, another decoder depth) is refused, naming the option.
-Released VQModels on the Hub include amused/amused-256 and amused/amused-512 (--subfolder vqgan) and
-CompVis/ldm-celebahq-256 (--subfolder vqvae).
+Released VQModels on the Hub include amused/amused-256 and amused/amused-512 (--subfolder vqvae) and
+CompVis/ldm-celebahq-256 (--subfolder vqvae): expected to import (their options are all expressible), not
+tried against the released files here.
 """
 
 from pathlib import Path
@@ -20,7 +21,7 @@ from vqgen.stages.core.errors import UserError, one_line
 from vqgen.stages.core.files import atomic_write, write_json
 from vqgen.stages.interop.base import ExportFormat, Imported, ImportFormat, ImportRequest
 from vqgen.stages.interop.vqgan_layout import DIFFUSERS, from_vqgen, load_into, to_vqgen
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+from vqgen.stages.tokenizer.base import QuantizerConfig
 from vqgen.stages.tokenizer.vqgan import VQGAN, VQGANConfig
 
 DOWN, ATTN_DOWN = "DownEncoderBlock2D", "AttnDownEncoderBlock2D"
@@ -99,7 +100,8 @@ class DiffusersVQ(ImportFormat):
         local = Path(request.source).expanduser()
         kwargs = {k: o[k] for k in ("subfolder", "revision") if o.get(k)}
         try:
-            original = _vqmodel().from_pretrained(str(local) if local.exists() else request.source, **kwargs)
+            VQModel = _vqmodel()  # noqa: N806 (the class)
+            original = VQModel.from_pretrained(str(local) if local.exists() else request.source, **kwargs)
         except UserError:
             raise
         except Exception as exc:  # not a VQModel folder, unknown repo, offline without a cache

@@ -13,7 +13,7 @@ from vqgen.stages.core.files import file_sha256
 from vqgen.stages.interop.base import Imported, ImportFormat, ImportRequest
 from vqgen.stages.interop.sources import read_checkpoint, source_file, state_dict_in
 from vqgen.stages.interop.vqgan_layout import LLAMAGEN, load_into, to_vqgen
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+from vqgen.stages.tokenizer.base import QuantizerConfig
 from vqgen.stages.tokenizer.vqgan import VQGAN, VQGANConfig
 
 # ModelArgs' encoder_ch_mult (= decoder_ch_mult) per preset; Encoder/Decoder's defaults ch=128, num_res_blocks=2

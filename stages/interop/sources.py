@@ -63,14 +63,14 @@ def _load(path: Path, allowed: list):
 
 def read_checkpoint(path: Path) -> dict:
     """A `.pt`/`.ckpt`/`.bin` file's contents, read by torch's weights-only unpickler (see the module docstring)."""
-    import pickle
-
     allowed: list = []
     for _ in range(16):  # each pass lets one more Lightning metadata class through, as an inert placeholder
         try:
             data = _load(path, allowed)
             break
-        except pickle.UnpicklingError as exc:
+        except Exception as exc:  # torch raises pickle's UnpicklingError for what weights_only refuses
+            if type(exc).__name__ != "UnpicklingError":
+                raise UserError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc)})") from None
             needed = _GLOBAL.search(str(exc))
             name = needed.group(1) if needed else None
             if name and name.startswith(_LIGHTNING) and _placeholders_supported():
@@ -83,8 +83,6 @@ def read_checkpoint(path: Path) -> dict:
                 f"{path}: refused: a pickle that only a full unpickler can read (it needs {name} to load); vqgen "
                 "reads .pt/.ckpt files with torch.load(weights_only=True) only and never runs code from a checkpoint"
             ) from None
-        except Exception as exc:  # truncated, not a torch file at all
-            raise UserError(f"{path}: not a readable PyTorch checkpoint ({one_line(exc)})") from None
     else:
         raise UserError(f"{path}: refused: it names too many classes to be a plain checkpoint")
     if not isinstance(data, dict):

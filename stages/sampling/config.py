@@ -1,11 +1,12 @@
-"""The sampling knobs, declared once with their defaults (no torch here: the CLI reads the defaults cheaply)."""
+"""The sampling settings a user gives (`generate`, `evaluate`, `push`, `Pipeline`): the prior contract's
+SamplingOptions (vqgen.priors.base) with the prior's own defaults where a value is left out, checked once."""
 
 import math
 from dataclasses import dataclass, replace
 
+from vqgen.priors.base import GUIDANCE_SCHEDULES, SamplingOptions
 from vqgen.stages.core.errors import UserError
 
-GUIDANCE_SCHEDULES = ("constant", "linear", "power")  # vqgen.priors.base.guidance_scales says what each does
 MAX_TEMPERATURE, MIN_TEMPERATURE = (
     100.0,
     1e-3,
@@ -14,18 +15,13 @@ MAX_CFG_SCALE = 100.0  # |scale| above this makes cond - uncond overflow into no
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(SamplingOptions):
+    """SamplingOptions whose temperature and guidance scale may be left to the prior (None); `for_prior` fills them
+    in, and the result is what `Prior.sample` takes."""
+
     temperature: float | None = None  # None = the prior's own default (its config's sample_temperature)
-    top_k: int | None = None
-    top_p: float | None = None
-    # classifier-free guidance (1 = off); None = the prior's own default (default_cfg_scale: its config's
-    # sample_cfg_scale when it can be guided, else 1)
+    # None = the prior's own default (default_cfg_scale: its config's sample_cfg_scale when it can be guided, else 1)
     cfg_scale: float | None = None
-    cfg_schedule: str = (
-        "constant"  # how the scale varies over the raster positions: constant | linear | power
-    )
-    cfg_power: float = 1.0  # the exponent of the power schedule
-    cfg_interval: tuple[float, float] = (0.0, 1.0)  # guidance only where position / T lies in [lo, hi)
 
     def validate(self) -> None:
         t = self.temperature
@@ -67,13 +63,6 @@ class SamplingConfig:
                 "the unconditional model that guidance needs; sample with --cfg-scale 1"
             )
         return self
-
-    def prior_kwargs(self) -> dict:
-        """The keyword arguments of `Prior.sample` (after `for_prior`)."""
-        return dict(
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, cfg_scale=self.cfg_scale,
-            cfg_schedule=self.cfg_schedule, cfg_power=self.cfg_power, cfg_interval=tuple(self.cfg_interval),
-        )  # fmt: skip
 
 
 def default_cfg_scale(prior) -> float:

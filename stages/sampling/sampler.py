@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from vqgen.priors import Prior
 from vqgen.stages.core.errors import UserError
-from vqgen.stages.evaluation.metrics import image_grid
+from vqgen.stages.core.files import image_grid
 from vqgen.stages.sampling.config import SamplingConfig
 
 
@@ -78,7 +78,7 @@ def sample_chunk(
     s = sampling.for_prior(prior)
     generator = chunk_generator(seed, c, prior.device)
     try:
-        return prior.sample(hi - lo, lab, generator=generator, **s.prior_kwargs())
+        return prior.sample(hi - lo, lab, s, generator=generator)
     except ValueError as exc:  # the prior's plain error (non-finite logits, labels it cannot take): one line
         raise UserError(str(exc)) from None
 

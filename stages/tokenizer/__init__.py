@@ -1,4 +1,4 @@
-"""Stage one's models: the tokenizer contract (`base.py`), one file per architecture (`model.py`: VQ-VAE,
+"""Stage one's models: the tokenizer contract (`base.py`), one file per architecture (`vqvae.py`: VQ-VAE,
 `vqgan.py`: VQGAN) and one per quantizer (`quantizer.py`: vq, `fsq.py`, `lfq.py`).
 
 This room knows no host: it imports torch and itself only, and raises plain ValueError. The host
@@ -19,7 +19,7 @@ from vqgen.stages.tokenizer.base import (
 
 # name -> "module:Class", imported on first use; the name is also each config's `model_type`.
 BUILTIN_TOKENIZERS = {
-    "vqvae": "vqgen.stages.tokenizer.model:VQVAE",
+    "vqvae": "vqgen.stages.tokenizer.vqvae:VQVAE",
     "vqgan": "vqgen.stages.tokenizer.vqgan:VQGAN",
 }
 

@@ -1,12 +1,16 @@
 """The tokenizer contract: what every architecture and every quantizer provides, in one file.
 
-A quantizer (`Quantizer`) takes encoder features z (B, C, H, W) and returns a `QuantizerOutput`
-(stages/tokenizer/quantizer.py): z_q (B, C, H, W) with straight-through gradients, codes (B, H, W) integers in
+A quantizer (`Quantizer`, configured by a `QuantizerConfig`) takes encoder features z (B, C, H, W) and returns a
+`QuantizerOutput`: z_q (B, C, H, W) with straight-through gradients, codes (B, H, W) integers in
 [0, K), a loss, the batch's perplexity and the number of dead codes. It has `codebook_size` (K), `lookup(codes)`
 (codes -> decoder input, (B, C, H, W)), and for tests and tools `code_vectors(codes)` (codes -> (..., D) vectors
 in its own space) and `nearest(flat)` ((N, D) vectors -> (N,) codes), with nearest(code_vectors(c)) == c.
 
-A tokenizer (`Tokenizer`) is an encoder, a quantizer and a decoder, saved in the Hub layout through
+Quantizers without a codebook (fsq, lfq) share `CodebookFreeQuantizer`: a projection to a few values per position,
+rounded on a fixed grid, and usage counted by a `UsageTracker`.
+
+A tokenizer (`Tokenizer`, configured by a subclass of `TokenizerConfig`) is an encoder, a quantizer and a decoder,
+saved in the Hub layout through
 PyTorchModelHubMixin. Everything downstream (codes, priors, generate, evaluate, push, the Pipeline) uses only
 `encode`, `decode`, `fingerprint()`, `last_layer` and the config's `model_type`, `image_size`, `channels`,
 `grid_size` and `quantizer.codebook_size`. Priors see nothing but K and the grid.
@@ -18,7 +22,7 @@ points); without the host the built-ins (`BUILTIN_QUANTIZERS`) are found by impo
 import hashlib
 import importlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -35,8 +39,88 @@ BUILTIN_QUANTIZERS = {
 # Config fields added after tokenizers were first published: hashed into the fingerprint only when they differ from
 # their defaults, so a tokenizer saved before they existed keeps its fingerprint (and its priors keep working).
 LATER_FIELDS = ("kind", "levels", "entropy_weight", "restart_share", "project")
-# The same for a model config's own fields (VQGANConfig's mid_attention, an imported model's provenance).
-LATER_MODEL_FIELDS = ("mid_attention", "provenance")
+# The same for a model config's own fields (VQGANConfig's mid_attention).
+LATER_MODEL_FIELDS = ("mid_attention",)
+# Config fields that describe the model but not what it computes: never hashed (the same weights imported from two
+# paths are one tokenizer)
+METADATA_FIELDS = ("provenance",)
+
+
+@dataclass
+class QuantizerConfig:
+    kind: str = "vq"  # the quantizer: "vq" (this file), "fsq" (fsq.py), "lfq" (lfq.py) or an installed one
+    codebook_size: int = 512  # K; for fsq the product of `levels`, for lfq 2**code_dim
+    code_dim: int = (
+        16  # size of a codebook vector; < the encoder's channels means a low-dimensional projection
+    )
+    beta: float = 0.25  # commitment weight, applied to the encoder term ||z_e - sg(z_q)||^2
+    update: str = (
+        "ema"  # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
+    )
+    ema_decay: float = 0.9
+    cosine: bool = False  # l2-normalise vectors and codes, so distance = cosine distance
+    init: str = "kmeans"  # "kmeans" | "sample" (random encoder outputs) | "random" (uniform noise)
+    kmeans_iters: int = 10
+    restart_threshold: float = (
+        1.0  # a code whose EMA count of assigned vectors per step falls below this is dead ...
+    )
+    restart_every: int = (
+        10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
+    )
+    # ... or, in a codebook larger than a step's vectors can fill, below this share of an even split of them
+    # (4,096 codes and 3,136 vectors a step: 0.15; 512 codes: the 1.0 above): `dead_mask`
+    restart_share: float = 0.2
+    # fsq: values per dimension, K = prod(levels) (fsq.py)
+    levels: list[int] = field(default_factory=lambda: [8, 8, 8])
+    entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample minus codebook entropy)
+    # vq: 1x1 projections in and out even when code_dim equals the encoder's width (taming's and diffusers'
+    # quant_conv / post_quant_conv, which they keep at equal width)
+    project: bool = False
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (B, C, H, W) straight-through quantized features
+    codes: torch.Tensor  # (B, H, W) code indices
+    loss: torch.Tensor  # commitment (+ codebook, for update="grad") loss
+    perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
+    dead_codes: torch.Tensor | int = field(default=0)  # codes now dead (EMA usage below threshold); a tensor
+
+
+@dataclass
+class TokenizerConfig:
+    """Fields every architecture's config has; an architecture's own config subclasses this, adds its fields and
+    gives `downsample` (a field or a property): the code grid is image_size / downsample on a side."""
+
+    model_type: str = ""  # registry name; each subclass sets its own default
+    image_size: int = 28  # input images are (channels, image_size, image_size)
+    channels: int = 1  # 1 = grey, 3 = RGB
+    latent_channels: int = 64  # encoder output width before the quantizer's projection
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantizer, dict):  # config.json holds it as a nested dict
+            self.quantizer = QuantizerConfig(**self.quantizer)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def downsample_origin(self) -> str:
+        """Where the downsampling factor comes from, for the message of an image size it does not divide."""
+        return ""
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message for an impossible configuration."""
+        if self.image_size % self.downsample:
+            raise ValueError(
+                f"image size {self.image_size} is not divisible by the downsampling factor {self.downsample}"
+                f"{self.downsample_origin()}; pick an image size that is a multiple of {self.downsample}"
+            )
+        if self.quantizer.codebook_size < 2:
+            raise ValueError(f"codebook size must be at least 2, got {self.quantizer.codebook_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
 
 
 def _import(target: str) -> type:
@@ -88,6 +172,30 @@ class Quantizer(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,)
         raise NotImplementedError
+
+
+class CodebookFreeQuantizer(Quantizer):
+    """A quantizer without a codebook (fsq, lfq): features projected to `dim` values per position, rounded on a
+    fixed grid (`code_vectors` gives a code's values, `nearest` a code's index), projected back for the decoder;
+    usage counted as VectorQuantizer counts it. `size_of(config)` must equal config.codebook_size."""
+
+    def __init__(self, in_channels: int, config, dim: int):
+        super().__init__()
+        k = self.size_of(config)
+        if config.codebook_size != k:
+            raise ValueError(
+                f"{config.kind}: these options make {k} codes, but codebook_size is {config.codebook_size}"
+            )
+        self.config = config
+        self.proj_in = nn.Conv2d(in_channels, dim, 1)
+        self.proj_out = nn.Conv2d(dim, in_channels, 1)
+        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold, config.restart_share)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        q = self.code_vectors(codes)  # (B, H, W, d)
+        return self.proj_out(
+            q.to(self.proj_out.weight.dtype).permute(0, 3, 1, 2).contiguous()
+        )  # (B, C, H, W)
 
 
 def dead_code_mask(ema_count: torch.Tensor, threshold: float, share: float) -> torch.Tensor:
@@ -177,8 +285,8 @@ class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vq
 
 
 def fingerprint_fields(config) -> dict:
-    """asdict(config) without the LATER_MODEL_FIELDS, and the LATER_FIELDS of its quantizer, that still hold their
-    defaults."""
+    """asdict(config) without its METADATA_FIELDS, and without the LATER_MODEL_FIELDS and its quantizer's
+    LATER_FIELDS that still hold their defaults."""
 
     def defaults(obj) -> dict:
         return {
@@ -186,7 +294,11 @@ def fingerprint_fields(config) -> dict:
         }
 
     data, top = asdict(config), defaults(config)
-    data = {k: v for k, v in data.items() if k not in LATER_MODEL_FIELDS or v != top[k]}
+    data = {
+        k: v
+        for k, v in data.items()
+        if k not in METADATA_FIELDS and (k not in LATER_MODEL_FIELDS or v != top[k])
+    }
     q = defaults(config.quantizer)
     data["quantizer"] = {k: v for k, v in data["quantizer"].items() if k not in LATER_FIELDS or v != q[k]}
     return data

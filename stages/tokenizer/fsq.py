@@ -10,14 +10,17 @@ Shapes: features z (B, C, H, W) -> z_q (B, C, H, W), codes (B, H, W) in [0, prod
 import math
 
 import torch
-import torch.nn as nn
-from vqgen.stages.tokenizer.base import Quantizer, UsageTracker, straight_through
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, QuantizerOutput
+from vqgen.stages.tokenizer.base import (
+    CodebookFreeQuantizer,
+    QuantizerConfig,
+    QuantizerOutput,
+    straight_through,
+)
 
 MAX_CODES = 2**16
 
 
-class FSQ(Quantizer):
+class FSQ(CodebookFreeQuantizer):
     @staticmethod
     def size_of(config: QuantizerConfig) -> int:
         """K = prod(levels); ValueError for levels that make no sane codebook."""
@@ -30,21 +33,11 @@ class FSQ(Quantizer):
         return k
 
     def __init__(self, in_channels: int, config: QuantizerConfig):
-        super().__init__()
-        k = self.size_of(config)
-        if config.codebook_size != k:
-            raise ValueError(
-                f"fsq levels {config.levels} make {k} codes, but codebook_size is {config.codebook_size}"
-            )
-        self.config = config
-        d = len(config.levels)
-        self.proj_in = nn.Conv2d(in_channels, d, 1)
-        self.proj_out = nn.Conv2d(d, in_channels, 1)
+        super().__init__(in_channels, config, dim=len(config.levels))
         levels = torch.tensor(config.levels, dtype=torch.float32)
         basis = torch.cumprod(torch.tensor([1] + config.levels[:-1]), 0)
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("basis", basis, persistent=False)  # mixed-radix place values
-        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold, config.restart_share)
 
     def _round(self, z: torch.Tensor) -> torch.Tensor:
         """(..., d) -> the nearest grid values, normalised to [-1, 1], with straight-through gradients."""
@@ -73,7 +66,3 @@ class FSQ(Quantizer):
         perplexity, dead = self.usage(codes, self.training)
         z_q = self.proj_out(q.to(z.dtype).permute(0, 3, 1, 2).contiguous())  # (B, C, H, W)
         return QuantizerOutput(z_q, codes, z.new_zeros(()), perplexity, dead)
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        q = self.code_vectors(codes)  # (B, H, W, d)
-        return self.proj_out(q.to(self.proj_out.weight.dtype).permute(0, 3, 1, 2).contiguous())

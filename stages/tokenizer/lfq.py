@@ -12,10 +12,13 @@ Shapes: features z (B, C, H, W) -> z_q (B, C, H, W), codes (B, H, W) in [0, 2**c
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from vqgen.stages.tokenizer.base import Quantizer, UsageTracker, straight_through
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig, QuantizerOutput
+from vqgen.stages.tokenizer.base import (
+    CodebookFreeQuantizer,
+    QuantizerConfig,
+    QuantizerOutput,
+    straight_through,
+)
 
 MAX_BITS = 16
 EXACT_ENTROPY_BITS = 10
@@ -25,7 +28,7 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-8)) + (1 - p) * torch.log((1 - p).clamp_min(1e-8)))
 
 
-class LFQ(Quantizer):
+class LFQ(CodebookFreeQuantizer):
     @staticmethod
     def size_of(config: QuantizerConfig) -> int:
         """K = 2**code_dim; ValueError outside 1..16 bits."""
@@ -34,18 +37,8 @@ class LFQ(Quantizer):
         return 2**config.code_dim
 
     def __init__(self, in_channels: int, config: QuantizerConfig):
-        super().__init__()
-        k = self.size_of(config)
-        if config.codebook_size != k:
-            raise ValueError(
-                f"lfq with code_dim {config.code_dim} has {k} codes, but codebook_size is {config.codebook_size}"
-            )
-        self.config = config
-        d = config.code_dim
-        self.proj_in = nn.Conv2d(in_channels, d, 1)
-        self.proj_out = nn.Conv2d(d, in_channels, 1)
-        self.register_buffer("bit_values", 2 ** torch.arange(d), persistent=False)
-        self.usage = UsageTracker(k, config.ema_decay, config.restart_threshold, config.restart_share)
+        super().__init__(in_channels, config, dim=config.code_dim)
+        self.register_buffer("bit_values", 2 ** torch.arange(config.code_dim), persistent=False)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Codes (N,) of (N, d) vectors: the bits of their signs."""
@@ -81,7 +74,3 @@ class LFQ(Quantizer):
         perplexity, dead = self.usage(codes, self.training)
         z_q = straight_through(flat, q).view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # (B, d, H, W)
         return QuantizerOutput(self.proj_out(z_q.to(z.dtype)), codes, loss, perplexity, dead)
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        q = self.code_vectors(codes).permute(0, 3, 1, 2).contiguous()  # (B, d, H, W)
-        return self.proj_out(q.to(self.proj_out.weight.dtype))

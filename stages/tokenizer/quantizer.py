@@ -10,54 +10,11 @@ VQ-VAE (van den Oord et al. 2017, arXiv:1711.00937) with the fixes that keep a c
 Shapes: the quantizer takes encoder features z (B, C, H, W) and returns z_q of the same shape and codes (B, H, W).
 """
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from vqgen.stages.tokenizer.base import Quantizer, dead_code_mask
-
-
-@dataclass
-class QuantizerConfig:
-    kind: str = "vq"  # the quantizer: "vq" (this file), "fsq" (fsq.py), "lfq" (lfq.py) or an installed one
-    codebook_size: int = 512  # K; for fsq the product of `levels`, for lfq 2**code_dim
-    code_dim: int = (
-        16  # size of a codebook vector; < the encoder's channels means a low-dimensional projection
-    )
-    beta: float = 0.25  # commitment weight, applied to the encoder term ||z_e - sg(z_q)||^2
-    update: str = (
-        "ema"  # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
-    )
-    ema_decay: float = 0.9
-    cosine: bool = False  # l2-normalise vectors and codes, so distance = cosine distance
-    init: str = "kmeans"  # "kmeans" | "sample" (random encoder outputs) | "random" (uniform noise)
-    kmeans_iters: int = 10
-    restart_threshold: float = (
-        1.0  # a code whose EMA count of assigned vectors per step falls below this is dead ...
-    )
-    restart_every: int = (
-        10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
-    )
-    # ... or, in a codebook larger than a step's vectors can fill, below this share of an even split of them
-    # (4,096 codes and 3,136 vectors a step: 0.15; 512 codes: the 1.0 above): `dead_mask`
-    restart_share: float = 0.2
-    # fsq: values per dimension, K = prod(levels) (fsq.py)
-    levels: list[int] = field(default_factory=lambda: [8, 8, 8])
-    entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample minus codebook entropy)
-    # vq: 1x1 projections in and out even when code_dim equals the encoder's width (taming's and diffusers'
-    # quant_conv / post_quant_conv, which they keep at equal width)
-    project: bool = False
-
-
-@dataclass
-class QuantizerOutput:
-    z_q: torch.Tensor  # (B, C, H, W) straight-through quantized features
-    codes: torch.Tensor  # (B, H, W) code indices
-    loss: torch.Tensor  # commitment (+ codebook, for update="grad") loss
-    perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
-    dead_codes: torch.Tensor | int = field(default=0)  # codes now dead (EMA usage below threshold); a tensor
+from vqgen.stages.tokenizer.base import Quantizer, QuantizerConfig, QuantizerOutput, dead_code_mask
 
 
 def _distributed() -> bool:

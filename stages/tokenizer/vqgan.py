@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from vqgen.stages.tokenizer.base import Tokenizer, build_quantizer
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+from vqgen.stages.tokenizer.base import QuantizerConfig, Tokenizer, TokenizerConfig, build_quantizer
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(TokenizerConfig):
     model_type: str = "vqgan"
-    image_size: int = 28  # input images are (channels, image_size, image_size)
-    channels: int = 1  # 1 = grey, 3 = RGB
     base_channels: int = 64  # width of the first level
     ch_mult: list[int] = field(
         default_factory=lambda: [1, 2, 2]
@@ -35,38 +32,23 @@ class VQGANConfig:
     attn_levels: int = (
         1  # self-attention in this many lowest-resolution levels (the middle block always has it)
     )
-    latent_channels: int = 64  # encoder output width before the quantizer's projection
     norm_groups: int = 32  # GroupNorm groups (the largest divisor of a width up to this)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     mid_attention: bool = True  # self-attention in the middle blocks (diffusers' mid_block_add_attention)
     # where an imported model came from (`vqgen import`): format, source, file, sha256, licence; None if trained here
     provenance: dict | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.quantizer, dict):  # config.json holds it as a nested dict
-            self.quantizer = QuantizerConfig(**self.quantizer)
 
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
+    def downsample_origin(self) -> str:
+        return f" (len(ch_mult) = {len(self.ch_mult)} levels)"
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for an impossible configuration."""
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be a non-empty list of positive multipliers, got {self.ch_mult}")
-        if self.image_size % self.downsample:
-            raise ValueError(
-                f"image size {self.image_size} is not divisible by the downsampling factor {self.downsample} "
-                f"(len(ch_mult) = {len(self.ch_mult)} levels); pick an image size that is a multiple of {self.downsample}"
-            )
-        if self.quantizer.codebook_size < 2:
-            raise ValueError(f"codebook size must be at least 2, got {self.quantizer.codebook_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        super().validate()
         if min(self.base_channels, self.latent_channels, self.norm_groups) < 1:
             raise ValueError("base_channels, latent_channels and norm_groups must be at least 1")
 

@@ -2,7 +2,9 @@
 
 A checkpoint is a folder `checkpoints/step_000500/` holding `state.safetensors` (model, optimizer, plugin tensors,
 RNG states) and `state.json` (step, scheduler, optimizer hyper-parameters, python/numpy RNG, sampler position,
-plugin metadata, and the byte size + sha256 of the safetensors file).
+plugin metadata, and the byte size + sha256 of every tensor file). A state larger than `shard_bytes` (a large
+prior with its AdamW moments) is split into `state-00001-of-0000N.safetensors`, ... with an index
+`state.safetensors.index.json`, the Hub's sharded layout (stages/artifacts/sharded.py).
 
 Crash safety (a SIGKILL or a power cut can land anywhere):
 - a checkpoint is written into a hidden temporary folder, fsynced, and renamed into place, so a half-written one
@@ -13,6 +15,7 @@ Crash safety (a SIGKILL or a power cut can land anywhere):
   disk); the trainer then falls back to the previous checkpoint and sets the damaged one aside (`set_aside`).
 """
 
+import errno
 import json
 import os
 import random
@@ -22,10 +25,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from vqgen.stages.core.files import file_sha256
+from vqgen.stages.artifacts.sharded import (
+    DEFAULT_SHARD_BYTES,
+    MissingShard,
+    check_shards,
+    load_sharded,
+    save_sharded,
+)
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.files import disk_message, disk_writes, file_sha256, free_bytes
 
 CHECKPOINT_DIR = "checkpoints"
+STATE = "state"  # state.safetensors, or state-0000i-of-0000N.safetensors + INDEX
+INDEX = "state.safetensors.index.json"
 TENSOR, INT_KEYS = "__tensor__", "__int_keys__"  # markers in a flattened state's JSON skeleton
 
 
@@ -115,20 +127,44 @@ def _remove(path: Path) -> None:
 
 
 def write_checkpoint(
-    run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """Atomically write checkpoint `step` under run_dir/checkpoints and keep only the newest `keep`."""
+    """Atomically write checkpoint `step` under run_dir/checkpoints and keep only the newest `keep`; its tensors
+    go to one file, or to shards of at most `shard_bytes` with an index. A full disk is one line naming the folder
+    and the bytes needed; the checkpoints already there are kept."""
     root = Path(run_dir) / CHECKPOINT_DIR
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    with disk_writes(root, needed, f"checkpoint step {step}"):
+        return _write_checkpoint(root, run_dir, step, tensors, meta, keep, shard_bytes)
+
+
+def _write_checkpoint(
+    root: Path,
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int,
+    shard_bytes: int,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = tmp / "state.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(weights))
-        _fsync_file(weights)
+        files = save_sharded(tensors, tmp, STATE, shard_bytes)
+        for path in files:
+            _fsync_file(path)
+        weights = files[0]
         meta = {**meta, "step": step, "bytes": weights.stat().st_size, "sha256": file_sha256(weights)}
+        if len(files) > 1:  # every shard and the index: name -> [bytes, sha256]
+            meta["files"] = {p.name: [p.stat().st_size, file_sha256(p)] for p in files}
         with open(tmp / "state.json", "w") as f:
             json.dump(meta, f)
             f.flush()
@@ -144,6 +180,16 @@ def write_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         _remove(old)
     return final
+
+
+def check_space(run_dir: Path, model: torch.nn.Module, ema: bool) -> None:
+    """Refuse a run whose first checkpoint cannot fit on its disk, before the first step: the model and AdamW's two
+    moments (and the weight average), as float32, with a 10% margin for the rest of its state."""
+    weights = sum(t.numel() * 4 for t in model.state_dict().values())
+    needed = int(weights * (3 + ema) * 1.1)
+    free = free_bytes(run_dir)
+    if free is not None and free < needed:
+        raise UserError(disk_message(errno.ENOSPC, run_dir, needed, "a checkpoint"))
 
 
 def clean_partial(run_dir: Path) -> list[Path]:
@@ -177,14 +223,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def verify_checkpoint(path: Path) -> str | None:
-    """None if the checkpoint is complete and intact, else what is wrong with it."""
+    """None if the checkpoint is complete and intact, else what is wrong with it. A shard that its index lists and
+    the folder lacks is no damage we fall back from: it raises MissingShard (the caller says so in one line)."""
     try:
         meta = json.loads((path / "state.json").read_text())
-        weights = path / "state.safetensors"
-        if weights.stat().st_size != meta["bytes"]:
-            return f"size {weights.stat().st_size} != recorded {meta['bytes']}"
-        if file_sha256(weights) != meta["sha256"]:
-            return "checksum mismatch"
+        recorded = meta.get("files") or {"state.safetensors": [meta["bytes"], meta["sha256"]]}
+        if "files" in meta:
+            check_shards(path, STATE)  # raises MissingShard
+        for name, (size, digest) in recorded.items():
+            if (path / name).stat().st_size != size:
+                return f"{name}: size {(path / name).stat().st_size} != recorded {size}"
+            if file_sha256(path / name) != digest:
+                return f"{name}: checksum mismatch"
+    except MissingShard:
+        raise
     except (OSError, ValueError, KeyError) as exc:
         return f"unreadable ({exc})"
     return None
@@ -192,7 +244,7 @@ def verify_checkpoint(path: Path) -> str | None:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     meta = json.loads((Path(path) / "state.json").read_text())
-    return load_file(str(Path(path) / "state.safetensors")), meta
+    return load_sharded(Path(path), STATE), meta
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

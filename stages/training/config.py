@@ -3,7 +3,7 @@
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from vqgen.stages.core.errors import TrainingStopped  # noqa: F401 (raised by the trainer)
 
@@ -41,6 +41,9 @@ class TrainConfig:
     )
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    checkpoint_shard_gb: float = (
+        4.0  # a checkpoint's tensors split into safetensors files of at most this size
+    )
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     max_rollback_share: float = 0.1  # ... or when more than this share of the steps so far were rolled back
@@ -50,6 +53,18 @@ class TrainConfig:
     num_workers: int | None = (
         None  # DataLoader worker processes for tasks that read rows; None = default_workers()
     )
+
+    # Each field's range, declared once: the CLI's options, --config files and saved runs are all checked against
+    # it (vqgen.stages.core.runconfig.check_limits). Beyond them a run is a typo (a learning rate of 1e5), cannot
+    # be allocated, or trains nothing (a negative learning-rate floor).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "steps": (0, 10**9), "epochs": (0.0, 1e6), "patience": (0, 10**6), "batch_size": (1, 2**20), "lr": (0.0, 1.0), "weight_decay": (0.0, 10.0),
+        "warmup_steps": (0, 10**9), "min_lr_ratio": (0.0, 1.0), "grad_accum": (1, 2**16), "clip_grad": (0.0, 1e6),
+        "model_ema_decay": (0.0, 0.99999), "seed": (0, 2**32 - 1), "log_every": (1, 10**9),
+        "sample_every": (0, 10**9), "eval_every": (0, 10**9), "checkpoint_every": (1, 10**9),
+        "keep_checkpoints": (0, 10**6), "max_nonfinite": (1, 10**9), "max_rollback_share": (0.0, 1.0),
+        "rollback_lr_factor": (1e-3, 1.0), "snapshot_every": (1, 10**9), "num_workers": (0, 256),
+    }  # fmt: skip
 
 
 MIN_DATA_STEPS = 500  # steps = 0 never trains fewer steps than this (a tiny dataset still gets a schedule)

@@ -2,7 +2,7 @@
 uninterrupted one would (each process takes its own slice of every global batch)."""
 
 import torch
-from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.errors import UserError, first_line
 
 
 class EpochSampler:
@@ -47,6 +47,17 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, indices: list[int]):
         return torch.as_tensor(indices, dtype=torch.long), self.rows(indices)
+
+
+def worker_died(exc: BaseException) -> UserError | None:
+    """The one line for a DataLoader worker that died (the out-of-memory killer, a kill): torch raises it as a
+    RuntimeError from its SIGCHLD handler, wherever the main process is at that moment."""
+    if not isinstance(exc, RuntimeError) or "DataLoader worker" not in str(exc):
+        return None
+    return UserError(
+        f"a data-loading worker process died ({first_line(exc).strip()}), often the out-of-memory killer; the last "
+        "checkpoint is kept: rerun with --resume and fewer --num-workers (0 reads in the main process)"
+    )
 
 
 class BatchFeed:

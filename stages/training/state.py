@@ -7,19 +7,30 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.errors import UserError, first_line
 from vqgen.stages.training import checkpoint as ckpt
+from vqgen.stages.training import sharding
 
 
 def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, JSON metadata) of the trainer's state, as `ckpt.write_checkpoint` saves them."""
-    tensors = ckpt.add_prefix(trainer.unwrapped().state_dict(), "model")
-    opt_tensors, opt_meta = ckpt.flatten_state(trainer.optimizer.state_dict())
+    """(tensors, JSON metadata) of the trainer's state, as `ckpt.write_checkpoint` saves them. Sharded, every
+    process calls it (the model, optimizer and weight average are gathered), and process 0's result is whole."""
+    model = trainer.unwrapped()
+    if (
+        trainer.sharded
+    ):  # full tensors, the optimizer's state keyed by parameter name (stages/training/sharding.py)
+        model_state = sharding.full_model_state(model)
+        optimizer_state = sharding.full_optimizer_state(model, trainer.optimizer)
+    else:
+        model_state, optimizer_state = model.state_dict(), trainer.optimizer.state_dict()
+    tensors = ckpt.add_prefix(model_state, "model")
+    opt_tensors, opt_meta = ckpt.flatten_state(optimizer_state)
     rng_tensors, rng_meta = ckpt.rng_state()
     tensors.update(ckpt.add_prefix(opt_tensors, "optim"))
     tensors.update(ckpt.add_prefix(rng_tensors, "rng"))
     if trainer.ema is not None:
         ema_tensors, ema_updates = trainer.ema.state_dict()
+        ema_tensors = {k: sharding.gather(v).cpu() for k, v in ema_tensors.items()}
         tensors.update(ckpt.add_prefix(ema_tensors, "ema"))
     plugin_meta = {}
     for plugin in trainer.plugins:
@@ -31,6 +42,7 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
         "nonfinite_total": trainer.nonfinite_total, "train_config": asdict(trainer.cfg),
         "data_digest": trainer.data_digest, "skipped_steps": trainer.skipped_steps,
         "grad_scaler": trainer.accelerator.scaler.state_dict() if trainer.accelerator.scaler is not None else None,
+        "num_processes": trainer.accelerator.num_processes, "engine": trainer.engine,
     }  # fmt: skip
     if data_state is not None:
         meta["data_state"] = data_state
@@ -44,11 +56,22 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
 
 
 def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`)."""
-    trainer.unwrapped().load_state_dict(ckpt.split_prefix(tensors, "model"))
-    trainer.optimizer.load_state_dict(
-        ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
-    )
+    """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`). A
+    checkpoint that does not fit the model the run's settings build (a hand-edited run_config.json) is one line."""
+    check_engine(meta, trainer.engine, path)
+    model_state = ckpt.split_prefix(tensors, "model")
+    try:
+        optimizer_state = ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
+        if trainer.sharded:
+            sharding.load_full_state(trainer.unwrapped(), trainer.optimizer, model_state, optimizer_state)
+        else:
+            trainer.unwrapped().load_state_dict(model_state)
+            trainer.optimizer.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"--resume: {path} does not fit the model that run_config.json describes (edited by hand?): "
+            f"{first_line(exc)}; put run_config.json back as the run wrote it, or start a new run"
+        ) from None
     for plugin in trainer.plugins:
         skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
         plugin.load_state_dict(
@@ -63,7 +86,10 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
             raise UserError(
                 f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay"
             )
-        trainer.ema.load_state_dict(ckpt.split_prefix(tensors, "ema"), meta["ema_updates"])
+        shadow = ckpt.split_prefix(tensors, "ema")
+        own = trainer.ema.state_dict()[0]
+        shadow = {k: sharding.shard_like(v, own[k]) if k in own else v for k, v in shadow.items()}
+        trainer.ema.load_state_dict(shadow, meta["ema_updates"])
     trainer.step, trainer.lr_scale = meta["step"], meta["lr_scale"]
     trainer.nonfinite_total = meta.get("nonfinite_total", 0)
     trainer.data_digest = meta.get("data_digest", "")
@@ -79,3 +105,13 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
         if "data_state" not in meta:
             raise UserError(f"--resume: {path} holds no stream position; it was not a --streaming run")
         trainer.feed.load_state_dict(meta["data_state"][trainer.accelerator.process_index])
+
+
+def check_engine(meta: dict, engine: str, path: Path) -> None:
+    """A sharded checkpoint keys the optimizer's state by parameter name, a plain one by number: refuse to mix."""
+    was = meta.get("engine", "plain")
+    if (was == "plain") != (engine == "plain"):
+        how = "with FSDP (--use_fsdp --fsdp_version 2)" if was != "plain" else "without FSDP"
+        raise UserError(
+            f"--resume: {path} was written by a {'sharded' if was != 'plain' else 'plain'} run; resume it {how}"
+        )

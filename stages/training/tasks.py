@@ -16,7 +16,7 @@ from vqgen.stages.evaluation.tokenizer import save_reconstruction_grid
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import class_grid_labels, decode_grid
 from vqgen.stages.tokenizer import Tokenizer
-from vqgen.stages.tokenizer.model import TokenizerConfig
+from vqgen.stages.tokenizer.base import TokenizerConfig
 
 IN_MEMORY_BYTES = 256 << 20  # training splits up to 256 MiB of uint8 pixels are held in memory
 
@@ -120,6 +120,7 @@ class PriorTask:
     best_metric = (
         "val_bits_per_token"  # the trainer keeps the weights that score lowest on the held-out codes
     )
+    shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
         self.model, self.codes, self.tokenizer = model, codes, tokenizer
@@ -163,12 +164,9 @@ class PriorTask:
             return
         labels = class_grid_labels(model.config.num_classes, per_class=8) if self.conditional else None
         n = labels.numel() if labels is not None else 64
-        defaults = SamplingConfig().for_prior(model).prior_kwargs()  # the prior's own, as `generate` uses
+        defaults = SamplingConfig().for_prior(model)  # the prior's own, as `generate` uses
         grids = model.sample(
-            n,
-            labels=labels,
-            **defaults,
-            generator=torch.Generator(device=model.device).manual_seed(0),
+            n, labels, defaults, generator=torch.Generator(device=model.device).manual_seed(0)
         )
         save_png(
             decode_grid(self.tokenizer, grids, nrow=8), Path(run_dir) / "samples" / f"samples_{step:07d}.png"

@@ -24,13 +24,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from vqgen.plugins.base import PluginContext, TrainingPlugin
+from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.hub import weights_file
-from vqgen.stages.core.device import compile_backend, training_accelerator_kwargs
+from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_text
+from vqgen.stages.core.progress import progress
+from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
+from vqgen.stages.training import sharding
 from vqgen.stages.training.best import BestWeights
 from vqgen.stages.training.config import (
     TrainConfig,
@@ -39,8 +42,8 @@ from vqgen.stages.training.config import (
     default_workers,
     steps_for_epochs,
 )
-from vqgen.stages.training.data_order import BatchFeed, EpochSampler
-from vqgen.stages.training.distribution import launched_processes, refuse_unsupported_distribution
+from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
+from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
 from vqgen.stages.training.state import checkpoint_state, restore_state
@@ -62,7 +65,11 @@ class Trainer:
             )
         except (ValueError, ImportError) as exc:
             raise UserError(f"cannot set up training: {exc}") from exc
-        refuse_unsupported_distribution(self.accelerator)
+        self.engine = sharding.training_engine(self.accelerator)  # plain (one process, DDP) or FSDP2
+        if self.engine != "plain" and not getattr(task, "shardable", False):
+            raise UserError(
+                f"FSDP: the {task.stage} trains with DDP (it fits one device); launch it without --use_fsdp"
+            )
         # the value used (the flag, or accelerate's own setting) is what run_config.json and checkpoints record
         config.mixed_precision = str(self.accelerator.mixed_precision)
         if config.log_with and not self.accelerator.log_with:
@@ -75,18 +82,20 @@ class Trainer:
         model.to(self.accelerator.device)  # before the optimizer: fused AdamW wants its parameters on the GPU
         if on_cuda and getattr(task, "channels_last", False):
             model.to(memory_format=torch.channels_last)  # convolutions: NHWC kernels on CUDA (tensor cores)
-        decay, no_decay = [], []
-        for p in model.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None
-        )
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+        def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+            decay, no_decay = [], []
+            for p in model.parameters():
+                if p.requires_grad:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+            groups = [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+            return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None)
+
+        self.model, self.optimizer = sharding.prepare(self.accelerator, self.engine, model, make_optimizer)
+        self.sharded = sharding.is_sharded(self.model)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if config.steps == 0:  # follow the data: `epochs` passes over it
             if not hasattr(task, "num_examples") or hasattr(task, "stream_feed"):
@@ -103,7 +112,7 @@ class Trainer:
             self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
             self.feed = self._data_feed()
         if config.compile:
-            self.model = torch.compile(self.model, backend=compile_backend())
+            self.model = torch.compile(self.model, backend=checked_compile_backend())
         self.ctx = PluginContext(
             self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
         )
@@ -127,8 +136,14 @@ class Trainer:
             WeightAverage(self.unwrapped(), config.model_ema_decay) if config.model_ema_decay > 0 else None
         )
         self._stop_requested = False
+        if self.accelerator.is_main_process:  # a disk too small for one checkpoint: said before any step
+            ckpt.check_space(self.run_dir, self.unwrapped(), self.ema is not None)
         metric = getattr(task, "best_metric", None) if hasattr(task, "validate") else None
-        self.best = BestWeights(metric, config.patience) if metric and config.eval_every else None
+        self.best = (
+            BestWeights(metric, config.patience)
+            if metric and config.eval_every and not self.sharded
+            else None
+        )
         self.stopped_early = (
             False  # the held-out score did not improve for `patience` scorings: the run is over
         )
@@ -184,7 +199,7 @@ class Trainer:
         scaled = self.accelerator.scaler is not None  # fp16: the GradScaler judges the gradients
         if self.cfg.clip_grad > 0:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-            norm = torch.as_tensor(norm, device=self.accelerator.device).detach()
+            norm = torch.as_tensor(sharding.gather(norm), device=self.accelerator.device).detach()
             if not scaled:
                 bad[1] += (~torch.isfinite(norm.float())).any()
             metrics["grad_norm"] = norm
@@ -299,7 +314,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if cfg.log_with:
             acc.init_trackers("vqgen", config=_flat(asdict(cfg)))
-        self.bar = bar = tqdm(
+        self.bar = bar = progress(
             total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
         )
         order_log = self._open_data_order() if cfg.record_data_order else None
@@ -313,6 +328,8 @@ class Trainer:
                         if self._saved_step != self.step:
                             self.save()
                         raise KeyboardInterrupt
+        except RuntimeError as exc:
+            raise (worker_died(exc) or exc) from None
         finally:
             bar.close()
             if self.feed is not None:
@@ -340,10 +357,13 @@ class Trainer:
             order_log.write(f"{step}\t{','.join(map(str, consumed.tolist()))}\n")
             order_log.flush()
         self._log(metrics)
-        if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
-            self.task.save_samples(self.unwrapped(), self.step, self.run_dir)
+        if cfg.sample_every and self.step % cfg.sample_every == 0:
+            model = self.whole_model()  # sharded: gathered by every process, a copy on process 0
+            if acc.is_main_process:
+                self.task.save_samples(model, self.step, self.run_dir)
+                write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
         if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-            self._validate()
+            self._validate()  # every process: sharded, each runs the forward passes, gathering its blocks
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
@@ -403,9 +423,10 @@ class Trainer:
         validate = getattr(self.task, "validate", None)
         if validate is None:
             return
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process or self.sharded:  # sharded: every process runs the forward passes
             model = self.unwrapped()
-            with self.ema.applied(model) if self.ema is not None else contextlib.nullcontext(model) as scored:
+            average = self.ema is not None and not self.sharded
+            with self.ema.applied(model) if average else contextlib.nullcontext(model) as scored:
                 scores = validate(scored)  # in eval mode; the next train_step sets training mode again
                 if self.best is not None:
                     self.best.update(self.step, scores, scored)
@@ -436,16 +457,25 @@ class Trainer:
         )
         return float(self.accelerator.reduce(value, "sum")) > 0
 
-    def final_model(self) -> torch.nn.Module:
+    def final_model(self) -> torch.nn.Module | None:
         """The model to save once training has ended, loaded into the model (so call it after the last checkpoint):
         the weights with the best held-out score when the task names one (`best_metric`) and they were scored, unless
-        --keep-last; else with --model-ema-decay the average of the weights; else the model as trained."""
+        --keep-last; else with --model-ema-decay the average of the weights; else the model as trained. Every process
+        calls it: sharded, process 0 gets a single-device copy with the full weights and the others None (a sharded
+        run keeps no best weights: it saves the last)."""
         model = self.unwrapped()
         if self.kept() == "best":
             self.best.copy_to(model)
         elif self.ema is not None:
             self.ema.copy_to(model)
-        return model
+        return self.whole_model()
+
+    def whole_model(self) -> torch.nn.Module | None:
+        """The model on one device: the model itself, or (sharded; every process calls it) a copy with the full
+        weights on process 0 and None on the others."""
+        if not self.sharded:
+            return self.unwrapped()
+        return sharding.plain_copy(self.unwrapped(), sharding.full_model_state(self.unwrapped()))
 
     def kept(self) -> str:
         """Which weights `final_model` returns: "best" (held-out) or "last"."""
@@ -463,9 +493,14 @@ class Trainer:
         acc.wait_for_everyone()
         path = None
         data_state = self._data_state()
-        if acc.is_main_process:
+        if acc.is_main_process or self.sharded:  # sharded: every process takes part in gathering the state
             tensors, meta = checkpoint_state(self, data_state)
-            path = ckpt.write_checkpoint(self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints)
+        if acc.is_main_process:
+            shard_bytes = int(self.cfg.checkpoint_shard_gb * 1e9)
+            path = ckpt.write_checkpoint(
+                self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints, shard_bytes
+            )
+            replaced.commit(self.run_dir)  # the new run is safe: what --overwrite set aside can go
         self._saved_step = self.step
         acc.wait_for_everyone()
         return path
@@ -478,7 +513,12 @@ class Trainer:
             ckpt.clean_partial(self.run_dir)
         acc.wait_for_everyone()
         for path in reversed(ckpt.list_checkpoints(self.run_dir)):
-            problem = ckpt.verify_checkpoint(path)
+            try:
+                problem = ckpt.verify_checkpoint(path)
+            except ckpt.MissingShard as exc:
+                raise UserError(
+                    f"--resume: {exc}; restore it, or delete {path.name} to resume from an older one"
+                ) from None
             if problem:
                 acc.wait_for_everyone()  # every process has checked it before it is renamed
                 if acc.is_main_process:

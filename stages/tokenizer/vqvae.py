@@ -9,14 +9,11 @@ Saved and loaded in the Hub layout (config.json + model.safetensors + README.md)
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from vqgen.stages.tokenizer.base import Tokenizer, TokenizerOutput, build_quantizer
-from vqgen.stages.tokenizer.quantizer import QuantizerConfig
-
-__all__ = ["VQVAE", "TokenizerConfig", "TokenizerOutput"]
+from vqgen.stages.tokenizer.base import Tokenizer, TokenizerConfig, build_quantizer
 
 
 def downsample_for(image_size: int) -> int:
@@ -30,42 +27,23 @@ def downsample_for(image_size: int) -> int:
 
 
 @dataclass
-class TokenizerConfig:
+class VQVAEConfig(TokenizerConfig):
     model_type: str = "vqvae"
-    image_size: int = 28  # input images are (channels, image_size, image_size)
-    channels: int = 1  # 1 = grey, 3 = RGB
-    downsample: int = 4  # spatial reduction factor, a power of two; code grid image_size / downsample (tokenize: downsample_for)
+    # spatial reduction factor, a power of two: the code grid is image_size / downsample (tokenize: downsample_for)
+    downsample: int = 4
     base_channels: int = 32  # width after the first downsampling; doubled at every further level
     max_channels: int = 128
     num_res_blocks: int = 2  # residual blocks on the code grid, in the encoder and in the decoder
-    latent_channels: int = 64  # encoder output width before the quantizer's projection
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.quantizer, dict):  # config.json holds it as a nested dict
-            self.quantizer = QuantizerConfig(**self.quantizer)
 
     @property
     def levels(self) -> int:
         return int(math.log2(self.downsample))
 
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.downsample
-
     def validate(self) -> None:
         """Raise ValueError with a one-line message for an impossible configuration."""
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of two, got {self.downsample}")
-        if self.image_size % self.downsample:
-            raise ValueError(
-                f"image size {self.image_size} is not divisible by the downsampling factor {self.downsample}; "
-                f"pick an image size that is a multiple of {self.downsample}"
-            )
-        if self.quantizer.codebook_size < 2:
-            raise ValueError(f"codebook size must be at least 2, got {self.quantizer.codebook_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        super().validate()
 
 
 class ResBlock(nn.Module):
@@ -82,7 +60,7 @@ class ResBlock(nn.Module):
         return x + self.block(x)
 
 
-def _widths(cfg: TokenizerConfig) -> list[int]:
+def _widths(cfg: VQVAEConfig) -> list[int]:
     """Channel width at each downsampled level, highest resolution first (`levels` entries)."""
     return [min(cfg.base_channels * 2**i, cfg.max_channels) for i in range(cfg.levels)]
 
@@ -90,7 +68,7 @@ def _widths(cfg: TokenizerConfig) -> list[int]:
 class Encoder(nn.Module):
     """Strided 4x4 convolutions down to the code grid, then residual blocks there, where they are cheapest."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         widths = _widths(cfg)
         layers: list[nn.Module] = []
@@ -110,7 +88,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """The encoder's mirror: residual blocks on the code grid, then 4x4 transposed convolutions up."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         widths = _widths(cfg)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)]
@@ -126,7 +104,7 @@ class Decoder(nn.Module):
 
 
 class VQVAE(Tokenizer, tags=["vqgen", "vq-vae", "image-tokenizer"]):
-    def __init__(self, config: TokenizerConfig):
+    def __init__(self, config: VQVAEConfig):
         super().__init__()
         config.validate()
         self.config = config

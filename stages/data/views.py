@@ -1,0 +1,52 @@
+"""The augmented views `vqgen encode --augment` stores codes of (their names and order: VIEWS).
+
+flip: the image and its left-right mirror. ten-crop: LlamaGen's (autoregressive/train/extract_codes_c2i.py, after
+torchvision's TenCrop): the images are prepared at `crop_size(S)` = int(1.1 S) px, and each gives its four corner
+crops and centre crop of S px, then the same five of its mirror image.
+"""
+
+import torch
+
+CROP_RANGE = 1.1  # LlamaGen's --crop-range
+# --augment -> the views encoded per training image, in row order (the validation split keeps VIEW_OF_VALIDATION)
+VIEWS = {
+    "none": ["image"],
+    "flip": ["image", "flipped"],
+    # LlamaGen's ten-crop (torchvision TenCrop of a 1.1x centre crop): four corners, the centre, then the same
+    # five of the left-right flipped image
+    "ten-crop": ["top-left", "top-right", "bottom-left", "bottom-right", "centre"]
+    + [f"flipped {v}" for v in ("top-left", "top-right", "bottom-left", "bottom-right", "centre")],
+}
+VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
+
+
+def crop_size(size: int) -> int:
+    return int(size * CROP_RANGE)
+
+
+def five_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """torchvision's five_crop on (B, C, H, W): top-left, top-right, bottom-left, bottom-right, centre."""
+    h, w = x.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return [
+        x[..., :size, :size], x[..., :size, w - size :], x[..., h - size :, :size], x[..., h - size :, w - size :],
+        x[..., top : top + size, left : left + size],
+    ]  # fmt: skip
+
+
+def make_views(x: torch.Tensor, augment: str, size: int) -> torch.Tensor:
+    """(B, C, H, W) images -> (B * V, C, size, size): each image's V views, consecutive, in VIEWS order."""
+    if augment == "none":
+        return x
+    if augment == "flip":
+        views = [x, x.flip(-1)]
+    elif augment == "ten-crop":
+        views = five_crop(x, size) + five_crop(x.flip(-1), size)
+    else:
+        raise ValueError(f"unknown augment {augment!r}")
+    return torch.stack(views, 1).flatten(0, 1)
+
+
+def validation_view(x: torch.Tensor, augment: str, size: int) -> torch.Tensor:
+    """The one view a validation image is encoded in: itself, or for ten-crop its centre crop."""
+    return five_crop(x, size)[4] if augment == "ten-crop" else x
