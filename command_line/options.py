@@ -78,7 +78,10 @@ PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
         "Score the held-out codes every N steps and at the end (metrics.json's history); the weights with the "
         "lowest held-out NLL are the ones saved. 0: only at the end, the last weights saved.",
     ),
-    "patience": (int, "Stop once N held-out scorings in a row brought no lower NLL (0: never; needs --eval-every)."),
+    "patience": (
+        int,
+        "Stop once N held-out scorings in a row brought no lower NLL (0: never; needs --eval-every).",
+    ),
     "keep_last": (bool, "Save the last weights instead of those with the lowest held-out NLL."),
 }
 # Config field names whose command-line option is spelled otherwise.
