@@ -127,7 +127,6 @@ def tokenize_config(
     plugin_options: list[str],
     overwrite: bool,
     resume: bool,
-    code_views: str | None = None,
 ):
     """The TokenizeConfig that `vqgen tokenize`'s flags ask for: the architecture or preset `arch` with the given
     `model` and `quantizer` fields changed (None: the preset's value; `quantizer["levels"]` as the flag's text),
@@ -162,5 +161,4 @@ def tokenize_config(
     return TokenizeConfig(
         run_dir=str(run), data=data, arch=arch, model=model_config, train=train, tokenizer=tokenizer,
         plugins=plugins, plugin_options=plugin_options, overwrite=overwrite, resume=resume,
-        code_views=None if code_views is None else [v for v in code_views.split(",") if v.strip() not in ("", "none")],
     )  # fmt: skip
