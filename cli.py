@@ -3,7 +3,7 @@
     python cli.py tokenize --run runs/demo            # stage one on the embedded MNIST digits
     python cli.py train-prior --prior gru --codes runs/demo/codes
     python cli.py generate --prior runs/demo/prior-gru --label 7
-    python cli.py priors | plugins | tokenizers | quantizers   # what is installed, and from where
+    python cli.py priors | plugins | tokenizers | quantizers | formats   # what is installed, and from where
 
 A user's mistake prints one line and exits with code 2; an interrupted run keeps its checkpoint.
 """
@@ -61,6 +61,7 @@ COMMANDS = {  # name -> the typed command (vqgen.command_line), in the order --h
     "tokenizers": models.tokenizers,
     "quantizers": models.quantizers,
     "plugins": models.plugins,
+    "formats": models.formats,
 }
 for name, command in COMMANDS.items():
     app.command(name)(command)

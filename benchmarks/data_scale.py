@@ -8,8 +8,8 @@ under --work and reused), then runs `cli.py tokenize` on it as a subprocess with
 Each run's peak resident set size is its own (os.wait4's rusage of that child); training images/s is
 `train_images_per_s` of the run's metrics.json. Prints a markdown table and writes JSON under benchmarks/results/.
 
-    python benchmarks/data_scale.py                 # N = 1,000 and 100,000 (building 100k PNGs takes minutes)
-    python benchmarks/data_scale.py --tiny          # N = 20 and 200, a few steps (tests/test_data_scale_bench.py)
+    python -m benchmarks.data_scale                 # N = 1,000 and 100,000 (building 100k PNGs takes minutes)
+    python -m benchmarks.data_scale --tiny          # N = 20 and 200, a few steps (tests/test_data_scale_bench.py)
 """
 
 import argparse
@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from measure import save_result
+
+from benchmarks.measure import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

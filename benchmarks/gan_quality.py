@@ -5,9 +5,9 @@ reconstructions over that of the originals; 1.0 = as sharp as the input, blur sc
 edge_sharpness_ratio (the same ratio over the originals' edge pixels only, so that faint noise in the flat
 background, which raises the first measure, does not count).
 
-    python benchmarks/gan_quality.py                          # the CLI's default steps x seeds 0 1 2 x 2
-    python benchmarks/gan_quality.py --steps 20 --seeds 0     # a quick check that it runs
-    python benchmarks/gan_quality.py --gan-opt weight=0.2     # try a plugin option
+    python -m benchmarks.gan_quality                          # the CLI's default steps x seeds 0 1 2 x 2
+    python -m benchmarks.gan_quality --steps 20 --seeds 0     # a quick check that it runs
+    python -m benchmarks.gan_quality --gan-opt weight=0.2     # try a plugin option
 
 Each run goes through the CLI (`python cli.py tokenize ...`) in its own process. Prints a markdown table and
 writes JSON (default benchmarks/results/gan_quality.json).
@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from vqgen.stages.artifacts.models import load_tokenizer
+from vqgen.stages.data.eval_images import read_idx
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
-from vqgen.stages.data.eval_images import read_idx  # noqa: E402
-from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
 
 METRICS = ("psnr", "ssim", "sharpness_ratio", "edge_sharpness_ratio")
 

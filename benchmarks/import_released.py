@@ -1,7 +1,7 @@
 """`vqgen import` at full size: LlamaGen's VQ-16 (256 px, 16,384 codes of 8 dimensions) and taming-transformers'
 ImageNet VQGAN f16-16384, with random weights, saved in the original checkpoint format, imported, and run once.
 
-    python benchmarks/import_released.py --llamagen LLAMAGEN_CHECKOUT --taming TAMING_CHECKOUT [--json OUT.json]
+    python -m benchmarks.import_released --llamagen LLAMAGEN_CHECKOUT --taming TAMING_CHECKOUT [--json OUT.json]
 
 With the checkouts (git clone of github.com/FoundationVision/LlamaGen and github.com/CompVis/taming-transformers;
 taming's quantizer needs `pip install einops`), each original is built from its own code (LlamaGen's `VQ_16()`;
@@ -15,18 +15,15 @@ peak resident MiB added by the import, seconds for one encode + decode at 256 px
 
 import argparse
 import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.measure import PeakMemory, machine_info, save_result
 
-from measure import PeakMemory, machine_info, save_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TAMING_F16_16384 = {  # configs/imagenet_vqgan.yaml with n_embed 16384 (the released f16-16384 model)
     "embed_dim": 256, "n_embed": 16384,

@@ -1,7 +1,7 @@
 """LlamaGen's GPT-B at full size through `vqgen import llamagen-gpt`: parameter counts, import time, peak memory,
 and one run of the imported prior against LlamaGen's own model on the same random weights.
 
-    python benchmarks/llamagen_gpt_import.py --llamagen PATH/TO/LlamaGen [--model GPT-B] [--image-size 256]
+    python -m benchmarks.llamagen_gpt_import --llamagen PATH/TO/LlamaGen [--model GPT-B] [--image-size 256]
                                               [--tokens 256] [--json OUT.json]
 
 PATH/TO/LlamaGen is a checkout of https://github.com/FoundationVision/LlamaGen (its `autoregressive/models/gpt.py`,
@@ -27,11 +27,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.measure import machine_info, save_result
 
-from measure import machine_info, save_result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MIB = 2**20
 BASELINE = (  # the same reader without the conversion
@@ -52,12 +50,20 @@ def write_tokenizer(run: Path, image_size: int) -> None:
     """A random tokenizer of 16384 codes and an image_size/16 grid (small widths: only its vocabulary and grid
     matter here)."""
     from vqgen.stages.artifacts.models import save_model
-    from vqgen.stages.tokenizer.model import VQVAE, TokenizerConfig
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     q = QuantizerConfig(codebook_size=16384, code_dim=8, init="random")
-    config = TokenizerConfig(image_size=image_size, channels=3, downsample=16, base_channels=8, max_channels=32,
-                             num_res_blocks=1, latent_channels=16, quantizer=q)  # fmt: skip
+    config = VQVAEConfig(
+        image_size=image_size,
+        channels=3,
+        downsample=16,
+        base_channels=8,
+        max_channels=32,
+        num_res_blocks=1,
+        latent_channels=16,
+        quantizer=q,
+    )
     save_model(VQVAE(config).eval(), run / "tokenizer")
 
 

@@ -1,8 +1,8 @@
 """Every registered prior on long code grids: training tokens/s and peak memory, and cached against naive sampling
 (identical grids), at 7x7, 16x16 and 32x32 (49, 256 and 1,024 tokens).
 
-    python benchmarks/long_grids.py [--grids 7 16 32] [--priors gru pixelcnn transformer] [--device cuda]
-    python benchmarks/long_grids.py --tiny        # tiny grids and one call each (tests/test_long_grids.py)
+    python -m benchmarks.long_grids [--grids 7 16 32] [--priors gru pixelcnn transformer] [--device cuda]
+    python -m benchmarks.long_grids --tiny        # tiny grids and one call each (tests/test_long_grids.py)
 
 Each prior has its default config for the grid (vocabulary 512, 10 classes, untrained: speed does not depend on
 the weights; the PixelCNN's default depth grows with the grid to cover it). Training: batch 16 of random codes,
@@ -13,19 +13,16 @@ cached over naive within this run. Prints one markdown table per grid and writes
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "benchmarks",):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import torch
+from vqgen.stages.core.registry import PRIORS
 
-import torch  # noqa: E402
-from measure import Timing, machine_info, markdown_table, save_result  # noqa: E402
-from prior_training import TRAIN_COLUMNS, prior_training_rows  # noqa: E402
-from sampling import SAMPLING_COLUMNS, bench_prior  # noqa: E402
-from vqgen.stages.core.registry import PRIORS  # noqa: E402
+from benchmarks.measure import Timing, machine_info, markdown_table, save_result
+from benchmarks.prior_training import TRAIN_COLUMNS, prior_training_rows
+from benchmarks.sampling import SAMPLING_COLUMNS, bench_prior
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_BATCH, SAMPLE_BATCH = 16, 4
 

@@ -1,6 +1,6 @@
 """Do the priors produce the digit they are asked for? One table for every prior trained on the same codes.
 
-    python benchmarks/prior_quality.py --run runs/demo [--priors gru pixelcnn transformer] [--per-class 50]
+    python -m benchmarks.prior_quality --run runs/demo [--priors gru pixelcnn transformer] [--per-class 50]
 
 For each prior: trains it with the default settings on RUN/codes if RUN/prior-NAME does not exist yet (timed),
 samples `--per-class` images for each class, and asks a small CNN classifier (trained on the embedded digits,
@@ -16,18 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vqgen.priors import SamplingOptions
+from vqgen.stages.artifacts.models import load_prior, load_tokenizer
+from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
+from vqgen.stages.data.eval_images import read_idx
+from vqgen.stages.data.images import DataConfig, to_float
+from vqgen.stages.data.pixels import pixel_tensor
+from vqgen.stages.data.sources import load_image_splits
+from vqgen.stages.evaluation.classifier import ClassifierConfig, accuracy, load_or_train
+from vqgen.stages.sampling.sampler import check_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-
-from vqgen.priors import SamplingOptions  # noqa: E402
-from vqgen.stages.artifacts.models import load_prior, load_tokenizer  # noqa: E402
-from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior  # noqa: E402
-from vqgen.stages.data.eval_images import read_idx  # noqa: E402
-from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
-from vqgen.stages.data.pixels import pixel_tensor  # noqa: E402
-from vqgen.stages.data.sources import load_image_splits  # noqa: E402
-from vqgen.stages.evaluation.classifier import ClassifierConfig, accuracy, load_or_train  # noqa: E402
-from vqgen.stages.sampling.sampler import check_pair  # noqa: E402
 
 
 def mnist_test(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Throughput of the transformer prior at LlamaGen's sizes against a plain PyTorch GPT of the same architecture.
 
-    python benchmarks/prior_scale.py [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
+    python -m benchmarks.prior_scale [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
                                      [--batch 2] [--sample-batch 2] [--repeats 3] [--json OUT.json]
     accelerate launch --use_fsdp --fsdp_version 2 --num_processes N [--mixed_precision bf16] \
         benchmarks/prior_scale.py --fsdp ...                                      # training, sharded (FSDP2)
@@ -25,17 +25,15 @@ Prints a markdown table and writes JSON (default benchmarks/results/prior_scale.
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from vqgen.priors.base import SamplingOptions
+from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Timing,
     add_ratios,
     autocast,
@@ -45,7 +43,8 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
-from vqgen.priors.transformer import TransformerPrior, TransformerPriorConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VOCAB, CLASSES, GRID, CFG_SCALE = 16384, 1000, 16, 2.0
 SMOKE = dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)  # --sizes smoke: does it run
@@ -125,7 +124,7 @@ class PlainGPT(nn.Module):
             x = block(x, cos, sin, None if caches is None else caches[i], start)
         return self.norm(x)
 
-    def loss(self, codes, labels):  # codes (B, H, W), labels (B,)
+    def forward(self, codes, labels):  # codes (B, H, W), labels (B,) -> the mean NLL
         b = codes.shape[0]
         prefix = (self.c.vocab_size + 1 + labels).view(b, 1)
         ids = torch.cat([prefix, codes.reshape(b, -1)[:, :-1]], 1)
@@ -230,7 +229,7 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
     precision = "fp32" if accelerator else args.precision  # FSDP: the launch's --mixed_precision
     train = {
         f"{size} training: ours": training_step(ours, ours_opt, compile_(lambda c, y: ours(c, y).loss), args.batch, precision, device),
-        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain.loss), args.batch, precision, device),
+        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain), args.batch, precision, device),
     }  # fmt: skip
     timing = Timing(repeats=args.repeats, warmup=2 if args.compile else 1)
     tokens = args.batch * GRID * GRID * world
@@ -243,7 +242,7 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
         return rows  # sampling runs on one device
     sample = {
         f"{size} sampling: ours": sampling_run(
-            lambda y, g: ours.sample(y.shape[0], y, cfg_scale=CFG_SCALE, generator=g), args.sample_batch, args.precision, device
+            lambda y, g: ours.sample(y.shape[0], y, SamplingOptions(cfg_scale=CFG_SCALE), generator=g), args.sample_batch, args.precision, device
         ),
         f"{size} sampling: plain": sampling_run(
             lambda y, g: plain.sample(y, CFG_SCALE, g), args.sample_batch, args.precision, device

@@ -7,9 +7,9 @@ trained with the defaults if it is missing) it reads the training time and held-
 guidance schedule, and reports the share the evaluation classifier recognises as the requested class, the worst
 class, gFID against the evaluation split and its ratio to the real-image floor, precision and recall.
 
-    python benchmarks/prior_sweep.py --run runs/demo --cfg-scales 2 3 4 5 --temperatures 1.0 0.9
-    python benchmarks/prior_sweep.py --run runs/demo --priors gru --variants "" "--steps 2400"
-    python benchmarks/prior_sweep.py --run runs/demo --test-images ../shared/data/mnist-test
+    python -m benchmarks.prior_sweep --run runs/demo --cfg-scales 2 3 4 5 --temperatures 1.0 0.9
+    python -m benchmarks.prior_sweep --run runs/demo --priors gru --variants "" "--steps 2400"
+    python -m benchmarks.prior_sweep --run runs/demo --test-images ../shared/data/mnist-test
 
 Variant priors are trained into RUN/sweep/prior-NAME-<variant> (kept, reused). Prints a markdown table and writes
 benchmarks/results/prior_sweep.json (or --json).
@@ -27,7 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from measure import save_result
 from vqgen.stages.artifacts.codes import load_codes
 from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.evaluation import fid
@@ -36,6 +35,8 @@ from vqgen.stages.evaluation.priors import floor, nll, sample_and_measure
 from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data, run_data_config
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import check_pair
+
+from benchmarks.measure import save_result
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Training speed of every registered prior with its default config: tokens/s of one training step.
 
-    python benchmarks/prior_training.py [--quick] [--device cpu|cuda] [--batch 64] [--json OUT.json]
+    python -m benchmarks.prior_training [--quick] [--device cpu|cuda] [--batch 64] [--json OUT.json]
 
 A step as stages/trainer.py takes it (teacher-forced NLL, backward, gradient clipping, AdamW) on random codes of a
 7x7 grid, vocabulary 512, 10 classes (as the demo's codes), in fp32 and under bf16 autocast. All priors and
@@ -9,17 +9,13 @@ top of the weights, optimizer state and batch. `benchmarks/run_all.py` runs `pri
 """
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "benchmarks",):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import torch
+from vqgen.stages.core.registry import PRIORS
 
-import torch  # noqa: E402
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Timing,
     add_ratios,
     autocast,
@@ -31,9 +27,10 @@ from measure import (  # noqa: E402
     save_result,
     state_mib,
 )
-from sampling import GRID, NUM_CLASSES, VOCAB, build  # noqa: E402
-from tokenizer_speed import CLIP_GRAD, LR  # noqa: E402
-from vqgen.stages.core.registry import PRIORS  # noqa: E402
+from benchmarks.sampling import GRID, NUM_CLASSES, VOCAB, build
+from benchmarks.tokenizer_speed import CLIP_GRAD, LR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 64
 TRAIN_COLUMNS = [("weights+optimizer MiB", "state_mib", ".1f"), ("params", "params", ",")]

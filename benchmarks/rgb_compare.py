@@ -1,10 +1,10 @@
 """VQ-VAE against VQGAN on RGB images for the same wall-clock training budget, each with and without the GAN plugin.
 
-    python benchmarks/rgb_data.py --out data/emoji
-    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --budget-s 120 \
+    python -m benchmarks.rgb_data --out data/emoji
+    python -m benchmarks.rgb_compare --data data/emoji --image-size 32 --budget-s 120 \
         --archs vqvae vqgan vqvae+gan vqgan+gan [--keep runs/rgb32] [--json OUT.json]
-    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --steps 221 --archs vqvae vqgan
-    python benchmarks/rgb_compare.py --data data/emoji --image-size 32 --steps 1200 --archs vqvae vqvae+gan \
+    python -m benchmarks.rgb_compare --data data/emoji --image-size 32 --steps 221 --archs vqvae vqgan
+    python -m benchmarks.rgb_compare --data data/emoji --image-size 32 --steps 1200 --archs vqvae vqvae+gan \
         --plugin-opt gan.min_adaptive_weight=0.02 --seeds 0 1 2
 
 Each tokenizer of `--archs` (an architecture or preset name, optionally with config fields changed and plugins
@@ -22,30 +22,27 @@ it before drawing conclusions. `--plugin-opt` sets plugin fields for every spec 
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from vqgen.stages.artifacts.models import load_tokenizer
+from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+from vqgen.stages.core.build import tokenizer_config
+from vqgen.stages.core.files import image_grid, save_png
+from vqgen.stages.core.options import parse_options
+from vqgen.stages.data.images import DataConfig, to_float
+from vqgen.stages.evaluation import fid
+from vqgen.stages.evaluation.classifier import eval_classifier
+from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
+from vqgen.stages.training.config import TOKENIZER_TRAINING
+
+from benchmarks.measure import machine_info, save_result
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from measure import machine_info, save_result  # noqa: E402
-from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
-from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize  # noqa: E402
-from vqgen.stages.core.build import tokenizer_config  # noqa: E402
-from vqgen.stages.core.files import image_grid, save_png  # noqa: E402
-from vqgen.stages.core.options import parse_options  # noqa: E402
-from vqgen.stages.data.images import DataConfig, to_float  # noqa: E402
-from vqgen.stages.evaluation import fid  # noqa: E402
-from vqgen.stages.evaluation.classifier import eval_classifier  # noqa: E402
-from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data  # noqa: E402
-from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
-from vqgen.stages.training.config import TOKENIZER_TRAINING  # noqa: E402
 
 BATCH = 64
 CALIBRATION_STEPS = 10

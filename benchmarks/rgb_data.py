@@ -1,6 +1,6 @@
 """An RGB image folder for the tokenizer comparison: the EmojiOne emoji, fetched offline from Debian.
 
-    python benchmarks/rgb_data.py --out data/emoji [--deb ruby-gemojione_3.3.0-1_all.deb] [--heldout-every 10]
+    python -m benchmarks.rgb_data --out data/emoji [--deb ruby-gemojione_3.3.0-1_all.deb] [--heldout-every 10]
 
 Debian's `ruby-gemojione` package carries EmojiOne 2's 1,794 emoji as 64x64 PNGs (assets: Copyright 2014
 Ranks.com Inc., CC-BY-SA-4.0; the package's copyright file is copied beside the images), with an index that

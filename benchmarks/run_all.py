@@ -1,9 +1,9 @@
 """The whole benchmark suite in one command: a markdown table per section, and all figures as JSON.
 
-    python benchmarks/run_all.py                       # full suite on the CPU (a few minutes)
-    python benchmarks/run_all.py --quick               # fewer timed calls, same sizes
-    python benchmarks/run_all.py --tiny                # tiny sizes, seconds (what the tests run)
-    python benchmarks/run_all.py --device cuda         # one GPU, with and without torch.compile (not yet run)
+    python -m benchmarks.run_all                       # full suite on the CPU (a few minutes)
+    python -m benchmarks.run_all --quick               # fewer timed calls, same sizes
+    python -m benchmarks.run_all --tiny                # tiny sizes, seconds (what the tests run)
+    python -m benchmarks.run_all --device cuda         # one GPU, with and without torch.compile (not yet run)
 
 Sections, in order (each ratio is against a baseline row measured in the same run):
   peak_matmul      the machine's practical ceiling: a large square matmul in fp32 and bf16 (TFLOP/s);
@@ -36,13 +36,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "benchmarks",):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import torch
+from vqgen.stages.core.errors import UserError
+from vqgen.stages.core.registry import PRIORS
 
-import torch  # noqa: E402
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Measurement,
     Timing,
     add_ratios,
@@ -55,12 +53,12 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
-from prior_training import TRAIN_COLUMNS as PRIOR_TRAIN_COLUMNS  # noqa: E402
-from prior_training import prior_training_rows  # noqa: E402
-from sampling import SAMPLING_COLUMNS, bench_prior  # noqa: E402
-from tokenizer_speed import codec_rows, quantizer_rows, tokenizer_train_rows  # noqa: E402
-from vqgen.stages.core.errors import UserError  # noqa: E402
-from vqgen.stages.core.registry import PRIORS  # noqa: E402
+from benchmarks.prior_training import TRAIN_COLUMNS as PRIOR_TRAIN_COLUMNS
+from benchmarks.prior_training import prior_training_rows
+from benchmarks.sampling import SAMPLING_COLUMNS, bench_prior
+from benchmarks.tokenizer_speed import codec_rows, quantizer_rows, tokenizer_train_rows
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PRECISIONS = ["fp32", "bf16"]
 
@@ -367,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
             "compile_precisions": suite.compile_precisions,
             "compile_backend": suite.compile_backend,
             "sizes": asdict(suite.sizes),
-            "command": "python benchmarks/run_all.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m benchmarks.run_all " + " ".join(sys.argv[1:] if argv is None else argv),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": time.perf_counter() - start,
             "load_average_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -1,7 +1,7 @@
 """Sampling speed of every registered prior with its default config: cached `sample` against `sample_naive`
 (the full forward pass per position) and, for the transformer, `transformers`' own `generate`.
 
-    python benchmarks/sampling.py [--quick] [--device cpu|cuda] [--batch 16] [--json OUT.json]
+    python -m benchmarks.sampling [--quick] [--device cpu|cuda] [--batch 16] [--json OUT.json]
 
 Untrained weights on a 7x7 grid, vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
 Every ratio is taken within this run, against the naive sampler of the same prior; each number is the median over
@@ -11,18 +11,15 @@ JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `b
 
 import argparse
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import get_type_hints
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "benchmarks",):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+import torch
+from vqgen.priors import Prior
+from vqgen.stages.core.registry import PRIORS
 
-import torch  # noqa: E402
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Timing,
     add_ratios,
     error_row,
@@ -32,8 +29,8 @@ from measure import (  # noqa: E402
     result_row,
     save_result,
 )
-from vqgen.priors import Prior  # noqa: E402
-from vqgen.stages.core.registry import PRIORS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH, VOCAB, NUM_CLASSES, GRID = 16, 512, 10, 7
 SAMPLING_COLUMNS = [

@@ -1,6 +1,6 @@
 """A trained tokenizer on the real MNIST test split (10,000 digits the embedded training data does not contain).
 
-    python benchmarks/tokenizer_quality.py --tokenizer runs/demo/tokenizer [--json OUT]
+    python -m benchmarks.tokenizer_quality --tokenizer runs/demo/tokenizer [--json OUT]
 
 Prints PSNR, SSIM, MSE, codebook usage, perplexity, dead codes and encode+decode images/s; writes JSON
 (default: beside the tokenizer, as mnist_test_metrics.json).
@@ -8,16 +8,15 @@ Prints PSNR, SSIM, MSE, codebook usage, perplexity, dead codes and encode+decode
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from vqgen.stages.artifacts.models import load_tokenizer
+from vqgen.stages.data.images import to_uint8
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
 
-from prior_quality import mnist_test  # noqa: E402
-from vqgen.stages.artifacts.models import load_tokenizer  # noqa: E402
-from vqgen.stages.data.images import to_uint8  # noqa: E402
-from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer  # noqa: E402
+from benchmarks.prior_quality import mnist_test
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

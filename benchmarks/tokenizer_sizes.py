@@ -1,7 +1,7 @@
 """Tokenizers at the sizes users train: the training step of every full-size preset at 256 px, and the health of a
 large (4,096-code) vector-quantizer codebook on held-out images.
 
-    python benchmarks/tokenizer_sizes.py [--device cpu|cuda] [--batch-size 2] [--repeats 3] [--usage-steps 400]
+    python -m benchmarks.tokenizer_sizes [--device cpu|cuda] [--batch-size 2] [--repeats 3] [--usage-steps 400]
                                          [--skip-usage] [--tiny] [--json OUT.json]
 
 Tables:
@@ -15,21 +15,26 @@ toy sizes (for the test suite).
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from vqgen.stages.core.registry import TOKENIZERS, tokenizer_presets
+from vqgen.stages.tokenizer.base import count_size
+
+from benchmarks.measure import (
+    Timing,
+    add_ratios,
+    machine_info,
+    markdown_table,
+    measure_runs,
+    result_row,
+    save_result,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "benchmarks") not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from measure import Timing, add_ratios, machine_info, markdown_table, measure_runs, result_row, save_result  # noqa: E402
-from vqgen.stages.core.registry import TOKENIZERS, tokenizer_presets  # noqa: E402
-from vqgen.stages.tokenizer.base import count_size  # noqa: E402
 
 LR, CLIP_GRAD = 2e-3, 1.0  # stages/training/config.py TrainConfig defaults
 USAGE_TARGET = 0.9

@@ -1,6 +1,6 @@
 """Tokenizer and quantizer throughput, side by side with baselines measured in the same run.
 
-    python benchmarks/tokenizer_speed.py [--quick] [--device cpu|cuda] [--compile] [--json OUT.json]
+    python -m benchmarks.tokenizer_speed [--quick] [--device cpu|cuda] [--compile] [--json OUT.json]
 
 Tables:
 - quantizer forward+backward (vectors/s): ours with every health feature on (EMA, dead-code restart, projection),
@@ -16,20 +16,17 @@ what one call adds on top of the weights, optimizer state and inputs (measure.Pe
 """
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from vqgen.stages.tokenizer.base import QuantizerConfig, QuantizerOutput
+from vqgen.stages.tokenizer.quantizer import VectorQuantizer
+from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT / "benchmarks",):  # run as a script from anywhere
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from measure import (  # noqa: E402
+from benchmarks.measure import (
     Timing,
     add_ratios,
     autocast,
@@ -42,9 +39,8 @@ from measure import (  # noqa: E402
     save_result,
     state_mib,
 )
-from vqgen.stages.tokenizer.base import QuantizerConfig, QuantizerOutput  # noqa: E402
-from vqgen.stages.tokenizer.quantizer import VectorQuantizer  # noqa: E402
-from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IMAGE_SIZE = 28
 LR, CLIP_GRAD = 2e-3, 1.0  # stages/trainer.py TrainConfig defaults (lr, clip_grad)

@@ -84,6 +84,17 @@ def listing(kind: str) -> str:
     return "\n".join(lines)
 
 
+def format_listing() -> str:
+    """The text of `vqgen formats`: every import format (`vqgen import`) and export format (`vqgen export`), each
+    with where it comes from."""
+    from vqgen.stages.interop.base import EXPORT_FORMATS, IMPORT_FORMATS
+
+    lines = []
+    for verb, registry in (("import", IMPORT_FORMATS), ("export", EXPORT_FORMATS)):
+        lines += [f"{verb:<7} {e.name:<14} {e.source:<36} {e.target}" for e in registry.entries()]
+    return "\n".join(lines)
+
+
 def size_listing(vocab_size: int, grid: int, num_classes: int) -> str:
     """The text of `vqgen priors --sizes`: every size preset of every prior that has them (`train-prior --size`),
     with its parameters and forward FLOPs per token at this vocabulary, grid and number of classes, counted on

@@ -148,3 +148,10 @@ def quantizers() -> None:
 def plugins() -> None:
     """List every available training plugin and where it comes from."""
     typer.echo(listing("plugin"))
+
+
+def formats() -> None:
+    """List every import format (vqgen import) and export format (vqgen export) and where it comes from."""
+    from vqgen.command_line.app import format_listing
+
+    typer.echo(format_listing())

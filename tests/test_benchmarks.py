@@ -4,19 +4,14 @@ failing torch.compile becomes a reported row, not a crash."""
 import importlib.util
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from vqgen.stages.core.registry import PRIORS
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import run_all  # noqa: E402
-import tokenizer_speed  # noqa: E402
-from measure import Timing  # noqa: E402
-from vqgen.stages.core.registry import PRIORS  # noqa: E402
+from benchmarks import run_all, tokenizer_speed
+from benchmarks.measure import Timing
 
 
 def positive(value) -> bool:
@@ -162,8 +157,9 @@ def test_compiled_prior_training_and_sampling_rows(tmp_path):
 def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
     """benchmarks/rgb_compare.py on a tiny RGB folder with train/ and test/ class folders: every spec (an
     architecture, a preset with a plugin) trains the steps asked and is scored on the held-out split."""
-    import rgb_compare
     from PIL import Image
+
+    from benchmarks import rgb_compare
 
     images, labels = digits
     for split, rows in (("train", range(0, 40)), ("test", range(40, 60))):
@@ -202,7 +198,7 @@ def test_rgb_comparison_trains_and_scores_each_architecture(tmp_path, digits):
 
 
 def test_rgb_comparison_means_over_seeds():
-    import rgb_compare
+    from benchmarks import rgb_compare
 
     rows = [
         {"arch": a, "seed": seed, "steps": 5, "psnr": p, "ssim": 0.5, "edge_sharpness_ratio": e, "rfid": 2.0}

@@ -2,14 +2,10 @@
 with its own peak RSS, and the JSON it writes. Slow (a dozen CLI processes): about two minutes on 2 cores."""
 
 import json
-import sys
 
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import data_scale  # noqa: E402
+from benchmarks import data_scale
 
 
 @pytest.mark.slow

@@ -33,6 +33,22 @@ def encode(tokenizer, folder, out, **changes):
     return run_encode(cfg)
 
 
+def kill_after_two_shards(monkeypatch) -> None:
+    """encode's shard writer, patched to die (as under a kill) when it is about to write the third shard."""
+    from vqgen.stages.artifacts import codes as codes_module
+    from vqgen.stages.commands import encode as encode_module
+
+    written = []
+
+    def dies_after_two(path, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        codes_module.write_shard(path, *args)
+        written.append(path)
+
+    monkeypatch.setattr(encode_module, "write_shard", dies_after_two)
+
+
 def rows(out, split):
     from datasets import load_from_disk
 
@@ -66,21 +82,11 @@ def test_codes_are_the_tokenizers_own_and_flip_views_are_stored(tmp_path, tokeni
 
 
 def test_a_killed_encode_resumes_from_its_shards(tmp_path, tokenizer, image_folder, monkeypatch):
-    from vqgen.stages.artifacts import codes as codes_module
-    from vqgen.stages.commands import encode as encode_module
     from vqgen.stages.core.errors import UserError
 
     whole = tmp_path / "whole"
     encode(tokenizer, image_folder, whole)
-    written = []
-
-    def dies_after_two(path, *args):
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        codes_module.write_shard(path, *args)
-        written.append(path)
-
-    monkeypatch.setattr(encode_module, "write_shard", dies_after_two)
+    kill_after_two_shards(monkeypatch)
     out = tmp_path / "codes"
     with pytest.raises(KeyboardInterrupt):
         encode(tokenizer, image_folder, out)
@@ -146,3 +152,37 @@ def test_two_processes_each_encode_their_part(tmp_path, tokenizer, image_folder)
     encode(tokenizer, image_folder, one)
     for split in ("train", "validation"):
         assert all(torch.equal(a, b) for a, b in zip(rows(out, split).values(), rows(one, split).values()))
+
+
+def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
+    from test_streaming import stream_cfg, write_shards
+    from vqgen.stages.artifacts.models import save_model
+    from vqgen.stages.commands.encode import EncodeConfig, run_encode
+    from vqgen.stages.data.images import to_float
+    from vqgen.stages.data.sources import load_image_splits
+    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(0)
+    config = VQVAEConfig(image_size=8, channels=3, downsample=2, base_channels=8, max_channels=8, num_res_blocks=1,
+                         latent_channels=4, quantizer=QuantizerConfig(codebook_size=16, code_dim=4))  # fmt: skip
+    model = VQVAE(config).eval()
+    save_model(model, tmp_path / "run" / "tokenizer")
+    data = stream_cfg(write_shards(tmp_path / "wds"))
+
+    def encode_stream(out, **changes):
+        cfg = EncodeConfig(str(tmp_path / "run" / "tokenizer"), str(out), data, batch_size=3, shard_size=5)
+        for k, v in changes.items():
+            setattr(cfg, k, v)
+        return run_encode(cfg)
+
+    kill_after_two_shards(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        encode_stream(tmp_path / "run" / "codes")
+    monkeypatch.undo()
+    result = encode_stream(tmp_path / "run" / "codes", resume=True)
+    assert result["skipped_shards"] == 2 and result["rows"] == {"train": 24, "validation": 6}
+    train = rows(tmp_path / "run" / "codes", "train")
+    images = to_float(torch.cat([x for x, _ in load_image_splits(data).train.batches(24)]))
+    assert torch.equal(train["codes"].long(), model.encode(images))
+    assert torch.equal(train["image"], torch.arange(24))

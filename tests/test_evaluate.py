@@ -253,12 +253,7 @@ def test_a_folder_of_test_images_is_prepared_once_and_labelled_in_the_runs_class
 
 def test_the_prior_sweep_scores_every_setting_as_evaluate_does(tiny_run, tmp_path):
     """benchmarks/prior_sweep.py on a copy of the tiny run: one row per (prior, variant, sampling setting)."""
-    import sys
-
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import prior_sweep
+    from benchmarks import prior_sweep
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -56,6 +56,16 @@ def test_llamagen_vq_import_matches_llamagen(tmp_path, llamagen_tiny):
     assert len(config["provenance"]["sha256"]) == 64
     assert "llamagen-vq" in (folder / "README.md").read_text()
     check_against_reference(folder, ref)
+    # the same weights converted to safetensors (flat names, no "model" key) import the same
+    from safetensors.torch import save_file
+
+    save_file(seeded_weights(ref["shapes"], ref["seed"]), tmp_path / "vq_tiny.safetensors")
+    run_import(
+        ImportConfig(
+            "llamagen-vq", str(tmp_path / "vq_tiny.safetensors"), str(tmp_path / "st"), options=options
+        )
+    )
+    check_against_reference(tmp_path / "st" / "tokenizer", ref)
 
 
 class Payload:
@@ -222,3 +232,50 @@ def test_a_published_imported_tokenizer_says_where_it_came_from():
     assert "Imported with `vqgen import llamagen-vq` from `vq_ds16_c2i.pt`" in card and "ab" * 32 in card
     assert "Licence of the original weights: mit" in card and "/home/me" not in card
     assert "Imported" not in str(component_card("tokenizer", "me/x", {"model_type": "vqgan"}))
+
+
+def test_formats_are_listed_with_their_source():
+    from vqgen.command_line.app import format_listing
+
+    lines = format_listing().splitlines()
+    for verb, name in (
+        ("import", "llamagen-vq"),
+        ("import", "taming"),
+        ("import", "diffusers"),
+        ("export", "diffusers"),
+    ):
+        assert any(line.split()[:3] == [verb, name, "built-in"] for line in lines), lines
+
+
+def test_import_from_a_hub_id_downloads_once_then_works_offline(tmp_path, llamagen_tiny, monkeypatch):
+    """SOURCE as a Hub id with --filename: fetched through huggingface_hub (a local stand-in Hub here) into the
+    Hub cache, so the same import works again offline."""
+    import io
+
+    from hub_server import Repo, StandInHub
+    from vqgen.stages.commands.interop import ImportConfig, run_import
+
+    ref = llamagen_tiny
+    buffer = io.BytesIO()
+    torch.save({"model": seeded_weights(ref["shapes"], ref["seed"])}, buffer)
+    options = dict(
+        model="VQ-tiny", codebook_size=64, codebook_embed_dim=4, image_size=16, filename="vq_tiny.pt"
+    )
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    with StandInHub("hf_unused0000000000") as hub:
+        repo = Repo(private=False)
+        repo.branches["main"] = repo.commit(None, {"vq_tiny.pt": buffer.getvalue()})
+        hub.repos["FoundationVision/LlamaGen"] = repo
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+        monkeypatch.setattr(
+            "huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE",
+            hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        run_import(
+            ImportConfig("llamagen-vq", "FoundationVision/LlamaGen", str(tmp_path / "a"), options=options)
+        )
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    run_import(ImportConfig("llamagen-vq", "FoundationVision/LlamaGen", str(tmp_path / "b"), options=options))
+    check_against_reference(tmp_path / "b" / "tokenizer", ref)
+    provenance = json.loads((tmp_path / "b" / "tokenizer" / "config.json").read_text())["provenance"]
+    assert provenance["source"] == "FoundationVision/LlamaGen" and provenance["file"] == "vq_tiny.pt"

@@ -165,6 +165,17 @@ def test_an_import_cycle_is_found(tmp_path):
     assert import_cycles(tmp_path) == [["vqgen.stages.data.a", "vqgen.stages.data.b"]]
 
 
+def test_benchmarks_are_a_package_without_path_edits():
+    """benchmarks/ is imported as `benchmarks.NAME` (python -m benchmarks.NAME): no script puts its own folder
+    or the repository on sys.path (a path to another project's checkout, given on the command line, may go there)."""
+    import re
+
+    assert (ROOT / "benchmarks" / "__init__.py").is_file()
+    own = re.compile(r"sys\.path\.(insert|append)\([^\n]*(ROOT|__file__)")
+    edits = [p.name for p in (ROOT / "benchmarks").rglob("*.py") if own.search(p.read_text())]
+    assert edits == []
+
+
 def test_benchmarks_reach_commands_only_through_their_entry():
     """A benchmark runs a command through `run_*` and its `*Config` only: library code lives in the rooms."""
     bad = []

@@ -160,11 +160,7 @@ def test_pixelcnn_layers_cover_the_grid():
 
 
 def test_long_grid_benchmark_runs_in_tiny_mode(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import long_grids
+    from benchmarks import long_grids
 
     result = long_grids.main(["--tiny", "--json", str(tmp_path / "out.json")])
     assert (tmp_path / "out.json").is_file()

@@ -530,3 +530,16 @@ def test_a_damaged_prepared_cache_of_the_same_size_is_prepared_again(tmp_path, d
         in capsys.readouterr().err
     )
     assert (again == first).all()
+
+
+def test_a_run_config_edited_to_other_training_settings_is_one_line_on_resume(tmp_path, finished):
+    run = copy_run(finished, tmp_path / "run")
+    saved = json.loads((run / "run_config.json").read_text())
+    saved["train"]["lr"] = 0.5
+    (run / "run_config.json").write_text(json.dumps(saved))
+    before = snapshot(run)
+    answer = call_cli("tokenize", "--run", run, "--resume", "--steps", "3")
+    assert_one_line_error(answer, "was trained with lr=0.002, but run_config.json now says 0.5")
+    assert {k: v for k, v in snapshot(run).items() if not k.startswith("checkpoints")} == {
+        k: v for k, v in before.items() if not k.startswith("checkpoints")
+    }

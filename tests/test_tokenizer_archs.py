@@ -262,8 +262,7 @@ def test_gan_plugin_and_a_trained_vqgan_reused(runs, tmp_path, image_folder):
 
 
 def test_tokenizer_sizes_benchmark_in_its_tiny_mode(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import tokenizer_sizes
+    from benchmarks import tokenizer_sizes
 
     result = tokenizer_sizes.main(
         ["--tiny", "--skip-usage", "--repeats", "1", "--json", str(tmp_path / "s.json")]

@@ -62,7 +62,7 @@ def disk_message(code: int, folder: Path, needed: int | None, what: str = "") ->
     free = free_bytes(folder)
     sizes = [
         f"needs about {human_bytes(needed)}" if needed else "",
-        f"{human_bytes(free)} free" if free else "",
+        f"{human_bytes(free)} free" if free is not None else "",
     ]
     sizes_text = ", ".join(s for s in sizes if s)
     return (

@@ -35,13 +35,21 @@ class _Lines:
         self.stream.flush()
 
 
-def progress(total=None, desc: str = "", unit: str = "it", initial: int = 0, disable: bool = False, **kwargs):
-    """A tqdm bar: live in a terminal, a line every few seconds in a log (see the module's docstring)."""
+def progress(
+    iterable=None,
+    total=None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    disable: bool = False,
+    **kwargs,
+):
+    """A tqdm bar (over `iterable`, or updated by hand): live in a terminal, a line every few seconds in a log."""
     if interactive() or disable:
-        return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, **kwargs)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, **kwargs)
     seconds = float(os.environ.get("VQGEN_PROGRESS_SECONDS", DEFAULT_LOG_SECONDS))
     return tqdm(
-        total=total, desc=desc, unit=unit, initial=initial, file=_Lines(sys.stderr), mininterval=seconds,
+        iterable, total=total, desc=desc, unit=unit, initial=initial, file=_Lines(sys.stderr), mininterval=seconds,
         maxinterval=seconds, miniters=1, ncols=100, ascii=True, **kwargs,
     )  # fmt: skip
 

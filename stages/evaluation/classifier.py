@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from vqgen.stages.core.files import write_json
+from vqgen.stages.core.progress import progress
 from vqgen.stages.data.images import to_float
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 
@@ -100,7 +101,7 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
     model.train()
-    for _ in range(epochs):
+    for _ in progress(range(epochs), desc="classifier", unit="epoch"):
         order = torch.randperm(images.shape[0], generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * 128 : (i + 1) * 128]

@@ -12,6 +12,7 @@ from vqgen.stages.artifacts.codes import load_codes, meta_file
 from vqgen.stages.artifacts.models import load_prior
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import image_grid, save_png
+from vqgen.stages.core.progress import progress
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 from vqgen.stages.sampling.config import SamplingConfig, default_cfg_scale
@@ -55,9 +56,11 @@ def sample_and_measure(
         sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
     sampling = sampling.for_prior(prior)  # the prior's own defaults filled in, as recorded below
     feats, preds, preview, seconds = [], [], [], 0.0
+    bar = progress(total=cfg.n_samples, desc=f"{prior.config.prior_type}: sampling", unit="img")
     start = time.perf_counter()
     for _, grids in sample_chunks(prior, cfg.n_samples, cfg.batch_size, labels, sampling, cfg.seed):
         seconds += time.perf_counter() - start
+        bar.update(grids.shape[0])
         images = decode(tokenizer, grids)
         if space is not None:
             feats.append(fid.extract_features(space, images, cfg.batch_size))
@@ -65,6 +68,7 @@ def sample_and_measure(
             preds.append(classifier(images.to(next(classifier.parameters()).device)).argmax(1).cpu())
         preview.append(images[: max(0, 100 - sum(p.shape[0] for p in preview))].cpu())
         start = time.perf_counter()
+    bar.close()
     out = {
         "tokens_per_s": cfg.n_samples * prior.config.seq_len / max(seconds, 1e-9),
         "sampling_seconds": seconds,

@@ -16,7 +16,7 @@ from pathlib import Path
 from vqgen.stages.artifacts.hub import _hub_file, check_hub_id, looks_local
 from vqgen.stages.core.errors import UserError, one_line
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _LIGHTNING = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
 
@@ -62,7 +62,15 @@ def _load(path: Path, allowed: list):
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A `.pt`/`.ckpt`/`.bin` file's contents, read by torch's weights-only unpickler (see the module docstring)."""
+    """A `.pt`/`.ckpt`/`.bin` file's contents, read by torch's weights-only unpickler (see the module docstring);
+    a `.safetensors` file (a converted checkpoint) as its flat name -> tensor dict."""
+    if path.suffix == ".safetensors":
+        import safetensors.torch
+
+        try:
+            return safetensors.torch.load_file(str(path))
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
     allowed: list = []
     for _ in range(16):  # each pass lets one more Lightning metadata class through, as an inert placeholder
         try:

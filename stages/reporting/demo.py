@@ -209,7 +209,7 @@ def build_app(models: DemoModels):
                     n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="images")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                 gallery = gr.Gallery(
-                    label="samples", columns=8, elem_id="samples", height="auto", format="png"
+                    label="samples", columns=4, elem_id="samples", height="auto", format="png"
                 )
             inputs = [prior, klass, temperature, top_k, top_p, cfg_scale, schedule, seed, n]
             prior.change(as_message(models.defaults), prior, [temperature, cfg_scale])

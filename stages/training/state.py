@@ -57,8 +57,10 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
 
 def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
     """Put the trainer back in the state `checkpoint_state` described (read from the checkpoint at `path`). A
-    checkpoint that does not fit the model the run's settings build (a hand-edited run_config.json) is one line."""
+    checkpoint that does not fit the model or the training settings of run_config.json (edited by hand) is one
+    line."""
     check_engine(meta, trainer.engine, path)
+    _check_same_training(trainer.cfg, meta.get("train_config") or {}, path)
     model_state = ckpt.split_prefix(tensors, "model")
     try:
         optimizer_state = ckpt.unflatten_state(ckpt.split_prefix(tensors, "optim"), meta["optimizer"])
@@ -105,6 +107,20 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
         if "data_state" not in meta:
             raise UserError(f"--resume: {path} holds no stream position; it was not a --streaming run")
         trainer.feed.load_state_dict(meta["data_state"][trainer.accelerator.process_index])
+
+
+def _check_same_training(cfg, saved: dict, path: Path) -> None:
+    """The settings the checkpoint was trained with against those run_config.json gives now: a difference in one
+    that changes what is computed (not SAFE_ON_RESUME) means the file was edited by hand."""
+    from vqgen.stages.core.runconfig import SAFE_ON_RESUME
+
+    now = asdict(cfg)
+    for name in sorted(set(saved) & set(now) - SAFE_ON_RESUME):
+        if saved[name] != now[name]:
+            raise UserError(
+                f"--resume: {path} was trained with {name}={saved[name]!r}, but run_config.json now says "
+                f"{now[name]!r} (edited by hand?); put it back, or start a new run"
+            )
 
 
 def check_engine(meta: dict, engine: str, path: Path) -> None:

@@ -14,7 +14,6 @@ saves a checkpoint there; a second one stops at once, keeping the last checkpoin
 """
 
 import contextlib
-import copy
 import hashlib
 import math
 import sys
@@ -46,12 +45,13 @@ from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_die
 from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
+from vqgen.stages.training.rollback import NonfiniteRollback
 from vqgen.stages.training.state import checkpoint_state, restore_state
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
 
 
-class Trainer:
+class Trainer(NonfiniteRollback):
     def __init__(
         self, task: TrainTask, config: TrainConfig, run_dir: Path, plugins: list[TrainingPlugin] = ()
     ):
@@ -253,60 +253,6 @@ class Trainer:
         if hasattr(self.task, "augment"):
             batch = self.task.augment(batch, self.cfg.seed, micro)
         return indices, batch
-
-    def _on_nonfinite(self, step: int, what: str = "loss") -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.accelerator.scaler
-        if (
-            scaler is not None
-        ):  # fp16: close the GradScaler's step (its unscale_ for clipping) without an update
-            with contextlib.suppress(AssertionError):  # AssertionError: nothing was unscaled (no clipping)
-                scaler.update()  # the gradients were not finite: the scale is lowered too
-        self.nonfinite_in_row += 1
-        self.nonfinite_total += 1
-        last = ckpt.list_checkpoints(self.run_dir)
-        if self.nonfinite_in_row >= self.cfg.max_nonfinite:
-            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
-            raise TrainingStopped(
-                f"training stopped at step {step}: {self.nonfinite_in_row} non-finite losses in a row ({where}); "
-                "lower --lr or check the data"
-            )
-        share = self.nonfinite_total / max(step + 1, 1)
-        if self.nonfinite_total >= self.cfg.max_nonfinite and share > self.cfg.max_rollback_share:
-            where = f"last good checkpoint: {last[-1]}" if last else "no checkpoint was written yet"
-            raise TrainingStopped(
-                f"training stopped at step {step}: {self.nonfinite_total} non-finite losses were rolled back, "
-                f"{share:.0%} of the steps so far (more than {self.cfg.max_rollback_share:.0%}; {where}); "
-                "lower --lr or check the data"
-            )
-        if self._snapshot is not None and self.cfg.rollback_lr_factor < 1:
-            self._restore_snapshot()
-            self.lr_scale *= self.cfg.rollback_lr_factor
-            for plugin in self.plugins:
-                plugin.on_rollback(self.cfg.rollback_lr_factor)
-            self.accelerator.print(
-                f"non-finite {what} at step {step}: rolled back to the state of step {self._snapshot['step']}, "
-                f"learning rate scaled to x{self.lr_scale:.3g}"
-            )
-        return None
-
-    def _take_snapshot(self, step: int) -> None:
-        self._snapshot = {
-            "step": step,
-            "model": copy.deepcopy(self.unwrapped().state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "plugins": [copy.deepcopy(p.state_dict()) for p in self.plugins],
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-        }
-
-    def _restore_snapshot(self) -> None:
-        snap = self._snapshot
-        self.unwrapped().load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(snap["optimizer"])
-        for plugin, state in zip(self.plugins, snap["plugins"]):
-            plugin.load_state_dict(state)
-        if self.ema is not None:
-            self.ema.load_state_dict(*snap["ema"])
 
     # --- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
