@@ -106,10 +106,13 @@ def _check_plain(value: Any, where: str, depth: int) -> None:
         _check_plain(item, where, depth + 1)
 
 
-def file_values(data: dict, where: str) -> dict[str, Any]:
+def file_values(data: dict, where: str, folder: Path) -> dict[str, Any]:
     """A config file's fields by name (`flat_file`), without those a file never sets (NOT_FROM_FILES: one
-    warning line names them)."""
+    warning line names them); a run's own relative paths (RELATIVE_PATHS) are read from the file's `folder`."""
     values = flat_file(data, where)
+    for name in RELATIVE_PATHS & set(values):
+        if isinstance(values[name], str):
+            values[name] = str(Path(folder) / values[name])
     ignored = sorted(set(values) & NOT_FROM_FILES)
     if ignored:
         print(
