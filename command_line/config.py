@@ -23,7 +23,7 @@ def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
         return value
     from vqgen.stages.core.runconfig import file_values, read_config_file
 
-    values = file_values(read_config_file(value), f"--config {value}")
+    values = file_values(read_config_file(value), f"--config {value}", Path(value).parent)
     params = {p.name for p in ctx.command.params}
     defaults = {}
     for name, v in values.items():

@@ -71,11 +71,18 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
 }
 # Training options of `train-prior` only: stage two has a held-out split to score during training.
 PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
+    "steps": (int, "Optimizer steps; 0: --epochs passes over the training codes (at least 500 steps)."),
+    "epochs": (float, "With --steps 0: passes over the training codes."),
     "eval_every": (
         int,
-        "Measure the held-out NLL every N steps (metrics.json's history; a warning when the prior overfits). "
-        "0: only at the end.",
+        "Score the held-out codes every N steps and at the end (metrics.json's history); the weights with the "
+        "lowest held-out NLL are the ones saved. 0: only at the end, the last weights saved.",
     ),
+    "patience": (
+        int,
+        "Stop once N held-out scorings in a row brought no lower NLL (0: never; needs --eval-every).",
+    ),
+    "keep_last": (bool, "Save the last weights instead of those with the lowest held-out NLL."),
 }
 # Config field names whose command-line option is spelled otherwise.
 FLAG_OF_FIELD = {

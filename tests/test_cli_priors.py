@@ -55,9 +55,17 @@ def test_train_prior_and_generate(run, prior):
     saved = json.loads((folder / "metrics.json").read_text())
     metrics = saved["prior"]
     assert metrics["val_bits_per_token"] > 0 and metrics["val_bits_per_dim"] > 0
-    scored = [h for h in saved["history"] if "val_bits_per_token" in h]  # --eval-every 2 of 3 steps: step 2
-    assert [h["step"] for h in scored] == [2] and scored[0]["val_bits_per_token"] > 0
-    assert metrics["best_val_step"] in (2, 3)
+    scored = [
+        h for h in saved["history"] if "val_bits_per_token" in h
+    ]  # --eval-every 2 of 3 steps, and the last
+    assert [h["step"] for h in scored] == [2, 3] and scored[0]["val_bits_per_token"] > 0
+    best = min(scored, key=lambda h: h["val_bits_per_token"])
+    assert metrics["best_val_step"] == best["step"] and metrics["kept"] == "best" and metrics["steps"] == 3
+    assert metrics["kept_step"] == best["step"]  # the saved prior is the best scored one, and says so:
+    assert metrics["val_bits_per_token"] == pytest.approx(best["val_bits_per_token"], rel=1e-5)
+    assert f"those of step {best['step']} of 3" in (folder / "README.md").read_text()
+    assert (folder / "samples" / f"samples_{best['step']:07d}.png").is_file()  # the kept model's grid
+    assert "val_bits_per_token=" in result.stderr  # the progress line shows the held-out NLL
 
     out = run / f"{prior}-sevens.png"
     gen = run_cli(
@@ -166,6 +174,12 @@ def test_train_prior_bad_input(run, tmp_path):
     assert_user_error(fixed, "vocab_size")
 
 
+def test_a_patience_without_held_out_scores_is_one_line(run, tmp_path):
+    result = train(run, "gru", "--patience", "3", "--eval-every", "0", "--out", str(tmp_path / "p"))
+    assert_user_error(result, "--patience 3", "--eval-every")
+    assert not (tmp_path / "p").exists()  # refused before anything was written
+
+
 def test_a_size_preset_reaches_the_saved_config(run, tmp_path):
     """--size B fills the fields no --prior-opt names (here GPT-B's SwiGLU width); the run records the preset."""
     out = tmp_path / "sized"
@@ -209,7 +223,7 @@ def test_scoring_the_held_out_split_during_training_changes_no_weight(run, tmp_p
     weights = {}
     for every in ("0", "1"):
         out = tmp_path / f"every-{every}"
-        result = train(run, "transformer", "--eval-every", every, "--out", str(out))
+        result = train(run, "transformer", "--eval-every", every, "--out", str(out), "--keep-last")
         assert result.returncode == 0, result.stderr[-3000:]
         weights[every] = load_file(out / "model.safetensors")
     assert weights["0"].keys() == weights["1"].keys()

@@ -543,3 +543,15 @@ def test_a_run_config_edited_to_other_training_settings_is_one_line_on_resume(tm
     assert {k: v for k, v in snapshot(run).items() if not k.startswith("checkpoints")} == {
         k: v for k, v in before.items() if not k.startswith("checkpoints")
     }
+
+
+def test_a_prior_run_config_reused_elsewhere_finds_its_codes(tmp_path, finished):
+    """A prior's run_config.json names its codes relative to its own folder (`../codes`); reused as --config from
+    another working directory, that path is read from the file's folder."""
+    out = tmp_path / "again"
+    answer = call_cli("train-prior", "--config", finished / "prior-gru" / "run_config.json", "--out", out)
+    assert answer.code == 0, answer.err[-3000:]
+    assert "out, overwrite, resume ignored" in answer.err
+    assert json.loads((out / "run_config.json").read_text())["codes"] == os.path.relpath(
+        finished / "codes", out
+    )

@@ -92,7 +92,8 @@ def test_set_fields_reaches_nested_fields_and_keeps_the_defaults():
 
 
 def test_stage_defaults_are_declared_once():
-    assert (TOKENIZER_TRAINING.steps, PRIOR_TRAINING.steps, PRIOR_TRAINING.weight_decay) == (3200, 2000, 0.01)
+    assert (TOKENIZER_TRAINING.steps, PRIOR_TRAINING.steps, PRIOR_TRAINING.weight_decay) == (3200, 0, 0.01)
+    assert PRIOR_TRAINING.epochs == 28.0  # steps 0: the prior's steps follow the size of its data
 
 
 class Loss(Enum):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from vqgen.stages.core.files import write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # a Hub dataset id: "name" or "owner/name"
 TASK = "unconditional-image-generation"  # the Hub's task id closest to (class-conditional) image generation
@@ -216,6 +217,8 @@ Prior:
 
 {_metrics_table(inputs.prior_metrics, PRIOR_METRICS)}
 
+{kept_weights(inputs.prior_metrics)}
+
 ## Files
 
 {layout}
@@ -279,6 +282,28 @@ def provenance_note(provenance: dict | None) -> str:
         f"\nImported with `vqgen import {p['format']}` from `{p.get('source')}`{file}. Licence of the original "
         f"weights: {licence}.\n"
     )
+
+
+def kept_weights(metrics: dict) -> str:
+    """A sentence on which weights of a prior's run were saved (metrics.json's `prior`); empty for older runs."""
+    if "kept" not in metrics:
+        return ""
+    if metrics["kept"] == "best":
+        stop = ", stopped early (--patience)" if metrics.get("stopped_early") else ""
+        return (
+            f"The prior's weights are those of step {metrics['kept_step']:,} of {metrics['steps']:,}{stop}: the "
+            f"lowest held-out NLL ({metrics['val_bits_per_token']:.4g} bits/token) among the scorings during training."
+        )
+    return f"The prior's weights are those of its last step ({metrics['kept_step']:,}, `--keep-last`)."
+
+
+def note_kept_weights(readme: Path, metrics: dict) -> None:
+    """Add `kept_weights` to a saved prior's own README.md (the card save_pretrained wrote)."""
+    sentence = kept_weights(metrics)
+    if sentence and readme.is_file():
+        card = ModelCard.load(readme)
+        card.text = card.text.rstrip("\n") + f"\n\n## Training\n\n{sentence}\n"
+        write_text(str(card), readme)  # renamed into place: never half-written
 
 
 def check_card(card: ModelCard, expected: list[EvalResult] | None) -> None:

@@ -44,6 +44,9 @@ class CodeSplits:
     val_codes: torch.Tensor
     val_labels: torch.Tensor
     meta: dict  # codes.json: vocab_size, grid_height, grid_width, num_classes, tokenizer_fingerprint, ...
+    # `vqgen encode --augment`: (V, N, H, W) long, every training image's V views (train_codes = view 0, the labels
+    # those of the N images); None: one code grid per image. `train-prior` draws one view per image and step.
+    train_views: torch.Tensor | None = None
 
 
 def load_codes(path: Path) -> CodeSplits:
@@ -69,7 +72,36 @@ def load_codes(path: Path) -> CodeSplits:
             np.asarray(rows["label"]), dtype=torch.long
         )
 
-    return CodeSplits(*arrays("train"), *arrays("validation"), meta)
+    codes = CodeSplits(*arrays("train"), *arrays("validation"), meta)
+    views = meta.get("views", 1)
+    if isinstance(views, int) and views > 1 and "view" in dd["train"].column_names:
+        codes = grouped_views(
+            codes, dd["train"].select_columns(["image", "view"]).with_format("numpy")[:], path
+        )
+    return codes
+
+
+def grouped_views(codes: CodeSplits, rows: dict, path: Path) -> CodeSplits:
+    """The train split of `vqgen encode --augment` (each image's V views in consecutive rows, `image` and `view`
+    columns) as (V, N, H, W) views of N images."""
+    v = codes.meta["views"]
+    n = len(codes.train_codes) // v
+    image = torch.as_tensor(np.asarray(rows["image"])).view(-1)
+    view = torch.as_tensor(np.asarray(rows["view"])).long().view(-1)
+    if n * v != len(codes.train_codes) or not (
+        torch.equal(view.view(n, v), torch.arange(v).expand(n, v))
+        and torch.equal(image.view(n, v), image.view(n, v)[:, :1].expand(n, v))
+        and torch.equal(codes.train_labels.view(n, v), codes.train_labels.view(n, v)[:, :1].expand(n, v))
+    ):
+        raise UserError(
+            f"--codes {path}: its train rows are not {v} views of each image in turn; encode them again"
+        )
+    grids = (
+        codes.train_codes.view(n, v, *codes.train_codes.shape[1:]).transpose(0, 1).contiguous()
+    )  # (V, N, H, W)
+    codes.train_views, codes.train_codes = grids, grids[0]
+    codes.train_labels = codes.train_labels.view(n, v)[:, 0].contiguous()
+    return codes
 
 
 def read_codes_meta(meta_file: Path) -> dict:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from vqgen.stages.artifacts.codes import load_codes
+from vqgen.stages.artifacts.card import note_kept_weights
+from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
 from vqgen.stages.core.build import build_prior, sized_options
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
-from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, overfit_note
+from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, kept_note, overfit_note
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
 from vqgen.stages.training.distribution import launched_processes
@@ -44,6 +45,24 @@ class PriorTrainConfig:
     LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
 
 
+def final_results(
+    cfg: PriorTrainConfig, trainer: Trainer, model, codes: CodeSplits, tokenizer, seconds
+) -> dict:
+    """metrics.json's `prior`: the saved model's held-out NLL, which weights were kept and why, the run's speed."""
+    image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
+    labels = codes.val_labels if model.config.num_classes else None
+    results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
+    kept = trainer.kept()
+    results.update(
+        prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=seconds,
+        nonfinite_rolled_back=trainer.nonfinite_total, steps=trainer.step, stopped_early=trainer.stopped_early,
+        train_tokens_per_s=trainer.step * cfg.train.batch_size * codes.train_codes[0].numel() / seconds,
+        kept=kept, kept_step=trainer.best.step if kept == "best" else trainer.step,
+    )  # fmt: skip
+    results.update(best_validation(trainer.history, results["val_bits_per_token"], trainer.step))
+    return results
+
+
 @locked_command  # the prior folder stays locked while the command runs
 def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
@@ -51,10 +70,16 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
 
     options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
+    if cfg.train.patience and not cfg.train.eval_every:
+        raise UserError(
+            f"--patience {cfg.train.patience} counts held-out scorings: give --eval-every N (N > 0)"
+        )
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before anything is read
     codes_dir = Path(cfg.codes)
     codes = load_codes(codes_dir)
+    if cfg.train.patience and codes.val_codes.shape[0] == 0:
+        raise UserError(f"--patience: {codes_dir} holds no held-out codes (its validation split is empty)")
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
     out_dir = Path(cfg.out) if cfg.out else codes_dir.resolve().parent / f"prior-{cfg.prior}"
     tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
@@ -79,25 +104,21 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     trainer.fit()
     train_seconds = time.perf_counter() - started
     results: dict = {}
-    model = (
-        trainer.final_model()
-    )  # the weight average with --model-ema-decay (sharded: gathered, on process 0)
+    # the best held-out weights; with --keep-last the last (or their average); sharded: gathered, on process 0
+    model = trainer.final_model()
     if trainer.accelerator.is_main_process:
         save_model(model, out_dir)  # each file renamed into place: never half-written
-        image_dims = tokenizer.config.channels * tokenizer.config.image_size**2 if tokenizer else 1
-        labels = codes.val_labels if model.config.num_classes else None
-        results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
-        results.update(
-            prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=train_seconds,
-            nonfinite_rolled_back=trainer.nonfinite_total,
-            train_tokens_per_s=cfg.train.steps * cfg.train.batch_size * codes.train_codes[0].numel() / train_seconds,
-        )  # fmt: skip
-        results.update(best_validation(trainer.history, results["val_bits_per_token"], cfg.train.steps))
-        note = overfit_note(results, codes.train_codes.shape[0])
+        results = final_results(cfg, trainer, model, codes, tokenizer, train_seconds)
+        note_kept_weights(out_dir / "README.md", results)
+        note = (
+            overfit_note(results, codes.train_codes.shape[0])
+            if results["kept"] == "last"
+            else kept_note(results)
+        )
         if note:
             trainer.accelerator.print(f"{cfg.prior}: {note}")
         if tokenizer is not None:
-            trainer.task.save_samples(model, cfg.train.steps, out_dir)
+            trainer.task.save_samples(model, results["kept_step"], out_dir)  # the grid of the model saved
         write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
         write_plots(out_dir, trainer.history, results)
         paths = {

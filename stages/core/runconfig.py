@@ -35,6 +35,7 @@ from vqgen.stages.core.errors import UserError, one_line
 SAFE_ON_RESUME = {
     "steps", "sample_every", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "max_nonfinite",
     "record_data_order", "eval_batch_size", "eval_every", "device", "compile", "num_workers", "checkpoint_shard_gb",
+    "epochs", "patience", "keep_last",
 }  # fmt: skip
 # Where a run is and what to do with it are the command line's alone: a run folder or a copy of its
 # run_config.json is a place and a description, never an instruction to replace or continue a run.
@@ -105,10 +106,13 @@ def _check_plain(value: Any, where: str, depth: int) -> None:
         _check_plain(item, where, depth + 1)
 
 
-def file_values(data: dict, where: str) -> dict[str, Any]:
+def file_values(data: dict, where: str, folder: Path) -> dict[str, Any]:
     """A config file's fields by name (`flat_file`), without those a file never sets (NOT_FROM_FILES: one
-    warning line names them)."""
+    warning line names them); a run's own relative paths (RELATIVE_PATHS) are read from the file's `folder`."""
     values = flat_file(data, where)
+    for name in RELATIVE_PATHS & set(values):
+        if isinstance(values[name], str):
+            values[name] = str(Path(folder) / values[name])
     ignored = sorted(set(values) & NOT_FROM_FILES)
     if ignored:
         print(

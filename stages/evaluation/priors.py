@@ -192,3 +192,14 @@ def overfit_note(results: dict, train_examples: int) -> str | None:
         f"at {final:.3f}: the prior overfits its {train_examples:,} training grids; train fewer steps "
         f"(--steps {results['best_val_step']}) or on more data"
     )
+
+
+def kept_note(results: dict) -> str | None:
+    """One line when the saved weights are the best held-out ones from before the last step, else None."""
+    if results["kept_step"] == results["steps"]:
+        return None
+    return (
+        f"saved the weights of step {results['kept_step']}, the lowest held-out NLL "
+        f"({results['val_bits_per_token']:.3f} bits/token) of the run's {results['steps']} steps "
+        "(--keep-last saves the last ones)"
+    )

@@ -46,6 +46,10 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
     }  # fmt: skip
     if data_state is not None:
         meta["data_state"] = data_state
+    if trainer.best is not None:
+        best_tensors, meta["best"] = trainer.best.state_dict()
+        tensors.update(ckpt.add_prefix(best_tensors, "best"))
+        meta["stopped_early"] = trainer.stopped_early
     if trainer.ema is not None:
         meta["ema_updates"] = ema_updates
     return tensors, meta
@@ -94,6 +98,11 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
     trainer.skipped_steps = meta.get("skipped_steps", 0)
     if trainer.accelerator.scaler is not None and meta.get("grad_scaler"):
         trainer.accelerator.scaler.load_state_dict(meta["grad_scaler"])
+    if (
+        trainer.best is not None and "best" in meta
+    ):  # a run checkpointed before best weights were kept: none yet
+        trainer.best.load_state_dict(ckpt.split_prefix(tensors, "best"), meta["best"])
+        trainer.stopped_early = meta["stopped_early"]
     if hasattr(trainer.feed, "load_state_dict"):
         if "data_state" not in meta:
             raise UserError(f"--resume: {path} holds no stream position; it was not a --streaming run")

@@ -117,6 +117,9 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
+    best_metric = (
+        "val_bits_per_token"  # the trainer keeps the weights that score lowest on the held-out codes
+    )
     shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):
@@ -128,8 +131,22 @@ class PriorTask:
         return self.codes.train_codes.shape[0]
 
     def get_batch(self, indices: torch.Tensor, device: torch.device):
+        """(codes (B, H, W), labels (B,) or None); with augmented views the codes of every view, (V, B, H, W),
+        of which `augment` draws one per image."""
         labels = self.codes.train_labels[indices].to(device) if self.conditional else None
+        if self.codes.train_views is not None:
+            return self.codes.train_views[:, indices].to(device), labels
         return self.codes.train_codes[indices].to(device), labels
+
+    def augment(self, batch, seed: int, micro_batch: int):
+        """One view per image, drawn from a generator seeded from (seed, micro-batch): exact on resume, and the
+        global random stream (dropout, label dropout) is the same as without views."""
+        if self.codes.train_views is None:
+            return batch
+        views, labels = batch  # (V, B, H, W)
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + micro_batch) % (2**63))
+        pick = torch.randint(0, views.shape[0], (views.shape[1],), generator=generator).to(views.device)
+        return views[pick, torch.arange(views.shape[1], device=views.device)], labels  # (B, H, W)
 
     def compute_loss(self, model, batch):
         codes, labels = batch

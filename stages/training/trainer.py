@@ -33,7 +33,14 @@ from vqgen.stages.core.progress import progress
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training import sharding
-from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask, default_workers
+from vqgen.stages.training.best import BestWeights
+from vqgen.stages.training.config import (
+    TrainConfig,
+    TrainingStopped,
+    TrainTask,
+    default_workers,
+    steps_for_epochs,
+)
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
 from vqgen.stages.training.distribution import launched_processes
 from vqgen.stages.training.ema import WeightAverage
@@ -90,6 +97,15 @@ class Trainer(NonfiniteRollback):
         self.model, self.optimizer = sharding.prepare(self.accelerator, self.engine, model, make_optimizer)
         self.sharded = sharding.is_sharded(self.model)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if config.steps == 0:  # follow the data: `epochs` passes over it
+            if not hasattr(task, "num_examples") or hasattr(task, "stream_feed"):
+                raise UserError("--steps 0 follows the size of the data; a stream has none: give --steps N")
+            try:
+                config.steps = steps_for_epochs(
+                    config.epochs, task.num_examples(), config.batch_size * config.grad_accum * world
+                )
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
         if hasattr(task, "stream_feed"):  # a stream: its own resumable position, saved in every checkpoint
             self.sampler, self.feed = None, task.stream_feed(rank, world, config.batch_size, config.seed)
         else:
@@ -122,6 +138,17 @@ class Trainer(NonfiniteRollback):
         self._stop_requested = False
         if self.accelerator.is_main_process:  # a disk too small for one checkpoint: said before any step
             ckpt.check_space(self.run_dir, self.unwrapped(), self.ema is not None)
+        metric = getattr(task, "best_metric", None) if hasattr(task, "validate") else None
+        self.best = (
+            BestWeights(metric, config.patience)
+            if metric and config.eval_every and not self.sharded
+            else None
+        )
+        self.stopped_early = (
+            False  # the held-out score did not improve for `patience` scorings: the run is over
+        )
+        self._held_out: dict[str, float] = {}  # the latest held-out scores, shown in the progress line
+        self._postfix: dict[str, str] = {}  # the latest training metrics shown there
 
     # --- schedule -----------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -239,8 +266,10 @@ class Trainer(NonfiniteRollback):
         order_log = self._open_data_order() if cfg.record_data_order else None
         try:
             with self._graceful_interrupt():
-                while self.step < cfg.steps:
+                while self.step < cfg.steps and not self.stopped_early:
                     self._advance(order_log)
+                    if self.stopped_early:
+                        self._stop_early()
                     if self.step < cfg.steps and self._stop_agreed():
                         if self._saved_step != self.step:
                             self.save()
@@ -279,8 +308,8 @@ class Trainer(NonfiniteRollback):
             if acc.is_main_process:
                 self.task.save_samples(model, self.step, self.run_dir)
                 write_plots(self.run_dir, self.history)  # RUN/plots: the curves so far and the newest samples
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and (acc.is_main_process or self.sharded):
-            self._validate()  # sharded: every process runs the forward passes, each gathering its blocks
+        if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+            self._validate()  # every process: sharded, each runs the forward passes, gathering its blocks
         if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
             self.save()
 
@@ -328,25 +357,62 @@ class Trainer(NonfiniteRollback):
         if self.cfg.log_with:
             self.accelerator.log(metrics, step=self.step)
         keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
-        self.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in keys if k in metrics}, refresh=False)
+        self._postfix = {k: f"{metrics[k]:.4g}" for k in keys if k in metrics}
+        self.bar.set_postfix(
+            {**self._postfix, **_shown(self._held_out)}, refresh=False
+        )  # the latest held-out too
 
     def _validate(self) -> None:
-        """The task's held-out scores of the weights as they are now, added to this step's history entry. Uses no
-        random numbers, so a run with it draws the same batches and weights as one without."""
+        """The task's held-out scores of the weights as they are now (the weight average with --model-ema-decay),
+        added to this step's history entry; with a `best_metric`, the best weights kept and the patience counted.
+        Uses no random numbers, so a run with it draws the same batches and weights as one without."""
         validate = getattr(self.task, "validate", None)
         if validate is None:
             return
-        scores = validate(self.unwrapped())  # in eval mode; the next train_step sets training mode again
-        if not self.history or self.history[-1]["step"] != self.step:
-            self.history.append({"step": self.step})
-        self.history[-1].update(scores)
+        if self.accelerator.is_main_process or self.sharded:  # sharded: every process runs the forward passes
+            model = self.unwrapped()
+            average = self.ema is not None and not self.sharded
+            with self.ema.applied(model) if average else contextlib.nullcontext(model) as scored:
+                scores = validate(scored)  # in eval mode; the next train_step sets training mode again
+                if self.best is not None:
+                    self.best.update(self.step, scores, scored)
+            if not self.history or self.history[-1]["step"] != self.step:
+                self.history.append({"step": self.step})
+            self.history[-1].update(scores)
+            self._held_out = scores
+            self.bar.set_postfix({**self._postfix, **_shown(scores)}, refresh=False)
+        self.stopped_early = self._agreed(self.best is not None and self.best.exhausted)
+
+    def _stop_early(self) -> None:
+        """One line saying why the run ends here; a checkpoint at this step, so that --resume ends at once too."""
+        if self._saved_step != self.step:
+            self.save()
+        b = self.best
+        self.accelerator.print(
+            f"{self.task.stage}: early stop at step {self.step} of {self.cfg.steps}: no lower {b.metric} in "
+            f"{b.patience} scorings (--patience {b.patience}, every {self.cfg.eval_every} steps); the best was "
+            f"at {b.summary()}"
+        )
+
+    def _agreed(self, flag: bool) -> bool:
+        """Process 0's decision, taken by every process (they all stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor(
+            [float(flag) if self.accelerator.is_main_process else 0.0], device=self.accelerator.device
+        )
+        return float(self.accelerator.reduce(value, "sum")) > 0
 
     def final_model(self) -> torch.nn.Module | None:
-        """The model to save once training has ended: with --model-ema-decay, the average of its weights (loaded into the
-        model, so call it after the last checkpoint), else the model as trained. Every process calls it: sharded,
-        process 0 gets a single-device copy with the full weights and the others None."""
+        """The model to save once training has ended, loaded into the model (so call it after the last checkpoint):
+        the weights with the best held-out score when the task names one (`best_metric`) and they were scored, unless
+        --keep-last; else with --model-ema-decay the average of the weights; else the model as trained. Every process
+        calls it: sharded, process 0 gets a single-device copy with the full weights and the others None (a sharded
+        run keeps no best weights: it saves the last)."""
         model = self.unwrapped()
-        if self.ema is not None:
+        if self.kept() == "best":
+            self.best.copy_to(model)
+        elif self.ema is not None:
             self.ema.copy_to(model)
         return self.whole_model()
 
@@ -356,6 +422,11 @@ class Trainer(NonfiniteRollback):
         if not self.sharded:
             return self.unwrapped()
         return sharding.plain_copy(self.unwrapped(), sharding.full_model_state(self.unwrapped()))
+
+    def kept(self) -> str:
+        """Which weights `final_model` returns: "best" (held-out) or "last"."""
+        has_best = self.best is not None and self.best.weights is not None
+        return "best" if has_best and not self.cfg.keep_last else "last"
 
     def unwrapped(self) -> torch.nn.Module:
         """The trained model itself: without accelerate's wrappers (DDP, mixed precision) nor torch.compile's, so
@@ -408,6 +479,11 @@ class Trainer(NonfiniteRollback):
             self._saved_step = self.step
             return self.step
         raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
+
+
+def _shown(scores: dict[str, float]) -> dict[str, str]:
+    """Held-out scores as the progress line shows them, next to the training loss."""
+    return {k: f"{v:.4g}" for k, v in scores.items()}
 
 
 def host_values(metrics: dict) -> dict[str, float]:
