@@ -64,7 +64,7 @@ class TrainConfig:
         "sample_every": (0, 10**9), "eval_every": (0, 10**9), "checkpoint_every": (1, 10**9),
         "keep_checkpoints": (0, 10**6), "max_nonfinite": (1, 10**9), "max_rollback_share": (0.0, 1.0),
         "rollback_lr_factor": (1e-3, 1.0), "snapshot_every": (1, 10**9), "num_workers": (0, 256),
-        "checkpoint_shard_gb": (0.001, 10**4),
+        "checkpoint_shard_gb": (1e-5, 10**4),  # from 10 kB (a test of several shards) to 10 TB
     }  # fmt: skip
 
 
