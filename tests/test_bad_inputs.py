@@ -375,7 +375,7 @@ def no_space(path, *args, **kwargs) -> None:
 
 def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "vqgen.stages.training.checkpoint.save_file", lambda tensors, path, *a, **k: no_space(path)
+        "vqgen.stages.artifacts.sharded.save_file", lambda tensors, path, *a, **k: no_space(path)
     )
     run = tmp_path / "run"
     answer = call_cli("tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "2",
