@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny labelled image folder made from the embedded digits, tiny model flags, a CLI runner."""
+"""Shared fixtures and helpers: a tiny labelled image folder made from the embedded digits, tiny model flags, the
+CLI run as a process (`run_cli`) or in this process (`call_cli`), and a toy training task (`LinearTask`)."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +63,53 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@dataclass
+class Answer:
+    code: int
+    out: str
+    err: str
+
+
+def call_cli(*args: str) -> Answer:
+    """`python cli.py ARGS`, in this process: exit code, stdout and stderr. An exception that main() lets through
+    (a traceback for the user) propagates and fails the test."""
+    import vqgen.cli as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["cli.py", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return Answer(code, out.getvalue(), err.getvalue())
+
+
+class LinearTask:
+    """A toy stage: a linear model fitted to random vectors."""
+
+    stage, progress_keys = "toy", ()
+
+    def __init__(self):
+        import torch
+
+        torch.manual_seed(0)
+        self.model, self.x = torch.nn.Linear(4, 1), torch.randn(32, 4)
+
+    def num_examples(self) -> int:
+        return 32
+
+    def get_batch(self, indices, device):
+        return self.x[indices].to(device)
+
+    def compute_loss(self, model, batch):
+        out = model(batch)
+        return out.pow(2).mean(), out, {}
+
+    def save_samples(self, model, step, run_dir):
+        pass

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -23,36 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import vqgen.cli as cli  # noqa: E402
-from conftest import ROOT, TINY_TOKENIZER_FLAGS, run_cli
+from conftest import ROOT, TINY_TOKENIZER_FLAGS, Answer, call_cli, run_cli
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 SOURCE_DIRS = ("stages", "priors", "plugins", "benchmarks")
 GRU_FLAGS = ["--prior-opt", "embed_dim=8", "--prior-opt", "hidden_size=8", "--prior-opt", "num_layers=1"]
-
-
-@dataclass
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
-def call_cli(*args: str) -> Answer:
-    """`python cli.py ARGS`, in this process: exit code, stdout and stderr. An exception that main() lets through
-    (a traceback for the user) propagates and fails the test."""
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["cli.py", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return Answer(code, out.getvalue(), err.getvalue())
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -400,7 +375,7 @@ def no_space(path, *args, **kwargs) -> None:
 
 def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "vqgen.stages.training.checkpoint.save_file", lambda tensors, path, *a, **k: no_space(path)
+        "vqgen.stages.artifacts.sharded.save_file", lambda tensors, path, *a, **k: no_space(path)
     )
     run = tmp_path / "run"
     answer = call_cli("tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "2",

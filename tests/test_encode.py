@@ -160,7 +160,7 @@ def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
     from vqgen.stages.commands.encode import EncodeConfig, run_encode
     from vqgen.stages.data.images import to_float
     from vqgen.stages.data.sources import load_image_splits
-    from vqgen.stages.tokenizer.quantizer import QuantizerConfig
+    from vqgen.stages.tokenizer.base import QuantizerConfig
     from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
+from conftest import ROOT, TINY_TOKENIZER_FLAGS, LinearTask, assert_user_error, run_cli
 from vqgen.stages.artifacts import replaced
 from vqgen.stages.artifacts.runs import LOCK_FILE, hold_lock, prepare_run_dir, release_locks, run_lock
 from vqgen.stages.core.errors import UserError
@@ -505,26 +505,6 @@ def test_a_run_that_keeps_rolling_back_stops_and_says_so(tmp_path):
     from vqgen.stages.core.errors import TrainingStopped
     from vqgen.stages.training.trainer import TrainConfig, Trainer
 
-    class Linear:
-        stage, progress_keys = "toy", ()
-
-        def __init__(self):
-            torch.manual_seed(0)
-            self.model, self.x = torch.nn.Linear(4, 1), torch.randn(32, 4)
-
-        def num_examples(self):
-            return 32
-
-        def get_batch(self, indices, device):
-            return self.x[indices].to(device)
-
-        def compute_loss(self, model, batch):
-            out = model(batch)
-            return out.pow(2).mean(), out, {}
-
-        def save_samples(self, model, step, run_dir):
-            pass
-
     class EveryThirdNaN(TrainingPlugin):  # never two in a row: the in-a-row limit alone would never stop it
         name, stages, calls = "every-third-nan", ("toy",), 0
 
@@ -535,7 +515,7 @@ def test_a_run_that_keeps_rolling_back_stops_and_says_so(tmp_path):
     cfg = TrainConfig(
         steps=60, batch_size=8, max_nonfinite=3, max_rollback_share=0.2, sample_every=0, log_every=1
     )
-    trainer = Trainer(Linear(), cfg, tmp_path, [EveryThirdNaN(None)])
+    trainer = Trainer(LinearTask(), cfg, tmp_path, [EveryThirdNaN(None)])
     with pytest.raises(
         TrainingStopped, match=r"non-finite losses were rolled back, \d+% of the steps so far"
     ):

@@ -182,7 +182,10 @@ def test_every_field_has_its_range_in_a_config_file(tmp_path, text, fragment):
 
 
 def test_a_flag_has_the_same_range(tmp_path):
-    for flag, value, fragment in (("--lr", "nan", "'--lr'"), ("--steps", "0", "greater than or equal to 1")):
+    for flag, value, fragment in (
+        ("--lr", "nan", "'--lr'"),
+        ("--batch-size", "0", "greater than or equal to 1"),
+    ):
         assert_one_line_error(call_cli("tokenize", "--run", tmp_path / "new", flag, value), fragment)
     assert not (tmp_path / "new").exists()
 

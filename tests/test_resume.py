@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_TOKENIZER_FLAGS
+from conftest import ROOT, TINY_TOKENIZER_FLAGS, LinearTask
 from safetensors.torch import load_file
 from test_cli_priors import TINY_PRIOR_OPTIONS
 from vqgen.cli import app
@@ -251,29 +251,6 @@ def test_a_failed_write_leaves_no_checkpoint_and_the_older_ones_intact(tmp_path,
         ckpt.write_checkpoint(tmp_path, 2, {"w": torch.zeros(3)}, {}, keep=3)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000001"]
     assert ckpt.verify_checkpoint(tmp_path / "checkpoints" / "step_0000001") is None
-
-
-class LinearTask:
-    """A toy stage: a linear model fitted to random vectors."""
-
-    stage, progress_keys = "toy", ()
-
-    def __init__(self):
-        torch.manual_seed(0)
-        self.model, self.x = torch.nn.Linear(4, 1), torch.randn(32, 4)
-
-    def num_examples(self) -> int:
-        return 32
-
-    def get_batch(self, indices, device):
-        return self.x[indices].to(device)
-
-    def compute_loss(self, model, batch):
-        out = model(batch)
-        return out.pow(2).mean(), out, {}
-
-    def save_samples(self, model, step, run_dir):
-        pass
 
 
 class NaNFrom(TrainingPlugin):

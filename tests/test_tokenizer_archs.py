@@ -6,17 +6,13 @@ Commands run in this process through `cli.main()` (as tests/test_bad_inputs.py d
 `python cli.py ...` without a new interpreter per call.
 """
 
-import contextlib
-import io
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import vqgen.cli as cli
+from conftest import Answer, call_cli
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
 
 STEPS = ["--steps", "2", "--batch-size", "8", "--sample-every", "0"]
@@ -30,27 +26,6 @@ QUANTIZER_FLAGS = {  # K = 16 for each
     "lfq": ["--quantizer", "lfq", "--code-dim", "4"],
 }
 GRU_FLAGS = ["--prior-opt", "embed_dim=8", "--prior-opt", "hidden_size=8", "--prior-opt", "num_layers=1"]
-
-
-@dataclass
-class Answer:
-    code: int
-    out: str
-    err: str
-
-
-def call_cli(*args) -> Answer:
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["cli.py", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return Answer(code, out.getvalue(), err.getvalue())
 
 
 def ok(answer: Answer) -> Answer:

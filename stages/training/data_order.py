@@ -49,10 +49,12 @@ class _Rows(torch.utils.data.Dataset):
         return torch.as_tensor(indices, dtype=torch.long), self.rows(indices)
 
 
-def worker_died(exc: BaseException) -> UserError | None:
+def worker_died(exc: BaseException, workers: bool) -> UserError | None:
     """The one line for a DataLoader worker that died (the out-of-memory killer, a kill): torch raises it as a
-    RuntimeError from its SIGCHLD handler, wherever the main process is at that moment."""
-    if not isinstance(exc, RuntimeError) or "DataLoader worker" not in str(exc):
+    RuntimeError from its SIGCHLD handler, wherever the main process is at that moment, or, killed while it sent a
+    batch, the pipe to it breaks first (`workers`: the feed reads through worker processes)."""
+    broken_pipe = workers and isinstance(exc, (ConnectionResetError, BrokenPipeError, EOFError))
+    if not broken_pipe and (not isinstance(exc, RuntimeError) or "DataLoader worker" not in str(exc)):
         return None
     return UserError(
         f"a data-loading worker process died ({first_line(exc).strip()}), often the out-of-memory killer; the last "

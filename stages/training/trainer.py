@@ -274,8 +274,8 @@ class Trainer(NonfiniteRollback):
                         if self._saved_step != self.step:
                             self.save()
                         raise KeyboardInterrupt
-        except RuntimeError as exc:
-            raise (worker_died(exc) or exc) from None
+        except (RuntimeError, ConnectionResetError, BrokenPipeError, EOFError) as exc:
+            raise (worker_died(exc, isinstance(self.feed, BatchFeed)) or exc) from None
         finally:
             bar.close()
             if self.feed is not None:
