@@ -60,6 +60,8 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
     checkpoint that does not fit the model or the training settings of run_config.json (edited by hand) is one
     line."""
     check_engine(meta, trainer.engine, path)
+    if trainer.ema is not None and "ema_updates" not in meta:  # before the settings: the likelier cause, named
+        raise UserError(f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay")
     _check_same_training(trainer.cfg, meta.get("train_config") or {}, path)
     model_state = ckpt.split_prefix(tensors, "model")
     try:
@@ -84,10 +86,6 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
     else:
         set_seed(trainer.cfg.seed + trainer.accelerator.process_index + meta["step"])
     if trainer.ema is not None:
-        if "ema_updates" not in meta:
-            raise UserError(
-                f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay"
-            )
         shadow = ckpt.split_prefix(tensors, "ema")
         own = trainer.ema.state_dict()[0]
         shadow = {k: sharding.shard_like(v, own[k]) if k in own else v for k, v in shadow.items()}

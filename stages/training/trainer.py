@@ -371,7 +371,7 @@ class Trainer(NonfiniteRollback):
             return
         if self.accelerator.is_main_process or self.sharded:  # sharded: every process runs the forward passes
             model = self.unwrapped()
-            average = self.ema is not None and not self.sharded
+            average = self.ema is not None  # sharded: each process swaps the average of its own shards in
             with self.ema.applied(model) if average else contextlib.nullcontext(model) as scored:
                 scores = validate(scored)  # in eval mode; the next train_step sets training mode again
                 if self.best is not None:
