@@ -103,7 +103,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
     if cfg.train.steps == 0 and not cfg.tokenizer:  # only train-prior has --epochs to follow the data with
-        raise UserError("--steps must be at least 1 for tokenize (0 follows the data in train-prior only); see --help")
+        raise UserError(
+            "--steps must be at least 1 for tokenize (0 follows the data in train-prior only); see --help"
+        )
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()

@@ -60,8 +60,11 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
     checkpoint that does not fit the model or the training settings of run_config.json (edited by hand) is one
     line."""
     check_engine(meta, trainer.engine, path)
-    if trainer.ema is not None and "ema_updates" not in meta:  # before the settings: the likelier cause, named
-        raise UserError(f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay")
+    # no weight average before the settings: the likelier cause, named
+    if trainer.ema is not None and "ema_updates" not in meta:
+        raise UserError(
+            f"--resume: {path} holds no weight average; the run was trained without --model-ema-decay"
+        )
     _check_same_training(trainer.cfg, meta.get("train_config") or {}, path)
     model_state = ckpt.split_prefix(tensors, "model")
     try:
