@@ -74,6 +74,19 @@ def encode_split_to_shards(
             print(progress.line(split, k, rank, world), flush=True)
 
 
+def _codes_folder(cfg: EncodeConfig) -> Path:
+    """CODES: --out, or `codes` beside a local tokenizer folder."""
+    local = Path(cfg.tokenizer).expanduser()
+    if looks_local(cfg.tokenizer) and not local.exists():
+        raise UserError(f"--tokenizer {cfg.tokenizer}: no such folder")
+    out = Path(cfg.out) if cfg.out else (local.parent / "codes" if local.is_dir() else None)
+    if out is None:
+        raise UserError(
+            f"--tokenizer {cfg.tokenizer} is not a local folder; name the codes folder with --out"
+        )
+    return out
+
+
 def _staging(out: Path) -> Path:
     return out.parent / f".{out.name}.encoding"
 
@@ -144,14 +157,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     check_device_name(cfg.device)
     if cfg.device != "auto":
         resolve_device(cfg.device)
-    local = Path(cfg.tokenizer).expanduser()
-    if looks_local(cfg.tokenizer) and not local.exists():
-        raise UserError(f"--tokenizer {cfg.tokenizer}: no such folder")
-    out = Path(cfg.out) if cfg.out else (local.parent / "codes" if local.is_dir() else None)
-    if out is None:
-        raise UserError(
-            f"--tokenizer {cfg.tokenizer} is not a local folder; name the codes folder with --out"
-        )
+    out = _codes_folder(cfg)
     staging = _staging(out)
     _check_target(cfg, out, staging)
     model = load_tokenizer(cfg.tokenizer).eval()

@@ -55,10 +55,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
     device = resolve_device(cfg.device)
     run = Path(cfg.run_dir)
     data_cfg = run_data_config(run)
-    out = run / "eval"
-    hold_lock(out)  # RUN/eval stays locked while the command runs
-    if (out / "metrics.json").exists() and not cfg.overwrite:
-        raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
+    out = _eval_folder(run, cfg.overwrite)
     started = time.perf_counter()
     tokenizer = load_tokenizer(run / "tokenizer").to(device).eval()
     data = load_eval_data(cfg, data_cfg)
@@ -103,11 +100,25 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
         "device": str(device),
         "seconds": time.perf_counter() - started,
     }
+    _write_evaluation(metrics, out, log)
+    return metrics
+
+
+def _eval_folder(run: Path, overwrite: bool) -> Path:
+    """RUN/eval, locked while the command runs; an evaluation already there is replaced only with --overwrite."""
+    out = run / "eval"
+    hold_lock(out)  # RUN/eval stays locked while the command runs
+    if (out / "metrics.json").exists() and not overwrite:
+        raise UserError(f"{out} already holds an evaluation; pass --overwrite to replace it")
+    return out
+
+
+def _write_evaluation(metrics: dict, out: Path, log: Log) -> None:
+    """RUN/eval/metrics.json and report.md; the report shown."""
     report = render_report(metrics)
     write_json(metrics, out / "metrics.json")
     write_text(report, out / "report.md")
     log(report)
-    return metrics
 
 
 # --- report and comparison -----------------------------------------------------------------------------------------

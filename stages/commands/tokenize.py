@@ -90,11 +90,19 @@ def train_tokenizer(
     return trainer.final_model(), trainer, start_step
 
 
-@locked_command  # RUN stays locked while the command runs (stages/artifacts/runs.py)
-def run_tokenize(cfg: TokenizeConfig) -> dict:
-    """The whole of stage one; returns the metrics written to RUN/metrics.json."""
-    from accelerate import Accelerator
+@dataclass
+class StageOne:
+    """The tokenizer stage one ends with (trained or given), where it runs, and how its training went."""
 
+    model: Tokenizer
+    accelerator: Any
+    history: list[dict] = field(default_factory=list)
+    train_images_per_s: float | None = None  # None: a given tokenizer (--tokenizer), not trained here
+    rolled_back: int = 0  # steps rolled back for a non-finite loss
+
+
+def check_tokenize(cfg: TokenizeConfig) -> None:
+    """What is refused before any data is read: the device, the model config, every range and choice."""
     check_device_name(cfg.train.device)
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
@@ -106,60 +114,79 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         raise UserError(
             "--steps must be at least 1 for tokenize (0 follows the data in train-prior only); see --help"
         )
+
+
+def given_tokenizer(cfg: TokenizeConfig) -> StageOne:
+    """--tokenizer: a trained tokenizer, which must take the data's image size and channels."""
+    from accelerate import Accelerator
+    from vqgen.stages.artifacts.models import load_tokenizer
+
+    accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
+    model = load_tokenizer(cfg.tokenizer)
+    takes = (model.config.image_size, model.config.channels)
+    if takes != (cfg.data.image_size, cfg.data.channels):
+        raise UserError(
+            f"--tokenizer {cfg.tokenizer} takes {takes[0]} px images with {takes[1]} channel(s); pass "
+            f"--image-size {takes[0]} --channels {takes[1]}"
+        )
+    model.to(accelerator.device)
+    return StageOne(model, accelerator)
+
+
+def trained_tokenizer(cfg: TokenizeConfig, splits: ImageSplits, run_dir: Path) -> StageOne:
+    """The tokenizer trained here (or continued with --resume), with its training speed in images/s."""
+    started = time.perf_counter()
+    model, trainer, start_step = train_tokenizer(cfg, splits, run_dir)
+    accelerator = trainer.accelerator
+    images = (
+        (trainer.step - start_step) * cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    )
+    images_per_s = images / max(time.perf_counter() - started, 1e-9)
+    return StageOne(model, accelerator, trainer.history, images_per_s, trainer.nonfinite_total)
+
+
+def score_tokenizer(model: Tokenizer, splits: ImageSplits, run_dir: Path, batch_size: int) -> dict:
+    """Process 0: the tokenizer saved as RUN/tokenizer, its final reconstruction grid, its held-out scores."""
+    save_model(model, run_dir / "tokenizer")  # each file renamed into place: never half-written
+    save_reconstruction_grid(
+        model,
+        to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
+        run_dir / "samples" / "recon_final.png",
+    )
+    results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, batch_size))
+    return results
+
+
+def write_run_files(cfg: TokenizeConfig, run_dir: Path, results: dict, history: list, meta: dict) -> None:
+    """Process 0: RUN/metrics.json, the plots and RUN/run_config.json."""
+    write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
+    codes = load_codes(run_dir / "codes").train_codes
+    write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
+    write_json({**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json")  # a run is its folder: movable
+
+
+@locked_command  # RUN stays locked while the command runs (stages/artifacts/runs.py)
+def run_tokenize(cfg: TokenizeConfig) -> dict:
+    """The whole of stage one; returns the metrics written to RUN/metrics.json."""
+    check_tokenize(cfg)
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
-    if cfg.tokenizer:
-        from vqgen.stages.artifacts.models import load_tokenizer
-
-        accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
-        model, history = load_tokenizer(cfg.tokenizer), []
-        takes = (model.config.image_size, model.config.channels)
-        if takes != (cfg.data.image_size, cfg.data.channels):
-            raise UserError(
-                f"--tokenizer {cfg.tokenizer} takes {takes[0]} px images with {takes[1]} channel(s); pass "
-                f"--image-size {takes[0]} --channels {takes[1]}"
-            )
-        train_images_per_s, rolled_back = None, 0
-        model.to(accelerator.device)
-    else:
-        train_started = time.perf_counter()
-        model, trainer, start_step = train_tokenizer(cfg, splits, run_dir)
-        accelerator, history = trainer.accelerator, trainer.history
-        rolled_back = trainer.nonfinite_total
-        images = (
-            (trainer.step - start_step)
-            * cfg.train.batch_size
-            * cfg.train.grad_accum
-            * accelerator.num_processes
-        )
-        train_images_per_s = images / max(time.perf_counter() - train_started, 1e-9)
-    results = {}
-    if accelerator.is_main_process:
-        save_model(model, run_dir / "tokenizer")  # each file renamed into place: never half-written
-        save_reconstruction_grid(
-            model,
-            to_float(pixel_tensor(splits.heldout.select(range(min(16, len(splits.heldout)))))),
-            run_dir / "samples" / "recon_final.png",
-        )
-        results, _ = evaluate_tokenizer(model, iter_pixel_batches(splits.heldout, cfg.eval_batch_size))
-    meta = save_codes(run_dir, model, splits, cfg.eval_batch_size, accelerator)
-    if accelerator.is_main_process:
+    one = given_tokenizer(cfg) if cfg.tokenizer else trained_tokenizer(cfg, splits, run_dir)
+    main_process = one.accelerator.is_main_process
+    results = score_tokenizer(one.model, splits, run_dir, cfg.eval_batch_size) if main_process else {}
+    meta = save_codes(run_dir, one.model, splits, cfg.eval_batch_size, one.accelerator)
+    if main_process:
         results.update(
-            train_images_per_s=train_images_per_s,
-            nonfinite_rolled_back=rolled_back,
+            train_images_per_s=one.train_images_per_s,
+            nonfinite_rolled_back=one.rolled_back,
             wall_seconds=time.perf_counter() - started,
             skipped_images=splits.skipped,
             grid=[meta["grid_height"], meta["grid_width"]],
             fingerprint=meta["tokenizer_fingerprint"],
             eval_split="held-out",
         )
-        write_json({"tokenizer": results, "history": history}, run_dir / "metrics.json")
-        codes = load_codes(run_dir / "codes").train_codes
-        write_plots(run_dir, history, results, code_counts(codes, meta["vocab_size"]))
-        write_json(
-            {**asdict(cfg), "run_dir": "."}, run_dir / "run_config.json"
-        )  # a run is its folder: movable
-    accelerator.wait_for_everyone()
+        write_run_files(cfg, run_dir, results, one.history, meta)
+    one.accelerator.wait_for_everyone()
     return results

@@ -63,10 +63,50 @@ def final_results(
     return results
 
 
+def run_tokenizer(codes_dir: Path, codes: CodeSplits):
+    """The tokenizer that wrote the codes (codes.json's `tokenizer`, inside the run folder only), or None."""
+    from vqgen.stages.artifacts.models import load_tokenizer
+
+    tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
+    if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
+        raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
+    return load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+
+
+def save_prior(
+    cfg: PriorTrainConfig,
+    trainer: Trainer,
+    model,
+    codes: CodeSplits,
+    tokenizer,
+    out_dir: Path,
+    seconds: float,
+) -> dict:
+    """Process 0: the prior saved in the Hub layout with its card note, its sample grid, metrics.json, the plots
+    and run_config.json; returns metrics.json's `prior`."""
+    from vqgen.stages.artifacts.models import save_model
+
+    save_model(model, out_dir)  # each file renamed into place: never half-written
+    results = final_results(cfg, trainer, model, codes, tokenizer, seconds)
+    note_kept_weights(out_dir / "README.md", results)
+    note = (
+        overfit_note(results, codes.train_codes.shape[0]) if results["kept"] == "last" else kept_note(results)
+    )
+    if note:
+        trainer.accelerator.print(f"{cfg.prior}: {note}")
+    if tokenizer is not None:
+        trainer.task.save_samples(model, results["kept_step"], out_dir)  # the grid of the model saved
+    write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
+    write_plots(out_dir, trainer.history, results)
+    codes_dir = os.path.relpath(Path(cfg.codes).resolve(), out_dir.resolve())
+    paths = {"out": ".", "codes": codes_dir}  # movable with it
+    write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
+    return results
+
+
 @locked_command  # the prior folder stays locked while the command runs
 def run_train_prior(cfg: PriorTrainConfig) -> dict:
     from accelerate.utils import set_seed
-    from vqgen.stages.artifacts.models import load_tokenizer, save_model
 
     options = sized_options(cfg.prior, cfg.size, cfg.prior_options)  # an unknown preset: refused first
     check_device_name(cfg.train.device)
@@ -82,10 +122,7 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
         raise UserError(f"--patience: {codes_dir} holds no held-out codes (its validation split is empty)")
     # beside the codes folder, resolved first: `--codes .` or `--codes ..` must not put the prior inside it
     out_dir = Path(cfg.out) if cfg.out else codes_dir.resolve().parent / f"prior-{cfg.prior}"
-    tokenizer_dir = (codes_dir / codes.meta.get("tokenizer", "../tokenizer")).resolve()
-    if not tokenizer_dir.is_relative_to(codes_dir.resolve().parent):  # codes.json may only name the run's own
-        raise UserError(f"--codes {codes_dir}: its tokenizer path points outside the run folder; refusing it")
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    tokenizer = run_tokenizer(codes_dir, codes)
     processes = launched_processes()
     with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
         check_fits(build_prior(cfg.prior, codes.meta, options), processes, cfg.train.device,
@@ -103,28 +140,10 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     started = time.perf_counter()
     trainer.fit()
     train_seconds = time.perf_counter() - started
-    results: dict = {}
     # the best held-out weights; with --keep-last the last (or their average); sharded: gathered, on process 0
     model = trainer.final_model()
+    results: dict = {}
     if trainer.accelerator.is_main_process:
-        save_model(model, out_dir)  # each file renamed into place: never half-written
-        results = final_results(cfg, trainer, model, codes, tokenizer, train_seconds)
-        note_kept_weights(out_dir / "README.md", results)
-        note = (
-            overfit_note(results, codes.train_codes.shape[0])
-            if results["kept"] == "last"
-            else kept_note(results)
-        )
-        if note:
-            trainer.accelerator.print(f"{cfg.prior}: {note}")
-        if tokenizer is not None:
-            trainer.task.save_samples(model, results["kept_step"], out_dir)  # the grid of the model saved
-        write_json({"prior": results, "history": trainer.history}, out_dir / "metrics.json")
-        write_plots(out_dir, trainer.history, results)
-        paths = {
-            "out": ".",
-            "codes": os.path.relpath(codes_dir.resolve(), out_dir.resolve()),
-        }  # movable with it
-        write_json({**asdict(cfg), "train": asdict(cfg.train), **paths}, out_dir / "run_config.json")
+        results = save_prior(cfg, trainer, model, codes, tokenizer, out_dir, train_seconds)
     trainer.accelerator.wait_for_everyone()
     return results

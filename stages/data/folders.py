@@ -72,6 +72,24 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             f"--dataset {path}: not a folder; give a folder of images, a Hub dataset id, or {EMBEDDED}"
         )
     started = time.perf_counter()  # the listing of the files counts: it is part of every later run
+    key, files, unusable = _listed(path, cfg)
+    cache = _prepared_root() / key
+    reused = _reuse_prepared(cache, path, started)
+    if reused is not None:
+        return reused
+    skipped, class_names = _prepare_cache(path, cfg, cache, files, unusable)
+    train, heldout = _open_prepared(cache)
+    print(
+        f"data: prepared {len(train)} + {len(heldout)} images of {path} in {time.perf_counter() - started:.1f} s "
+        f"into {cache}",
+        file=sys.stderr,
+    )
+    return ImageSplits(train, heldout, class_names, skipped)
+
+
+def _listed(path: Path, cfg: DataConfig) -> tuple[str, list[Path], list[Path]]:
+    """`_source_key` of the folder, with a warning for the files that cannot be read and for loose images beside
+    class folders; a folder without images is refused."""
     key, files, unusable = _source_key(path, cfg)
     if unusable:
         print(
@@ -90,49 +108,55 @@ def load_folder(path: Path, cfg: DataConfig) -> ImageSplits:
             "labels); move them into a class folder, or out of the dataset, to keep the labels",
             file=sys.stderr,
         )
-    cache = _prepared_root() / key
-    if (cache / PREPARED_META).is_file():
-        try:
-            meta = json.loads((cache / PREPARED_META).read_text())
-            damaged = [n for n, digest in meta["files"].items() if _digest(cache / n) != digest]
-            if damaged:
-                raise ValueError(f"{', '.join(damaged)} changed since it was prepared")
-            train, heldout = _open_prepared(cache)
-            print(
-                f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
-                f"in {time.perf_counter() - started:.2f} s",
-                file=sys.stderr,
-            )
-            return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            print(
-                f"warning: the prepared cache {cache} is damaged ({exc}); preparing it again", file=sys.stderr
-            )
-            shutil.rmtree(cache, ignore_errors=True)
+    return key, files, unusable
+
+
+def _reuse_prepared(cache: Path, path: Path, started: float) -> ImageSplits | None:
+    """The splits of an intact prepared cache; None when there is none (a damaged one is removed)."""
+    if not (cache / PREPARED_META).is_file():
+        return None
+    try:
+        meta = json.loads((cache / PREPARED_META).read_text())
+        damaged = [n for n, digest in meta["files"].items() if _digest(cache / n) != digest]
+        if damaged:
+            raise ValueError(f"{', '.join(damaged)} changed since it was prepared")
+        train, heldout = _open_prepared(cache)
+        print(
+            f"data: reusing the prepared cache {cache} ({len(train)} + {len(heldout)} images of {path}) "
+            f"in {time.perf_counter() - started:.2f} s",
+            file=sys.stderr,
+        )
+        return ImageSplits(train, heldout, meta["class_names"], meta["skipped"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"warning: the prepared cache {cache} is damaged ({exc}); preparing it again", file=sys.stderr)
+        shutil.rmtree(cache, ignore_errors=True)
+    return None
+
+
+def _prepare_cache(
+    path: Path, cfg: DataConfig, cache: Path, files: list[Path], unusable: list[Path]
+) -> tuple[int, list[str]]:
+    """Prepare the folder into a temporary folder beside `cache`, renamed into place when whole; returns
+    (skipped images, class names)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.parent)
-    )  # unpredictable: no link followed
+    # unpredictable: no link followed
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", suffix=".tmp", dir=cache.parent))
     needed = len(files) * cfg.channels * cfg.image_size**2  # the decoded uint8 pixels
     try:
         with disk_writes(cache.parent, needed, "the prepared data cache"):
             source = _without(path, unusable, tmp / "source") if unusable else path
             skipped, class_names = _prepare(source, cfg, tmp, len(files))
             skipped += sum(f.suffix.lower() in IMAGE_SUFFIXES for f in unusable)
-            files = {f"{name}.arrow": _digest(tmp / f"{name}.arrow") for name in ("train", "heldout")}
-            write_json({"class_names": class_names, "skipped": skipped, "files": files}, tmp / PREPARED_META)
+            digests = {f"{name}.arrow": _digest(tmp / f"{name}.arrow") for name in ("train", "heldout")}
+            write_json(
+                {"class_names": class_names, "skipped": skipped, "files": digests}, tmp / PREPARED_META
+            )
         shutil.rmtree(tmp / "builder", ignore_errors=True)
         with contextlib.suppress(OSError):  # another process prepared it meanwhile: use theirs
             tmp.rename(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    train, heldout = _open_prepared(cache)
-    print(
-        f"data: prepared {len(train)} + {len(heldout)} images of {path} in {time.perf_counter() - started:.1f} s "
-        f"into {cache}",
-        file=sys.stderr,
-    )
-    return ImageSplits(train, heldout, class_names, skipped)
+    return skipped, class_names
 
 
 FULL_CHECK_BYTES = (

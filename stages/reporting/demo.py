@@ -168,65 +168,76 @@ def build_app(models: DemoModels):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    def as_message(fn):
-        """A user's mistake becomes a message in the app (gr.Error), never a traceback."""
+    with gr.Blocks(title=f"vqgen: {Path(models.source).name}") as app:
+        gr.Markdown(f"## vqgen demo: `{models.source}`")
+        with gr.Tab("Generate"):
+            _generate_tab(gr, models)
+        with gr.Tab("Reconstruct"):
+            _reconstruct_tab(gr, models)
+        with gr.Tab("Model card"):
+            gr.Markdown(models.card)
+    return app
 
-        def wrapped(*args):
-            try:
-                result = fn(*args)
-                yield from result if isinstance(result, Iterator) else [result]
-            except (UserError, ValueError) as exc:
-                raise gr.Error(str(exc), print_exception=False) from None
 
-        return wrapped
+def _as_message(gr, fn):
+    """A user's mistake becomes a message in the app (gr.Error), never a traceback."""
+
+    def wrapped(*args):
+        try:
+            result = fn(*args)
+            yield from result if isinstance(result, Iterator) else [result]
+        except (UserError, ValueError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+
+    return wrapped
+
+
+def _generate_tab(gr, models: DemoModels) -> None:
+    """The sampling settings (starting from the first prior's own), a Generate button and the gallery."""
 
     def generate(prior, klass, temperature, top_k, top_p, cfg_scale, schedule, seed, n):
         settings = SamplingConfig(
-            temperature=temperature or None, top_k=int(top_k) if top_k else None, top_p=top_p or None,
-            cfg_scale=cfg_scale, cfg_schedule=schedule,
-        )  # fmt: skip
+            temperature=temperature or None,
+            top_k=int(top_k) if top_k else None,
+            top_p=top_p or None,
+            cfg_scale=cfg_scale,
+            cfg_schedule=schedule,
+        )
         yield from generate_images(models, prior, klass, n, seed, settings)
 
     first_name = next(iter(models.prior_folders))
     first_temperature, first_scale = models.defaults(first_name)
-    with gr.Blocks(title=f"vqgen: {Path(models.source).name}") as app:
-        gr.Markdown(f"## vqgen demo: `{models.source}`")
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    prior = gr.Dropdown(list(models.prior_folders), value=first_name, label="prior")
-                    klass = gr.Dropdown(models.class_choices(), value=ALL_CLASSES, label="class")
-                    temperature = gr.Number(first_temperature, label="temperature (the prior's own to start)")
-                    top_k = gr.Number(0, precision=0, label="top-k (0 = off)")
-                    top_p = gr.Number(0, label="top-p (0 = off)")
-                    cfg_scale = gr.Number(
-                        first_scale, label="guidance scale (1 = off; the prior's own to start)"
-                    )
-                    schedule = gr.Dropdown(
-                        list(GUIDANCE_SCHEDULES), value="constant", label="guidance schedule"
-                    )
-                    seed = gr.Number(0, precision=0, label="seed")
-                    n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="images")
-                    button = gr.Button("Generate", variant="primary", elem_id="generate")
-                gallery = gr.Gallery(
-                    label="samples", columns=4, elem_id="samples", height="auto", format="png"
-                )
-            inputs = [prior, klass, temperature, top_k, top_p, cfg_scale, schedule, seed, n]
-            prior.change(as_message(models.defaults), prior, [temperature, cfg_scale])
-            button.click(as_message(generate), inputs, gallery, api_name="generate")
-        with gr.Tab("Reconstruct"):
-            with gr.Row():
-                upload = gr.Image(type="pil", label="an image", elem_id="upload")
-                codes = gr.Image(type="pil", label="its code grid (one colour per code)")
-                recon = gr.Image(type="pil", label="input | reconstruction")
-            psnr = gr.Textbox(label="PSNR")
-            gr.Button("Reconstruct", elem_id="reconstruct").click(
-                as_message(lambda im: reconstruct_image(models, im)), upload, [codes, recon, psnr],
-                api_name="reconstruct",
-            )  # fmt: skip
-        with gr.Tab("Model card"):
-            gr.Markdown(models.card)
-    return app
+    with gr.Row():
+        with gr.Column(scale=1):
+            prior = gr.Dropdown(list(models.prior_folders), value=first_name, label="prior")
+            klass = gr.Dropdown(models.class_choices(), value=ALL_CLASSES, label="class")
+            temperature = gr.Number(first_temperature, label="temperature (the prior's own to start)")
+            top_k = gr.Number(0, precision=0, label="top-k (0 = off)")
+            top_p = gr.Number(0, label="top-p (0 = off)")
+            cfg_scale = gr.Number(first_scale, label="guidance scale (1 = off; the prior's own to start)")
+            schedule = gr.Dropdown(list(GUIDANCE_SCHEDULES), value="constant", label="guidance schedule")
+            seed = gr.Number(0, precision=0, label="seed")
+            n = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="images")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+        gallery = gr.Gallery(label="samples", columns=4, elem_id="samples", height="auto", format="png")
+    inputs = [prior, klass, temperature, top_k, top_p, cfg_scale, schedule, seed, n]
+    prior.change(_as_message(gr, models.defaults), prior, [temperature, cfg_scale])
+    button.click(_as_message(gr, generate), inputs, gallery, api_name="generate")
+
+
+def _reconstruct_tab(gr, models: DemoModels) -> None:
+    """An upload, its code grid, the input beside its reconstruction and the PSNR."""
+    with gr.Row():
+        upload = gr.Image(type="pil", label="an image", elem_id="upload")
+        codes = gr.Image(type="pil", label="its code grid (one colour per code)")
+        recon = gr.Image(type="pil", label="input | reconstruction")
+    psnr = gr.Textbox(label="PSNR")
+    gr.Button("Reconstruct", elem_id="reconstruct").click(
+        _as_message(gr, lambda im: reconstruct_image(models, im)),
+        upload,
+        [codes, recon, psnr],
+        api_name="reconstruct",
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
