@@ -1,8 +1,11 @@
 """The data order of a run: a pure function of (seed, step), so that a resumed run sees the very batches an
 uninterrupted one would (each process takes its own slice of every global batch)."""
 
+from pathlib import Path
+
 import torch
 from vqgen.stages.core.errors import UserError, first_line
+from vqgen.stages.core.files import write_text
 
 
 class EpochSampler:
@@ -89,3 +92,25 @@ class BatchFeed:
             if shutdown is not None:
                 shutdown()
         self._iter = None
+
+
+def data_order_path(run_dir: Path, rank: int) -> Path:
+    """Where process `rank` logs the indices it consumed (--record-data-order)."""
+    return run_dir / ("data_order.txt" if rank == 0 else f"data_order.rank{rank}.txt")
+
+
+def open_data_order(run_dir: Path, rank: int, step: int):
+    """The debug log of consumed indices: one line per optimizer step, `step<TAB>i,j,k,...` (all micro-batches
+    of this process, in order). A resumed run (`step` > 0) first cuts it back to the steps before its checkpoint."""
+    path = data_order_path(run_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if step == 0:
+        return open(path, "w")
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines(keepends=True):
+            head = line.split("\t", 1)[0]
+            if line.endswith("\n") and head.isdigit() and int(head) < step:
+                kept.append(line)
+    write_text("".join(kept), path)  # the atomic writer: an unpredictable temporary name, renamed into place
+    return open(path, "a")

@@ -2,125 +2,53 @@
 
 The same code runs on the CPU, on one GPU, and on several GPUs or machines (`accelerate launch cli.py ...`).
 A stage supplies a `TrainTask` (its model, how to fetch a batch, its loss, its sample grid); plugins add loss
-terms and their own optimisation steps (plugins/base.py). The loop is split into building (`Trainer.__init__`),
-one step (`train_step`), and checkpointing (`save` / `resume`).
+terms and their own optimisation steps (plugins/base.py). Training is split by concern: building the run
+(`build.py`: accelerator, model and optimizer, sharding, compile, data feed, plugins), the loop here (`fit`,
+`_advance`, one step: `train_step`, logging, held-out scoring), checkpointing (`saving.py`: `save` / `resume`)
+and the non-finite rollback (`rollback.py`).
 
 Exact resume: the data order is a pure function of (seed, step) (`EpochSampler`), and checkpoints hold the model,
 the optimizer, the step, the learning-rate scale, the RNG states and every plugin's state. The data order is
 witnessed, not only assumed: checkpoints carry `data_digest`, a hash chained over the dataset indices of every
 step so far (process 0's), so two runs end with the same digest only if they trained on the same batches in the
-same order, none replayed or skipped; `record_data_order` also writes each step's indices to RUN/data_order.txt. Ctrl-C (SIGINT) or SIGTERM stops the loop between two steps and
-saves a checkpoint there; a second one stops at once, keeping the last checkpoint.
+same order, none replayed or skipped; `record_data_order` also writes each step's indices to RUN/data_order.txt.
+Ctrl-C (SIGINT) or SIGTERM stops the loop between two steps and saves a checkpoint there; a second one stops at
+once, keeping the last checkpoint.
 """
 
 import contextlib
 import hashlib
 import math
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from vqgen.plugins.base import PluginContext, TrainingPlugin
-from vqgen.stages.artifacts import replaced
-from vqgen.stages.artifacts.hub import weights_file
-from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
-from vqgen.stages.core.errors import UserError
-from vqgen.stages.core.files import write_text
+from vqgen.plugins.base import TrainingPlugin
 from vqgen.stages.core.progress import progress
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training import checkpoint as ckpt
 from vqgen.stages.training import sharding
 from vqgen.stages.training.best import BestWeights
-from vqgen.stages.training.config import (
-    TrainConfig,
-    TrainingStopped,
-    TrainTask,
-    default_workers,
-    steps_for_epochs,
-)
-from vqgen.stages.training.data_order import BatchFeed, EpochSampler, worker_died
-from vqgen.stages.training.distribution import launched_processes
+from vqgen.stages.training.build import build_run
+from vqgen.stages.training.config import TrainConfig, TrainingStopped, TrainTask
+from vqgen.stages.training.data_order import BatchFeed, open_data_order, worker_died
 from vqgen.stages.training.ema import WeightAverage
 from vqgen.stages.training.interrupts import graceful_interrupt
 from vqgen.stages.training.rollback import NonfiniteRollback
-from vqgen.stages.training.state import checkpoint_state, restore_state
+from vqgen.stages.training.saving import Checkpointing
 
 __all__ = ["TrainConfig", "Trainer", "TrainingStopped", "TrainTask"]
 
 
-class Trainer(NonfiniteRollback):
+class Trainer(NonfiniteRollback, Checkpointing):
     def __init__(
         self, task: TrainTask, config: TrainConfig, run_dir: Path, plugins: list[TrainingPlugin] = ()
     ):
         self.task, self.cfg, self.run_dir, self.plugins = task, config, Path(run_dir), list(plugins)
-        try:
-            self.accelerator = Accelerator(
-                mixed_precision=config.mixed_precision,  # None: accelerate's own setting (config file, launch)
-                log_with=config.log_with,
-                project_dir=str(self.run_dir),
-                **training_accelerator_kwargs(config.device, launched_processes()),
-            )
-        except (ValueError, ImportError) as exc:
-            raise UserError(f"cannot set up training: {exc}") from exc
-        self.engine = sharding.training_engine(self.accelerator)  # plain (one process, DDP) or FSDP2
-        if self.engine != "plain" and not getattr(task, "shardable", False):
-            raise UserError(
-                f"FSDP: the {task.stage} trains with DDP (it fits one device); launch it without --use_fsdp"
-            )
-        # the value used (the flag, or accelerate's own setting) is what run_config.json and checkpoints record
-        config.mixed_precision = str(self.accelerator.mixed_precision)
-        if config.log_with and not self.accelerator.log_with:
-            raise UserError(
-                f"--log-with {config.log_with}: that tracker is not installed (pip install {config.log_with})"
-            )
-        set_seed(config.seed + self.accelerator.process_index)
-        model = task.model
-        on_cuda = self.accelerator.device.type == "cuda"
-        model.to(self.accelerator.device)  # before the optimizer: fused AdamW wants its parameters on the GPU
-        if on_cuda and getattr(task, "channels_last", False):
-            model.to(memory_format=torch.channels_last)  # convolutions: NHWC kernels on CUDA (tensor cores)
-
-        def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-            decay, no_decay = [], []
-            for p in model.parameters():
-                if p.requires_grad:
-                    (decay if p.ndim >= 2 else no_decay).append(p)
-            groups = [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ]
-            return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True if on_cuda else None)
-
-        self.model, self.optimizer = sharding.prepare(self.accelerator, self.engine, model, make_optimizer)
-        self.sharded = sharding.is_sharded(self.model)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        if config.steps == 0:  # follow the data: `epochs` passes over it
-            if not hasattr(task, "num_examples") or hasattr(task, "stream_feed"):
-                raise UserError("--steps 0 follows the size of the data; a stream has none: give --steps N")
-            try:
-                config.steps = steps_for_epochs(
-                    config.epochs, task.num_examples(), config.batch_size * config.grad_accum * world
-                )
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-        if hasattr(task, "stream_feed"):  # a stream: its own resumable position, saved in every checkpoint
-            self.sampler, self.feed = None, task.stream_feed(rank, world, config.batch_size, config.seed)
-        else:
-            self.sampler = EpochSampler(task.num_examples(), config.batch_size, config.seed, rank, world)
-            self.feed = self._data_feed()
-        if config.compile:
-            self.model = torch.compile(self.model, backend=checked_compile_backend())
-        self.ctx = PluginContext(
-            self.accelerator, self.model, task.stage, config.steps, config.seed, weights_file=weights_file
-        )
-        for plugin in self.plugins:
-            try:
-                plugin.setup(self.ctx)
-            except (ValueError, OSError) as exc:  # the plugin's plain errors: one line for the user
-                raise UserError(f"plugin {plugin.name!r}: {' '.join(str(exc).split())}") from None
+        run = build_run(task, config, self.run_dir, self.plugins)
+        self.accelerator, self.engine, self.model = run.accelerator, run.engine, run.model
+        self.optimizer, self.sharded, self.ctx = run.optimizer, run.sharded, run.ctx
+        self.sampler, self.feed = run.sampler, run.feed
         self.step, self.lr_scale = 0, 1.0
         self.nonfinite_in_row, self.nonfinite_total = 0, 0
         # fp16: steps whose gradients overflowed, skipped by the GradScaler (not a divergence: no rollback)
@@ -128,9 +56,8 @@ class Trainer(NonfiniteRollback):
         self._snapshot: dict | None = None
         self.history: list[dict[str, float]] = []
         self._consumed: list[torch.Tensor] = []  # the dataset indices of the current step's micro-batches
-        self.data_digest = (
-            ""  # sha256 chained over the indices of every completed step (see the module docstring)
-        )
+        # sha256 chained over the indices of every completed step (see the module docstring)
+        self.data_digest = ""
         self._saved_step: int | None = None  # the step of the newest checkpoint on disk
         self.ema = (
             WeightAverage(self.unwrapped(), config.model_ema_decay) if config.model_ema_decay > 0 else None
@@ -139,14 +66,10 @@ class Trainer(NonfiniteRollback):
         if self.accelerator.is_main_process:  # a disk too small for one checkpoint: said before any step
             ckpt.check_space(self.run_dir, self.unwrapped(), self.ema is not None)
         metric = getattr(task, "best_metric", None) if hasattr(task, "validate") else None
-        self.best = (
-            BestWeights(metric, config.patience)
-            if metric and config.eval_every and not self.sharded
-            else None
-        )
-        self.stopped_early = (
-            False  # the held-out score did not improve for `patience` scorings: the run is over
-        )
+        keep_best = metric and config.eval_every and not self.sharded
+        self.best = BestWeights(metric, config.patience) if keep_best else None
+        # the held-out score did not improve for `patience` scorings: the run is over
+        self.stopped_early = False
         self._held_out: dict[str, float] = {}  # the latest held-out scores, shown in the progress line
         self._postfix: dict[str, str] = {}  # the latest training metrics shown there
 
@@ -221,26 +144,6 @@ class Trainer(NonfiniteRollback):
         return metrics
 
     # --- data -------------------------------------------------------------------------------------------------
-    def _data_feed(self) -> BatchFeed | None:
-        """DataLoader workers (--num-workers) for a task that reads rows (`rows`, `prepare`); None: read in-line."""
-        workers = default_workers() if self.cfg.num_workers is None else self.cfg.num_workers
-        if workers < 0:
-            raise UserError(f"--num-workers must be 0 or more, got {workers}")
-        if workers == 0 or not hasattr(self.task, "rows"):
-            return None
-        pin = self.accelerator.device.type == "cuda"
-        return BatchFeed(self.sampler, self.task.rows, workers, pin)
-
-    def _data_state(self) -> list | None:
-        """Every process's stream position (a stream's state_dict), gathered for the checkpoint; None otherwise."""
-        if not hasattr(self.feed, "state_dict"):
-            return None
-        if self.accelerator.num_processes == 1:
-            return [self.feed.state_dict()]
-        from accelerate.utils import gather_object
-
-        return gather_object([self.feed.state_dict()])
-
     def _micro_batch(self, micro: int):
         """(dataset indices, batch on the device) of global micro-batch `micro`: a function of (seed, micro)."""
         device = self.accelerator.device
@@ -263,7 +166,9 @@ class Trainer(NonfiniteRollback):
         self.bar = bar = progress(
             total=cfg.steps, initial=self.step, disable=not acc.is_local_main_process, desc=self.task.stage
         )
-        order_log = self._open_data_order() if cfg.record_data_order else None
+        order_log = (
+            open_data_order(self.run_dir, acc.process_index, self.step) if cfg.record_data_order else None
+        )
         try:
             with self._graceful_interrupt():
                 while self.step < cfg.steps and not self.stopped_early:
@@ -323,28 +228,6 @@ class Trainer(NonfiniteRollback):
             return self._stop_requested
         flag = torch.tensor([float(self._stop_requested)], device=self.accelerator.device)
         return float(self.accelerator.reduce(flag, "sum")) > 0
-
-    def _data_order_path(self) -> Path:
-        rank = self.accelerator.process_index
-        return self.run_dir / ("data_order.txt" if rank == 0 else f"data_order.rank{rank}.txt")
-
-    def _open_data_order(self):
-        """The debug log of consumed indices: one line per optimizer step, `step<TAB>i,j,k,...` (all micro-batches
-        of this process, in order). A resumed run first cuts it back to the steps before its checkpoint."""
-        path = self._data_order_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if self.step == 0:
-            return open(path, "w")
-        kept = []
-        if path.exists():
-            for line in path.read_text().splitlines(keepends=True):
-                head = line.split("\t", 1)[0]
-                if line.endswith("\n") and head.isdigit() and int(head) < self.step:
-                    kept.append(line)
-        write_text(
-            "".join(kept), path
-        )  # the atomic writer: an unpredictable temporary name, renamed into place
-        return open(path, "a")
 
     def _log(self, metrics: dict) -> None:
         """Every log_every steps (and the last): read the step's metrics back from the device in one transfer,
@@ -432,53 +315,6 @@ class Trainer(NonfiniteRollback):
         """The trained model itself: without accelerate's wrappers (DDP, mixed precision) nor torch.compile's, so
         that saved weights and checkpoints never carry `module.` or `_orig_mod.` prefixes."""
         return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-
-    # --- checkpoints --------------------------------------------------------------------------------------
-    def save(self) -> Path | None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        path = None
-        data_state = self._data_state()
-        if acc.is_main_process or self.sharded:  # sharded: every process takes part in gathering the state
-            tensors, meta = checkpoint_state(self, data_state)
-        if acc.is_main_process:
-            shard_bytes = int(self.cfg.checkpoint_shard_gb * 1e9)
-            path = ckpt.write_checkpoint(
-                self.run_dir, self.step, tensors, meta, self.cfg.keep_checkpoints, shard_bytes
-            )
-            replaced.commit(self.run_dir)  # the new run is safe: what --overwrite set aside can go
-        self._saved_step = self.step
-        acc.wait_for_everyone()
-        return path
-
-    def resume(self) -> int:
-        """Continue from the newest intact checkpoint (a corrupt one is reported, set aside and skipped); what an
-        interrupted write left behind is removed first. Returns the step."""
-        acc = self.accelerator
-        if acc.is_main_process:
-            ckpt.clean_partial(self.run_dir)
-        acc.wait_for_everyone()
-        for path in reversed(ckpt.list_checkpoints(self.run_dir)):
-            try:
-                problem = ckpt.verify_checkpoint(path)
-            except ckpt.MissingShard as exc:
-                raise UserError(
-                    f"--resume: {exc}; restore it, or delete {path.name} to resume from an older one"
-                ) from None
-            if problem:
-                acc.wait_for_everyone()  # every process has checked it before it is renamed
-                if acc.is_main_process:
-                    aside = ckpt.set_aside(path)
-                    print(
-                        f"warning: skipping corrupt checkpoint {path}: {problem} (moved to {aside.name})",
-                        file=sys.stderr,
-                    )
-                acc.wait_for_everyone()
-                continue
-            restore_state(self, *ckpt.read_checkpoint(path), path)
-            self._saved_step = self.step
-            return self.step
-        raise UserError(f"--resume: no intact checkpoint under {self.run_dir / ckpt.CHECKPOINT_DIR}")
 
 
 def _shown(scores: dict[str, float]) -> dict[str, str]:
