@@ -193,8 +193,8 @@ def test_tokenize_augment_stores_the_views_as_encode_does(tmp_path, tokenizer, i
     from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
     from vqgen.stages.data.images import DataConfig
 
-    cfg = TokenizeConfig(str(tmp_path / "run"), DataConfig(dataset=str(image_folder)), tokenizer=str(tokenizer))
-    cfg.augment = "flip"
+    data = DataConfig(dataset=str(image_folder))
+    cfg = TokenizeConfig(str(tmp_path / "run"), data, tokenizer=str(tokenizer), augment="flip")
     run_tokenize(cfg)
     encode(tokenizer, image_folder, tmp_path / "encoded", augment="flip")
     for split in ("train", "validation"):  # the same rows, columns and order as `vqgen encode --augment flip`
@@ -203,7 +203,8 @@ def test_tokenize_augment_stores_the_views_as_encode_does(tmp_path, tokenizer, i
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     codes = load_codes(tmp_path / "run" / "codes")  # what train-prior draws from: two views of every image
     assert codes.train_views.shape == (2, len(codes.train_labels), 7, 7) and codes.meta["augment"] == "flip"
-    assert len(rows(tmp_path / "run" / "codes", "validation")["view"].unique()) == 1  # held out: one grid each
+    held_out = rows(tmp_path / "run" / "codes", "validation")
+    assert len(held_out["view"].unique()) == 1 and len(held_out["image"]) == len(codes.val_codes)  # one grid each
 
 
 def test_tokenize_refuses_a_ten_crop_its_images_cannot_give(tmp_path, image_folder):
