@@ -203,8 +203,8 @@ def test_tokenize_augment_stores_the_views_as_encode_does(tmp_path, tokenizer, i
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     codes = load_codes(tmp_path / "run" / "codes")  # what train-prior draws from: two views of every image
     assert codes.train_views.shape == (2, len(codes.train_labels), 7, 7) and codes.meta["augment"] == "flip"
-    held_out = rows(tmp_path / "run" / "codes", "validation")
-    assert len(held_out["view"].unique()) == 1 and len(held_out["image"]) == len(codes.val_codes)  # one grid each
+    held_out = rows(tmp_path / "run" / "codes", "validation")  # one grid per held-out image
+    assert len(held_out["view"].unique()) == 1 and len(held_out["image"]) == len(codes.val_codes)
 
 
 def test_tokenize_refuses_a_ten_crop_its_images_cannot_give(tmp_path, image_folder):
