@@ -127,6 +127,7 @@ def tokenize_config(
     plugin_options: list[str],
     overwrite: bool,
     resume: bool,
+    augment: str = "none",
 ):
     """The TokenizeConfig that `vqgen tokenize`'s flags ask for: the architecture or preset `arch` with the given
     `model` and `quantizer` fields changed (None: the preset's value; `quantizer["levels"]` as the flag's text),
@@ -160,5 +161,5 @@ def tokenize_config(
     data = dataclasses.replace(data, image_size=model_config.image_size, channels=model_config.channels)
     return TokenizeConfig(
         run_dir=str(run), data=data, arch=arch, model=model_config, train=train, tokenizer=tokenizer,
-        plugins=plugins, plugin_options=plugin_options, overwrite=overwrite, resume=resume,
+        plugins=plugins, plugin_options=plugin_options, augment=augment, overwrite=overwrite, resume=resume,
     )  # fmt: skip

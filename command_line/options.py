@@ -31,6 +31,20 @@ Device = Annotated[
     str,
     typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto (a GPU when there is one, else the CPU)."),
 ]
+
+
+class AugmentChoice(str, Enum):
+    none = "none"
+    flip = "flip"
+    ten_crop = "ten-crop"
+
+
+AugmentOption = Annotated[
+    AugmentChoice,
+    typer.Option(
+        help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
+    ),
+]
 PluginNames = Annotated[
     list[str], typer.Option("--plugin", help="Enable a training plugin (repeatable), e.g. gan.")
 ]

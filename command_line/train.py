@@ -11,6 +11,8 @@ from vqgen.command_line.config import ConfigFile, finish, tokenize_config, train
 from vqgen.command_line.options import (
     PRIOR_TRAIN_OPTIONS,
     ArchOption,
+    AugmentChoice,
+    AugmentOption,
     BaseChannelsOption,
     BetaOption,
     ChannelsOption,
@@ -89,6 +91,7 @@ def tokenize(
     beta: BetaOption = None,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
+    augment: AugmentOption = AugmentChoice.none,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
@@ -111,7 +114,7 @@ def tokenize(
     )  # fmt: skip
     cfg = tokenize_config(
         train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
-        plugins=plugin, plugin_options=plugin_opt, overwrite=overwrite, resume=resume,
+        plugins=plugin, plugin_options=plugin_opt, augment=augment.value, overwrite=overwrite, resume=resume,
     )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
@@ -172,12 +175,6 @@ def train_prior(
         )
 
 
-class AugmentChoice(str, Enum):
-    none = "none"
-    flip = "flip"
-    ten_crop = "ten-crop"
-
-
 def encode(
     tokenizer: Annotated[
         str,
@@ -197,12 +194,7 @@ def encode(
     streaming: StreamingOption = False,
     shuffle_buffer: ShuffleBufferOption = 1000,
     heldout_size: HeldoutSizeOption = 500,
-    augment: Annotated[
-        AugmentChoice,
-        typer.Option(
-            help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
-        ),
-    ] = AugmentChoice.none,
+    augment: AugmentOption = AugmentChoice.none,
     batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images per encoder call.")] = 64,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Images per shard file (each written whole; --resume skips them).")

@@ -186,3 +186,32 @@ def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
     images = to_float(torch.cat([x for x, _ in load_image_splits(data).train.batches(24)]))
     assert torch.equal(train["codes"].long(), model.encode(images))
     assert torch.equal(train["image"], torch.arange(24))
+
+
+def test_tokenize_augment_stores_the_views_as_encode_does(tmp_path, tokenizer, image_folder):
+    from vqgen.stages.artifacts.codes import load_codes
+    from vqgen.stages.commands.tokenize import TokenizeConfig, run_tokenize
+    from vqgen.stages.data.images import DataConfig
+
+    data = DataConfig(dataset=str(image_folder))
+    cfg = TokenizeConfig(str(tmp_path / "run"), data, tokenizer=str(tokenizer), augment="flip")
+    run_tokenize(cfg)
+    encode(tokenizer, image_folder, tmp_path / "encoded", augment="flip")
+    for split in ("train", "validation"):  # the same rows, columns and order as `vqgen encode --augment flip`
+        mine, theirs = rows(tmp_path / "run" / "codes", split), rows(tmp_path / "encoded", split)
+        assert mine.keys() == theirs.keys() == {"codes", "label", "image", "view"}
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    codes = load_codes(tmp_path / "run" / "codes")  # what train-prior draws from: two views of every image
+    assert codes.train_views.shape == (2, len(codes.train_labels), 7, 7) and codes.meta["augment"] == "flip"
+    held_out = rows(tmp_path / "run" / "codes", "validation")  # one grid per held-out image
+    assert len(held_out["view"].unique()) == 1 and len(held_out["image"]) == len(codes.val_codes)
+
+
+def test_tokenize_refuses_a_ten_crop_its_images_cannot_give(tmp_path, image_folder):
+    from conftest import TINY_TOKENIZER_FLAGS
+
+    run = tmp_path / "run"
+    result = run_cli("tokenize", "--run", str(run), "--dataset", str(image_folder), "--image-size", "8",
+                     "--augment", "ten-crop", *TINY_TOKENIZER_FLAGS)  # fmt: skip
+    assert_user_error(result, "--augment ten-crop", "at least 10 px")
+    assert not run.exists()  # refused before anything was read or trained

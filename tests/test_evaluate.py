@@ -173,8 +173,13 @@ def test_evaluate_a_tiny_run(tiny_run, image_folder, digits, tmp_path, monkeypat
                     "worst_class_accuracy", "tokens_per_s"):  # fmt: skip
             assert r[key] is not None, key
         assert r["gfid"] >= 0 and 0 <= r["class_accuracy"] <= 1 and r["n_samples"] == 20
+        assert 0 <= r["near_blank_share"] <= 1 and 0 <= r["copy_share"] <= 1
+        assert 0 <= r["nearest_train_rms_min"] <= r["nearest_train_rms_median"] <= 1
+    checks = written["sample_checks"]
+    assert checks["eval_images"] == written["eval_images"] and checks["blank_threshold"] > 0
     report = (tiny_run / "eval" / "report.md").read_text()
     assert f"classifier-{image_folder.name}" in report and "| gru |" in report and "FD floor" in report
+    assert "near-blank" in report and "copies" in report
     assert (tiny_run / "eval-classifier" / "model.safetensors").is_file()
 
     with pytest.raises(UserError, match="already holds an evaluation"):

@@ -119,22 +119,34 @@ def read_codes_meta(meta_file: Path) -> dict:
     return meta
 
 
-def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], meta: dict) -> None:
-    """Save {split: ((N, H, W) codes, (N,) labels)} and the description `meta` (see the module docstring)."""
+def write_codes(folder: Path, splits: dict[str, tuple[torch.Tensor, ...]], meta: dict) -> None:
+    """Save {split: ((N, H, W) codes, (N,) labels)}, or {split: (codes, labels, (N,) image ids, (N,) view
+    indices)} for augmented views, and the description `meta` (see the module docstring)."""
     from datasets import Array2D, Dataset, DatasetDict, DatasetInfo, Features, Value
 
-    features = Features(
-        {"codes": Array2D((meta["grid_height"], meta["grid_width"]), "int32"), "label": Value("int64")}
+    h, w = meta["grid_height"], meta["grid_width"]
+    views = all(len(columns) == 4 for columns in splits.values())
+    features = (
+        shard_features(h, w)
+        if views
+        else Features({"codes": Array2D((h, w), "int32"), "label": Value("int64")})
     )
+
+    def table(codes, labels, images=None, view=None):
+        if not views:
+            return _codes_table(codes, labels, features)
+        extra = {"image": np.asarray(images, dtype=np.int64), "view": np.asarray(view, dtype=np.int32)}
+        return _codes_table(codes, labels, features, extra=extra)
+
     parts = {  # named fingerprints: datasets would otherwise hash every code to make one (4x their size in memory)
         name: Dataset(
-            _codes_table(codes, labels, features),
+            table(*columns),
             info=DatasetInfo(features=features),
-            fingerprint=f"vqgen-codes-{meta.get('tokenizer_fingerprint')}-{name}-{len(codes)}",
+            fingerprint=f"vqgen-codes-{meta.get('tokenizer_fingerprint')}-{name}-{len(columns[0])}",
         )
-        for name, (codes, labels) in splits.items()
+        for name, columns in splits.items()
     }
-    needed = sum(c.numel() * 4 + lab.numel() * 8 for c, lab in splits.values())
+    needed = sum(sum(c.numel() * c.element_size() for c in columns) for columns in splits.values())
     _save_whole(Path(folder), DatasetDict(parts), meta, needed)
 
 
@@ -153,27 +165,44 @@ def _save_whole(folder: Path, dataset, meta: dict, needed: int) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator) -> dict:
+def save_codes(run_dir: Path, model, splits, batch_size: int, accelerator, augment: str = "none") -> dict:
     """Encode both image splits (a vqgen.stages.data.images.ImageSplits) with the trained tokenizer `model` and
-    write them as the run's codes dataset; returns its description (codes.json)."""
-    from vqgen.stages.data.encode import encode_split
+    write them as the run's codes dataset; returns its description (codes.json). With `augment` (data/views.VIEWS)
+    every training image's views are stored as `vqgen encode --augment` stores them (`image` and `view` columns,
+    the images prepared at data/views.source_size), the held-out images in their one validation view."""
+    from vqgen.stages.data.encode import encode_split, encode_views
 
     encoded = {
-        name: encode_split(model, ds, batch_size, accelerator)
+        name: (
+            encode_split(model, ds, batch_size, accelerator)
+            if augment == "none"
+            else encode_views(model, ds, augment, name == "validation", batch_size, accelerator)
+        )
         for name, ds in (("train", splits.train), ("validation", splits.heldout))
     }
-    g = model.config.grid_size
-    meta = {
-        "tokenizer": "../tokenizer",
-        "tokenizer_fingerprint": model.fingerprint(),
-        "vocab_size": model.config.quantizer.codebook_size,
-        "grid_height": g,
-        "grid_width": g,
-        "num_classes": splits.num_classes,
-        "class_names": splits.class_names,
-    }
+    meta = codes_meta(
+        model, splits.num_classes, splits.class_names, augment=None if augment == "none" else augment
+    )
     if accelerator.is_main_process:
         write_codes(Path(run_dir) / "codes", encoded, meta)
+    return meta
+
+
+def codes_meta(
+    model, num_classes: int, class_names, tokenizer: str = "../tokenizer", augment: str | None = None
+):
+    """codes.json for codes of `model` (see the module docstring); with `augment`, also `augment`, `views` (views
+    per training image) and `view_names`."""
+    g = model.config.grid_size
+    meta = {
+        "tokenizer": tokenizer, "tokenizer_fingerprint": model.fingerprint(),
+        "vocab_size": model.config.quantizer.codebook_size, "grid_height": g, "grid_width": g,
+        "num_classes": num_classes, "class_names": class_names,
+    }  # fmt: skip
+    if augment is not None:
+        from vqgen.stages.data.views import VIEWS
+
+        meta.update(augment=augment, views=len(VIEWS[augment]), view_names=VIEWS[augment])
     return meta
 
 

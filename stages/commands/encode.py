@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vqgen.stages.artifacts.codes import assemble_codes, write_shard
+from vqgen.stages.artifacts.codes import assemble_codes, codes_meta, write_shard
 from vqgen.stages.artifacts.hub import looks_local
 from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
 from vqgen.stages.core.errors import UserError, read_json_object
@@ -23,7 +23,7 @@ from vqgen.stages.core.files import write_json
 from vqgen.stages.data.encode import encode_shard, prepared_shards, stream_shards
 from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.sources import load_image_splits
-from vqgen.stages.data.views import VIEWS, crop_size
+from vqgen.stages.data.views import check_augment, source_size
 
 MANIFEST = "manifest.json"
 
@@ -150,8 +150,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     from accelerate import Accelerator
     from vqgen.stages.artifacts.models import load_tokenizer
 
-    if cfg.augment not in VIEWS:
-        raise UserError(f"--augment must be one of {', '.join(VIEWS)}, got {cfg.augment!r}")
+    check_augment(cfg.augment)
     if cfg.batch_size < 1 or cfg.shard_size < 1:
         raise UserError("--batch-size and --shard-size must be at least 1")
     check_device_name(cfg.device)
@@ -161,8 +160,8 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     staging = _staging(out)
     _check_target(cfg, out, staging)
     model = load_tokenizer(cfg.tokenizer).eval()
-    size = model.config.image_size
-    cfg.data.image_size = crop_size(size) if cfg.augment == "ten-crop" else size
+    check_augment(cfg.augment, model.config.image_size)
+    cfg.data.image_size = source_size(cfg.augment, model.config.image_size)
     cfg.data.channels = model.config.channels
     accelerator = Accelerator(**training_accelerator_kwargs(cfg.device))
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -186,13 +185,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     result = {"out": str(out), "images": progress.images, "skipped_shards": progress.skipped}
     result["images_per_s"] = progress.images / max(time.perf_counter() - progress.started, 1e-9)
     if accelerator.is_main_process:
-        g = model.config.grid_size
-        meta = {
-            "tokenizer": link, "tokenizer_fingerprint": model.fingerprint(),
-            "vocab_size": model.config.quantizer.codebook_size, "grid_height": g, "grid_width": g,
-            "num_classes": splits.num_classes, "class_names": splits.class_names, "augment": cfg.augment,
-            "views": len(VIEWS[cfg.augment]), "view_names": VIEWS[cfg.augment],
-        }  # fmt: skip
+        meta = codes_meta(model, splits.num_classes, splits.class_names, link, cfg.augment)
         shards = {s: sorted((staging / s).glob("*.arrow")) for s in ("train", "validation")}
         assemble_codes(out, shards, meta)  # built beside CODES, then renamed into place
         shutil.rmtree(staging, ignore_errors=True)

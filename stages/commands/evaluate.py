@@ -12,7 +12,9 @@ or a folder with MNIST's idx files). On it:
   images' codes), and on `n_samples` images sampled with a fixed seed: gFID, precision and recall against the
   evaluation split, the classifier's accuracy on the requested class (class-conditional priors), sampling tokens/s;
 - the floor: the same distances for real training images against the evaluation split (as many as each prior
-  samples, and as many as the split holds for rFID): what a perfect generator scores at that sample size.
+  samples, and as many as the split holds for rFID): what a perfect generator scores at that sample size;
+- near-blank samples and copies of training images (evaluation/sample_checks.py): every prior's share of each and
+  its samples' nearest-training distances, beside the same figures of the evaluation split (`sample_checks`).
 """
 
 import json
@@ -31,6 +33,7 @@ from vqgen.stages.evaluation import metrics as M
 from vqgen.stages.evaluation.classifier import eval_classifier
 from vqgen.stages.evaluation.priors import evaluate_priors, floor
 from vqgen.stages.evaluation.report import prior_table, render_report, tokenizer_table
+from vqgen.stages.evaluation.sample_checks import run_reference
 from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data, run_data_config
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
 
@@ -74,7 +77,9 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
         tokenizer, data.eval.batches(cfg.batch_size), cfg.batch_size, space, real_feats
     )
     tok["fingerprint"] = tokenizer.fingerprint()
+    reference = run_reference(tokenizer, data.train, eval_codes, cfg.batch_size, cfg.seed)
     ctx = {
+        "sample_reference": reference,
         "device": device,
         "space": space,
         "classifier": classifier,
@@ -91,6 +96,7 @@ def run_evaluate(cfg: EvaluateConfig, log: Log = print) -> dict:
         "eval_images": int(data.eval.shape[0]),
         "classifier": clf_info or None,
         "floor": floor(data, space, real_feats, cfg),
+        "sample_checks": reference.summary,
         "tokenizer": tok,
         "priors": priors,
         "skipped_priors": skipped,

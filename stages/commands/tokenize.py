@@ -5,7 +5,9 @@ fsq, lfq) are found through the host's registries (vqgen.stages.core.registry), 
 
 Run folder:
     RUN/tokenizer/        config.json + model.safetensors + README.md (the Hub layout)
-    RUN/codes/            a datasets.DatasetDict (train, validation) of code grids + labels, and vqgen.json
+    RUN/codes/            a datasets.DatasetDict (train, validation) of code grids + labels, and codes.json;
+                          with --augment flip|ten-crop every view of each training image, as `vqgen encode
+                          --augment` writes them (`image` and `view` columns), the held-out images in one view
     RUN/samples/          input-vs-reconstruction grids (PNG), one every --sample-every steps
     RUN/checkpoints/      training checkpoints for --resume
     RUN/metrics.json      PSNR, SSIM, MSE, codebook usage, perplexity, dead codes, images/s, wall time
@@ -25,9 +27,11 @@ from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
 from vqgen.stages.core.runconfig import check_limits
+from vqgen.stages.data.encode import splits_for_views
 from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
+from vqgen.stages.data.views import check_augment
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
@@ -49,6 +53,7 @@ class TokenizeConfig:
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
     plugin_options: list[str] = field(default_factory=list)
+    augment: str = "none"  # also store each training image's views: flip | ten-crop (data/views.py)
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
@@ -107,6 +112,7 @@ def check_tokenize(cfg: TokenizeConfig) -> None:
     if cfg.train.device != "auto":
         resolve_device(cfg.train.device)  # a device that is not here: refused before any data is read
     resolve_tokenizer_config(cfg)
+    check_augment(cfg.augment, cfg.data.image_size)
     check_limits(cfg)  # every range and choice (--resize), as the command line checks them
     if cfg.train.num_workers is not None and cfg.train.num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more, got {cfg.train.num_workers}")
@@ -176,7 +182,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     one = given_tokenizer(cfg) if cfg.tokenizer else trained_tokenizer(cfg, splits, run_dir)
     main_process = one.accelerator.is_main_process
     results = score_tokenizer(one.model, splits, run_dir, cfg.eval_batch_size) if main_process else {}
-    meta = save_codes(run_dir, one.model, splits, cfg.eval_batch_size, one.accelerator)
+    views = splits_for_views(splits, cfg.data, cfg.augment)
+    meta = save_codes(run_dir, one.model, views, cfg.eval_batch_size, one.accelerator, cfg.augment)
     if main_process:
         results.update(
             train_images_per_s=one.train_images_per_s,

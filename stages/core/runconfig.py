@@ -35,7 +35,7 @@ from vqgen.stages.core.errors import UserError, one_line
 SAFE_ON_RESUME = {
     "steps", "sample_every", "checkpoint_every", "keep_checkpoints", "log_every", "log_with", "max_nonfinite",
     "record_data_order", "eval_batch_size", "eval_every", "device", "compile", "num_workers", "checkpoint_shard_gb",
-    "epochs", "patience", "keep_last",
+    "epochs", "patience", "keep_last", "augment",
 }  # fmt: skip
 # Where a run is and what to do with it are the command line's alone: a run folder or a copy of its
 # run_config.json is a place and a description, never an instruction to replace or continue a run.

@@ -11,7 +11,7 @@ import torch
 from vqgen.stages.core.progress import progress
 from vqgen.stages.data.images import to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, label_array
-from vqgen.stages.data.views import VIEW_OF_VALIDATION, VIEWS, make_views, validation_view
+from vqgen.stages.data.views import VIEW_OF_VALIDATION, VIEWS, make_views, source_size, validation_view
 
 STREAM_ID = 10**12  # a streamed image's id: rank * STREAM_ID + its position in the rank's stream
 
@@ -128,3 +128,34 @@ def encode_shard(model, batches: Batches, augment: str, validation: bool, device
         for bucket, part in zip(out, parts):
             bucket.append(part)
     return tuple(torch.cat(b) for b in out)
+
+
+@torch.no_grad()
+def encode_views(model, ds, augment: str, validation: bool, batch_size: int, accelerator) -> tuple:
+    """encode_shard's (codes, labels, image ids, view indices) for a whole split (prepared or a stream), each
+    process encoding its own part in one shard, gathered in process order: what `tokenize --augment` stores."""
+    from accelerate.utils import gather_object
+
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    make = stream_shards if hasattr(ds, "samples") else prepared_shards
+    g = model.config.grid_size
+    empty = (torch.empty(0, g, g, dtype=torch.int32), *(torch.empty(0, dtype=torch.long) for _ in range(3)))
+    local = [
+        encode_shard(model, batches, augment, validation, accelerator.device)
+        for _, batches in make(ds, rank, world, 2**62, batch_size)
+    ]
+    parts = gather_object([local]) if world > 1 else [local]
+    shards = [shard for part in parts for shard in part if len(shard[0])] or [empty]
+    return tuple(torch.cat(columns) for columns in zip(*shards))
+
+
+def splits_for_views(splits, data, augment: str):
+    """The image splits the views of `augment` are cut from: `splits` themselves (prepared by `data`), or for
+    ten-crop the same images prepared again at data/views.source_size."""
+    from dataclasses import replace
+
+    from vqgen.stages.data.sources import load_image_splits
+
+    size = source_size(augment, data.image_size)
+    return splits if size == data.image_size else load_image_splits(replace(data, image_size=size))

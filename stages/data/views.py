@@ -6,6 +6,7 @@ crops and centre crop of S px, then the same five of its mirror image.
 """
 
 import torch
+from vqgen.stages.core.errors import UserError
 
 CROP_RANGE = 1.1  # LlamaGen's --crop-range
 # --augment -> the views encoded per training image, in row order (the validation split keeps VIEW_OF_VALIDATION)
@@ -22,6 +23,25 @@ VIEW_OF_VALIDATION = {"none": 0, "flip": 0, "ten-crop": 4}
 
 def crop_size(size: int) -> int:
     return int(size * CROP_RANGE)
+
+
+def source_size(augment: str, size: int) -> int:
+    """The size the images are prepared at for a tokenizer of `size` px: larger for ten-crop, whose views are
+    crops of `size` px."""
+    return crop_size(size) if augment == "ten-crop" else size
+
+
+def check_augment(augment: str, size: int | None = None) -> None:
+    """One line (UserError) for an augmentation the tokenizer of `size` px cannot express, before anything is read
+    or trained: an unknown name, or a ten-crop whose crops would all be the image itself (under 10 px, int(1.1 S)
+    is S). `encode` and `tokenize` both ask here."""
+    if augment not in VIEWS:
+        raise UserError(f"--augment must be one of {', '.join(VIEWS)}, got {augment!r}")
+    if size is not None and augment == "ten-crop" and crop_size(size) <= size:
+        raise UserError(
+            f"--augment ten-crop needs images of at least 10 px: its crops of {size} px would all be the whole "
+            f"{crop_size(size)} px image; use --augment flip"
+        )
 
 
 def five_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:

@@ -14,6 +14,7 @@ from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import image_grid, save_png
 from vqgen.stages.core.progress import progress
 from vqgen.stages.evaluation import fid
+from vqgen.stages.evaluation.sample_checks import check_samples, compact, pixel_spread
 from vqgen.stages.evaluation.settings import EvalData, EvaluateConfig
 from vqgen.stages.sampling.config import SamplingConfig, default_cfg_scale
 from vqgen.stages.sampling.sampler import check_pair, decode, sample_chunks
@@ -55,7 +56,7 @@ def sample_and_measure(
     if sampling is None:
         sampling = SamplingConfig(cfg_scale=cfg.cfg_scale if default_cfg_scale(prior) != 1.0 else None)
     sampling = sampling.for_prior(prior)  # the prior's own defaults filled in, as recorded below
-    feats, preds, preview, seconds = [], [], [], 0.0
+    feats, preds, preview, spread, small, seconds = [], [], [], [], [], 0.0
     bar = progress(total=cfg.n_samples, desc=f"{prior.config.prior_type}: sampling", unit="img")
     start = time.perf_counter()
     for _, grids in sample_chunks(prior, cfg.n_samples, cfg.batch_size, labels, sampling, cfg.seed):
@@ -67,6 +68,8 @@ def sample_and_measure(
         if classifier is not None and k == classifier.config.num_classes:
             preds.append(classifier(images.to(next(classifier.parameters()).device)).argmax(1).cpu())
         preview.append(images[: max(0, 100 - sum(p.shape[0] for p in preview))].cpu())
+        spread.append(pixel_spread(images))  # for evaluation/sample_checks.py
+        small.append(compact(images))
         start = time.perf_counter()
     bar.close()
     out = {
@@ -77,6 +80,8 @@ def sample_and_measure(
         "preds": torch.cat(preds) if preds else None,
         "cfg_scale": sampling.cfg_scale,
         "temperature": sampling.temperature,
+        "spread": torch.cat(spread),
+        "compact": torch.cat(small),
     }
     return out, torch.cat(preview)
 
@@ -137,6 +142,8 @@ def evaluate_priors(run: Path, tokenizer, ctx: dict, cfg: EvaluateConfig, log: L
         if s["feats"] is not None:
             r["gfid"] = fid.frechet_distance(ctx["real_feats"], s["feats"])
             r["precision"], r["recall"] = fid.precision_recall(ctx["real_feats"], s["feats"], cfg.pr_k)
+        if ctx.get("sample_reference") is not None:
+            r.update(check_samples(s["spread"], s["compact"], ctx["sample_reference"]))
         if s["preds"] is not None:
             hit = (s["preds"] == s["labels"]).double()
             r["class_accuracy"] = float(hit.mean())

@@ -35,7 +35,7 @@ def render_report(m: dict) -> str:
         "",
     ]
     if m["priors"]:
-        s = m["settings"]
+        s, c = m["settings"], m.get("sample_checks")
         lines += [
             "## Priors",
             "",
@@ -46,6 +46,14 @@ def render_report(m: dict) -> str:
             *prior_table([{"name": k, **r, "floor_fid": fl["fid"]} for k, r in m["priors"].items()]),
             "",
         ]
+        if c:
+            lines += [
+                f"Near-blank: pixel spread under {c['blank_threshold']:.3f}; copy: nearer a reconstructed training "
+                f"image than {c['copy_threshold']:.4f} RMS (evaluation/sample_checks.py). The evaluation split's "
+                f"reconstructions: {c['eval_near_blank_share']:.1%} near-blank, nearest training image at "
+                f"{c['eval_nearest_train_rms_median']:.4f} RMS (median), {c['eval_nearest_train_rms_min']:.4f} (min).",
+                "",
+            ]
     for name, reason in m["skipped_priors"].items():
         lines.append(f"Skipped {name}: {reason}")
     return "\n".join(lines).rstrip() + "\n"
@@ -69,8 +77,8 @@ def tokenizer_table(rows: list[tuple[str, dict, dict]]) -> list[str]:
 def prior_table(rows: list[dict]) -> list[str]:
     out = [
         "| prior | bits/token | bits/dim | gFID | FD floor | precision | recall | class accuracy | worst class "
-        "| guidance | temperature | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| guidance | temperature | tokens/s | near-blank | copies | nearest train (RMS) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
@@ -78,6 +86,7 @@ def prior_table(rows: list[dict]) -> list[str]:
             f"{_f(r['gfid'], '.3f')} | {_f(r['floor_fid'], '.3f')} | {_f(r['precision'], '.3f')} | "
             f"{_f(r['recall'], '.3f')} | {_f(r['class_accuracy'], '.1%')} | "
             f"{_f(r['worst_class_accuracy'], '.1%')} | {_f(r.get('cfg_scale'), 'g')} | "
-            f"{_f(r.get('temperature'), 'g')} | {r['tokens_per_s']:,.0f} |"
+            f"{_f(r.get('temperature'), 'g')} | {r['tokens_per_s']:,.0f} | {_f(r.get('near_blank_share'), '.1%')} | "
+            f"{_f(r.get('copy_share'), '.1%')} | {_f(r.get('nearest_train_rms_median'), '.4f')} |"
         )
     return out
