@@ -35,7 +35,11 @@ class TransformerPriorConfig(PriorConfig):
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 256  # width of the SwiGLU MLP
-    attention_dropout: float = 0.1  # training only
+    attention_dropout: float = 0.1  # training only, as the three below
+    token_dropout: float = 0.0  # on the input embeddings (LlamaGen's token_dropout)
+    resid_dropout: float = (
+        0.0  # on each attention and MLP output before its residual add (LlamaGen's resid/ffn)
+    )
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; any `transformers` attention backend
     # 2-D positions: learned row and column embeddings of the position being predicted, added to every input
     # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is. None: on for
@@ -112,11 +116,20 @@ class TransformerPrior(Prior):
             attn_implementation=c.attn_implementation,
         )
         self.model = LlamaForCausalLM(llama)
+        if (
+            c.resid_dropout > 0
+        ):  # Llama has no residual dropout: on the two projections that feed the residuals
+            for layer in self.model.model.layers:
+                for branch in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                    branch.register_forward_hook(self._drop_residual)
         if c.pos_2d:
             self.row_embed = nn.Embedding(c.grid_height, c.hidden_size)
             self.col_embed = nn.Embedding(c.grid_width, c.hidden_size)
             for table in (self.row_embed, self.col_embed):
                 nn.init.normal_(table.weight, std=llama.initializer_range)
+
+    def _drop_residual(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return F.dropout(output, self.config.resid_dropout, self.training)
 
     def _position(self, t: torch.Tensor | int) -> torch.Tensor | int:
         """The 2-D embedding of raster position(s) t (the code being predicted), or 0 without pos_2d."""
@@ -143,6 +156,7 @@ class TransformerPrior(Prior):
         prefix = self._prefix(self.training_labels(labels), b)
         ids = torch.cat([prefix, codes.reshape(b, h * w)[:, :-1]], dim=1)  # (B, T): code t - 1 at t
         embeds = self.model.model.embed_tokens(ids) + self._position(torch.arange(h * w))  # (B, T, d)
+        embeds = F.dropout(embeds, self.config.token_dropout, self.training)
         hidden = self.model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (B, T, d)
         logits = self._code_logits(hidden).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))

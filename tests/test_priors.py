@@ -138,7 +138,7 @@ def test_dropout_acts_in_training_only(name):
     fields = [f.name for f in dataclasses.fields(tiny(name).config)]
     rates = [f for f in fields if f.endswith("dropout") and f != "label_dropout"]
     kinds = {
-        "transformer": {"attention_dropout"},
+        "transformer": {"attention_dropout", "token_dropout", "resid_dropout"},
         "llamagen": {"token_dropout", "resid_dropout", "ffn_dropout"},
     }
     assert kinds.get(name, {"dropout", "token_dropout"}) <= set(rates)  # gru and pixelcnn: both kinds
