@@ -83,23 +83,43 @@ def child(args: list[str]) -> tuple[float, float, str]:
 
 
 def sample_both(theirs, ours, generate, labels: torch.Tensor, tokens: int) -> dict:
+    """Greedy guided sampling (cfg 4, top-k 1) by LlamaGen's `generate` and by the imported prior: the same tokens,
+    and the time each took."""
+    from vqgen.priors import SamplingOptions
     from vqgen.stages.interop.llamagen_gpt import llamagen_cfg_interval
 
     t = time.perf_counter()
     torch.manual_seed(0)
-    their_seq = generate(theirs, labels, tokens, cfg_scale=4.0, cfg_interval=-1, temperature=1.0, top_k=1,
-                         top_p=1.0, sample_logits=True)[:, :tokens].long()  # fmt: skip
+    their_seq = generate(
+        theirs,
+        labels,
+        tokens,
+        cfg_scale=4.0,
+        cfg_interval=-1,
+        temperature=1.0,
+        top_k=1,
+        top_p=1.0,
+        sample_logits=True,
+    )
+    their_seq = their_seq[:, :tokens].long()
     their_s = time.perf_counter() - t
     t = time.perf_counter()
-    grid = ours.sample(labels.numel(), labels=labels, top_k=1, cfg_scale=4.0,
-                       cfg_interval=llamagen_cfg_interval(-1, ours.config.seq_len))  # fmt: skip
+    options = SamplingOptions(
+        top_k=1, cfg_scale=4.0, cfg_interval=llamagen_cfg_interval(-1, ours.config.seq_len)
+    )
+    grid = ours.sample(labels.numel(), labels, options)
     our_s = time.perf_counter() - t
     ours_flat = grid.view(labels.numel(), -1)[:, :tokens]
-    return {"identical": bool(torch.equal(ours_flat, their_seq)), "llamagen_s": their_s, "vqgen_s": our_s,
-            "vqgen_vs_llamagen_speed": their_s / our_s}  # fmt: skip
+    identical = bool(torch.equal(ours_flat, their_seq))
+    return {
+        "identical": identical,
+        "llamagen_s": their_s,
+        "vqgen_s": our_s,
+        "vqgen_vs_llamagen_speed": their_s / our_s,
+    }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--llamagen", type=Path, required=True, help="a checkout of FoundationVision/LlamaGen"
@@ -110,10 +130,12 @@ def main() -> None:
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "llamagen_gpt_import.json"
     )
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.llamagen.resolve()))
-    from autoregressive.models import gpt
-    from autoregressive.models.generate import generate
+    return parser.parse_args()
+
+
+def measure(args: argparse.Namespace, gpt, generate) -> dict:
+    """A random LlamaGen GPT saved as their checkpoint, imported by `cli.py import` in a child process (timed
+    against torch.load alone), and both models compared: parameters, logits, greedy samples."""
     from vqgen.stages.artifacts.models import load_prior
 
     grid = args.image_size // 16
@@ -121,15 +143,21 @@ def main() -> None:
         tmp = Path(tmp)
         theirs = their_model(gpt, args.model, grid)
         ckpt = tmp / f"c2i_{args.model.removeprefix('GPT-')}_{args.image_size}.pt"
-        torch.save({"model": theirs.state_dict(), "steps": 0, "args": argparse.Namespace(gpt_model=args.model)},
-                   ckpt)  # fmt: skip
+        state = {"model": theirs.state_dict(), "steps": 0, "args": argparse.Namespace(gpt_model=args.model)}
+        torch.save(state, ckpt)
         write_tokenizer(tmp / "run", args.image_size)
         base_s, base_mib, _ = child([sys.executable, "-c", BASELINE, str(ckpt)])
-        cmd = [sys.executable, str(ROOT / "cli.py"), "import", "llamagen-gpt", str(ckpt), "--run", str(tmp / "run"),
-               "--model", args.model, "--image-size", str(args.image_size)]  # fmt: skip
-        import_s, import_mib, _ = child(cmd)
-        folder = tmp / "run" / f"prior-{args.model.lower()}"
-        ours = load_prior(folder).eval()
+        cmd = [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "import",
+            "llamagen-gpt",
+            str(ckpt),
+            "--run",
+            str(tmp / "run"),
+        ]
+        import_s, import_mib, _ = child([*cmd, "--model", args.model, "--image-size", str(args.image_size)])
+        ours = load_prior(tmp / "run" / f"prior-{args.model.lower()}").eval()
         n_theirs = sum(p.numel() for p in theirs.parameters())
         n_ours = sum(p.numel() for p in ours.parameters())
         codes = torch.randint(0, 16384, (2, grid * grid), generator=torch.Generator().manual_seed(1))
@@ -139,30 +167,58 @@ def main() -> None:
             got = ours(codes.view(2, grid, grid), labels).logits.reshape(2, grid * grid, -1)
         sampled = sample_both(theirs, ours, generate, labels, min(args.tokens, grid * grid))
         ckpt_mib = ckpt.stat().st_size / MIB
-    result = {
-        "model": args.model, "image_size": args.image_size, "grid": grid,
+    return {
+        "model": args.model,
+        "image_size": args.image_size,
+        "grid": grid,
         "parameters": {"llamagen": n_theirs, "vqgen": n_ours, "equal": n_theirs == n_ours},
         "checkpoint_mib": ckpt_mib,
-        "import_s": import_s, "torch_load_s": base_s, "import_vs_torch_load": import_s / base_s,
-        "import_peak_mib": import_mib, "torch_load_peak_mib": base_mib,
+        "import_s": import_s,
+        "torch_load_s": base_s,
+        "import_vs_torch_load": import_s / base_s,
+        "import_peak_mib": import_mib,
+        "torch_load_peak_mib": base_mib,
         "import_peak_vs_checkpoint": import_mib / ckpt_mib,
-        "logits_max_abs_diff": float((got - ref).abs().max()), "logits_max_abs": float(ref.abs().max()),
+        "logits_max_abs_diff": float((got - ref).abs().max()),
+        "logits_max_abs": float(ref.abs().max()),
         "sample": {"tokens": min(args.tokens, grid * grid), "cfg_scale": 4.0, "top_k": 1, **sampled},
         "machine": machine_info(torch.device("cpu")),
-    }  # fmt: skip
-    print(f"| {args.model} at {args.image_size} px | LlamaGen | vqgen |")
+    }
+
+
+def print_table(r: dict) -> None:
+    n, s = r["parameters"], r["sample"]
+    base_s, import_s, ckpt_mib, import_mib = (
+        r["torch_load_s"],
+        r["import_s"],
+        r["checkpoint_mib"],
+        r["import_peak_mib"],
+    )
+    print(f"| {r['model']} at {r['image_size']} px | LlamaGen | vqgen |")
     print("|---|---:|---:|")
-    print(f"| parameters | {n_theirs:,} | {n_ours:,} |")
+    print(f"| parameters | {n['llamagen']:,} | {n['vqgen']:,} |")
     print(
         f"| import (child process) | torch.load alone: {base_s:.1f} s | {import_s:.1f} s ({import_s / base_s:.2f}x) |"
     )
-    print(f"| peak memory (checkpoint {ckpt_mib:.0f} MiB) | torch.load alone: {base_mib:.0f} MiB | "
-          f"{import_mib:.0f} MiB ({import_mib / ckpt_mib:.2f}x the checkpoint) |")  # fmt: skip
     print(
-        f"| logits, max abs diff | (max {result['logits_max_abs']:.2f}) | {result['logits_max_abs_diff']:.2e} |"
+        f"| peak memory (checkpoint {ckpt_mib:.0f} MiB) | torch.load alone: {r['torch_load_peak_mib']:.0f} MiB | "
+        f"{import_mib:.0f} MiB ({import_mib / ckpt_mib:.2f}x the checkpoint) |"
     )
-    print(f"| {result['sample']['tokens']} tokens, cfg 4, top-k 1 | {sampled['llamagen_s']:.1f} s | "
-          f"{sampled['vqgen_s']:.1f} s, identical: {sampled['identical']} |")  # fmt: skip
+    print(f"| logits, max abs diff | (max {r['logits_max_abs']:.2f}) | {r['logits_max_abs_diff']:.2e} |")
+    print(
+        f"| {s['tokens']} tokens, cfg 4, top-k 1 | {s['llamagen_s']:.1f} s | "
+        f"{s['vqgen_s']:.1f} s, identical: {s['identical']} |"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(args.llamagen.resolve()))  # another project's checkout, named on the command line
+    from autoregressive.models import gpt
+    from autoregressive.models.generate import generate
+
+    result = measure(args, gpt, generate)
+    print_table(result)
     save_result(result, args.json)
 
 

@@ -35,7 +35,7 @@ def mnist_test(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return to_float(torch.from_numpy(x.copy())), torch.from_numpy(y.astype(np.int64))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -46,8 +46,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--mnist-test", type=Path, default=ROOT.parent / "shared" / "data" / "mnist-test")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def digit_classifier(run: Path, mnist_test_folder: Path) -> tuple[torch.nn.Module, float]:
+    """The classifier trained on the embedded digits (cached in RUN/classifier) and its MNIST test accuracy."""
     splits = load_image_splits(DataConfig())
     train_x = to_float(torch.cat([pixel_tensor(splits.train), pixel_tensor(splits.heldout)]))
     train_y = torch.cat(
@@ -57,41 +60,49 @@ def main() -> None:
         ]
     )
     start = time.perf_counter()
-    classifier = load_or_train(args.run / "classifier", train_x, train_y, ClassifierConfig())
-    test_x, test_y = mnist_test(args.mnist_test)
+    classifier = load_or_train(run / "classifier", train_x, train_y, ClassifierConfig())
+    test_x, test_y = mnist_test(mnist_test_folder)
     clf_acc = accuracy(classifier, test_x, test_y)
     print(f"classifier: {clf_acc:.2%} on the MNIST test split ({time.perf_counter() - start:.0f} s)")
-    tokenizer = load_tokenizer(args.run / "tokenizer").eval()
+    return classifier, clf_acc
 
-    rows = []
-    for name in args.priors:
-        folder = args.run / f"prior-{name}"
-        if not (folder / "model.safetensors").is_file():
-            run_train_prior(PriorTrainConfig(codes=str(args.run / "codes"), prior=name))
-        metrics = json.loads((folder / "metrics.json").read_text())["prior"]
-        prior = load_prior(folder).eval()
-        check_pair(prior, tokenizer)
-        k = prior.config.num_classes
-        labels = torch.arange(k).repeat_interleave(args.per_class)
-        gen = torch.Generator().manual_seed(0)
-        options = SamplingOptions(temperature=args.temperature, cfg_scale=args.cfg_scale)
-        t0 = time.perf_counter()
-        grids = torch.cat(
-            [prior.sample(chunk.numel(), chunk, options, generator=gen) for chunk in labels.split(100)]
-        )
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            images = tokenizer.decode(grids)
-        acc = accuracy(classifier, images, labels)
-        per_class = [accuracy(classifier, images[labels == c], labels[labels == c]) for c in range(k)]
-        rows.append({
-            "prior": name, "val_bits_per_token": metrics["val_bits_per_token"], "train_seconds": metrics["train_seconds"],
-            "parameters": metrics["parameters"], "class_accuracy": acc, "worst_class_accuracy": min(per_class),
-            "sampling_tokens_per_s": labels.numel() * prior.config.seq_len / seconds,
-        })  # fmt: skip
 
+def score_prior(name: str, args: argparse.Namespace, tokenizer, classifier) -> dict:
+    """RUN/prior-NAME (trained with the defaults if missing): its NLL and training time, and how many of its
+    samples the classifier reads as the class asked for."""
+    folder = args.run / f"prior-{name}"
+    if not (folder / "model.safetensors").is_file():
+        run_train_prior(PriorTrainConfig(codes=str(args.run / "codes"), prior=name))
+    metrics = json.loads((folder / "metrics.json").read_text())["prior"]
+    prior = load_prior(folder).eval()
+    check_pair(prior, tokenizer)
+    k = prior.config.num_classes
+    labels = torch.arange(k).repeat_interleave(args.per_class)
+    gen = torch.Generator().manual_seed(0)
+    options = SamplingOptions(temperature=args.temperature, cfg_scale=args.cfg_scale)
+    t0 = time.perf_counter()
+    grids = torch.cat(
+        [prior.sample(chunk.numel(), chunk, options, generator=gen) for chunk in labels.split(100)]
+    )
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        images = tokenizer.decode(grids)
+    per_class = [accuracy(classifier, images[labels == c], labels[labels == c]) for c in range(k)]
+    return {
+        "prior": name,
+        "val_bits_per_token": metrics["val_bits_per_token"],
+        "train_seconds": metrics["train_seconds"],
+        "parameters": metrics["parameters"],
+        "class_accuracy": accuracy(classifier, images, labels),
+        "worst_class_accuracy": min(per_class),
+        "sampling_tokens_per_s": labels.numel() * prior.config.seq_len / seconds,
+    }
+
+
+def print_table(rows: list[dict]) -> None:
     print(
-        "\n| prior | val NLL (bits/token) | train time (s) | parameters | samples classified as asked | worst class | sampling tokens/s |"
+        "\n| prior | val NLL (bits/token) | train time (s) | parameters | samples classified as asked | worst class "
+        "| sampling tokens/s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -99,9 +110,24 @@ def main() -> None:
             f"| {r['prior']} | {r['val_bits_per_token']:.3f} | {r['train_seconds']:.0f} | {r['parameters']:,} | "
             f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['sampling_tokens_per_s']:,.0f} |"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    classifier, clf_acc = digit_classifier(args.run, args.mnist_test)
+    tokenizer = load_tokenizer(args.run / "tokenizer").eval()
+    rows = [score_prior(name, args, tokenizer, classifier) for name in args.priors]
+    print_table(rows)
     out = args.json or args.run / "prior_quality.json"
-    result = {"classifier_mnist_test_accuracy": clf_acc, "per_class": args.per_class, "cfg_scale": args.cfg_scale,
-              "temperature": args.temperature, "torch": torch.__version__, "threads": torch.get_num_threads(), "priors": rows}  # fmt: skip
+    result = {
+        "classifier_mnist_test_accuracy": clf_acc,
+        "per_class": args.per_class,
+        "cfg_scale": args.cfg_scale,
+        "temperature": args.temperature,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "priors": rows,
+    }
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
 

@@ -23,8 +23,9 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from vqgen.stages.artifacts.codes import load_codes
@@ -65,7 +66,7 @@ def prior_folder(run: Path, name: str, variant: str) -> Path:
     return folder
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,9 +82,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--test-images", default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    run = args.run
+
+@dataclass
+class Judge:
+    """What `evaluate` scores samples with: its settings, data, classifier, feature space and real-image floor."""
+
+    cfg: EvaluateConfig
+    data: Any
+    classifier: torch.nn.Module
+    clf_info: dict
+    space: Any
+    real_feats: torch.Tensor
+    ground: dict
+
+
+def judge(run: Path, args: argparse.Namespace) -> Judge:
     cfg = EvaluateConfig(run_dir=str(run), test_images=args.test_images, n_samples=args.n_samples)
     data = load_eval_data(cfg, run_data_config(run))
     torch.manual_seed(cfg.seed)
@@ -92,50 +107,78 @@ def main(argv: list[str] | None = None) -> dict:
     real_feats = fid.extract_features(space, data.eval, cfg.batch_size)
     ground = floor(data, space, real_feats, cfg)
     print(f"floor (real training images vs {data.eval_name}): FD {ground['fid']:.3f}", flush=True)
-    tokenizer = load_tokenizer(run / "tokenizer").eval()
-    codes = load_codes(run / "codes")
+    return Judge(cfg, data, classifier, clf_info, space, real_feats, ground)
+
+
+def score_setting(j: Judge, prior, tokenizer, sampling: SamplingConfig) -> dict:
+    """Class accuracy (overall and of the worst class), gFID (and over the floor), precision and recall of
+    --n-samples images sampled with `sampling`."""
+    started = time.perf_counter()
+    s, _ = sample_and_measure(prior, tokenizer, j.cfg, j.space, j.classifier, sampling)
+    hit = (s["preds"] == s["labels"]).double()
+    gfid = fid.frechet_distance(j.real_feats, s["feats"])
+    precision, recall = fid.precision_recall(j.real_feats, s["feats"], j.cfg.pr_k)
+    return {
+        "class_accuracy": float(hit.mean()),
+        "worst_class_accuracy": min(float(hit[s["labels"] == c].mean()) for c in s["labels"].unique()),
+        "gfid": gfid,
+        "gfid_over_floor": gfid / j.ground["fid"],
+        "precision": precision,
+        "recall": recall,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def sweep_prior(
+    j: Judge, run: Path, name: str, variant: str, args: argparse.Namespace, tokenizer, codes
+) -> list:
+    """One row per sampling setting of the prior NAME trained with `variant`'s flags."""
+    folder = prior_folder(run, name, variant)
+    prior = load_prior(folder).eval()
+    check_pair(prior, tokenizer)
+    trained = json.loads((folder / "metrics.json").read_text())["prior"]
     image_dims = tokenizer.config.channels * tokenizer.config.image_size**2
-
+    bits = nll(prior, codes.val_codes, codes.val_labels, j.cfg.batch_size, image_dims, "val")[
+        "val_bits_per_token"
+    ]
     rows = []
-    for name, variant in itertools.product(args.priors, args.variants):
-        folder = prior_folder(run, name, variant)
-        prior = load_prior(folder).eval()
-        check_pair(prior, tokenizer)
-        trained = json.loads((folder / "metrics.json").read_text())["prior"]
-        bits = nll(prior, codes.val_codes, codes.val_labels, cfg.batch_size, image_dims, "val")[
-            "val_bits_per_token"
-        ]
-        grid = itertools.product(args.cfg_scales, args.temperatures, args.top_k, args.schedules)
-        for scale, temperature, top_k, schedule in grid:
-            sampling = SamplingConfig(
-                cfg_scale=scale, temperature=temperature, top_k=top_k or None, cfg_schedule=schedule
-            )
-            started = time.perf_counter()
-            s, _ = sample_and_measure(prior, tokenizer, cfg, space, classifier, sampling)
-            hit = (s["preds"] == s["labels"]).double()
-            gfid = fid.frechet_distance(real_feats, s["feats"])
-            precision, recall = fid.precision_recall(real_feats, s["feats"], cfg.pr_k)
-            row = {
-                "prior": name, "variant": variant or "defaults", "train_seconds": trained["train_seconds"],
-                "steps": trained.get("steps"), "val_bits_per_token": bits, "cfg_scale": scale,
-                "temperature": temperature, "top_k": top_k or None, "schedule": schedule,
-                "class_accuracy": float(hit.mean()),
-                "worst_class_accuracy": min(float(hit[s["labels"] == c].mean()) for c in s["labels"].unique()),
-                "gfid": gfid, "gfid_over_floor": gfid / ground["fid"], "precision": precision, "recall": recall,
-                "seconds": time.perf_counter() - started,
-            }  # fmt: skip
-            rows.append(row)
-            print(
-                f"{name:12s} {row['variant']:16s} scale {scale:4.1f} T {temperature:4.2f} top-k {top_k or '-':>4} "
-                f"{schedule:8s}  acc {row['class_accuracy']:.1%} worst {row['worst_class_accuracy']:.1%} "
-                f"gFID {gfid:.3f} ({row['gfid_over_floor']:.1f}x floor) P {precision:.2f} R {recall:.2f}",
-                flush=True,
-            )
+    for scale, temperature, top_k, schedule in itertools.product(
+        args.cfg_scales, args.temperatures, args.top_k, args.schedules
+    ):
+        sampling = SamplingConfig(
+            cfg_scale=scale, temperature=temperature, top_k=top_k or None, cfg_schedule=schedule
+        )
+        row = {
+            "prior": name,
+            "variant": variant or "defaults",
+            "train_seconds": trained["train_seconds"],
+            "steps": trained.get("steps"),
+            "val_bits_per_token": bits,
+            "cfg_scale": scale,
+            "temperature": temperature,
+            "top_k": top_k or None,
+            "schedule": schedule,
+        }
+        row.update(score_setting(j, prior, tokenizer, sampling))
+        rows.append(row)
+        print(
+            f"{name:12s} {row['variant']:16s} scale {scale:4.1f} T {temperature:4.2f} top-k {top_k or '-':>4} "
+            f"{schedule:8s}  acc {row['class_accuracy']:.1%} worst {row['worst_class_accuracy']:.1%} "
+            f"gFID {row['gfid']:.3f} ({row['gfid_over_floor']:.1f}x floor) P {row['precision']:.2f} "
+            f"R {row['recall']:.2f}",
+            flush=True,
+        )
+    return rows
 
-    print(f"\nfeatures classifier-{data.dataset_tag}; evaluation split: {data.eval_name}; "
-          f"floor FD {ground['fid']:.3f} ({ground['n_train_images']} real training images)\n")  # fmt: skip
+
+def print_table(j: Judge, rows: list[dict]) -> None:
     print(
-        "| prior | variant | train s | bits/token | scale | T | top-k | schedule | class acc | worst | gFID | / floor | P | R |"
+        f"\nfeatures classifier-{j.data.dataset_tag}; evaluation split: {j.data.eval_name}; "
+        f"floor FD {j.ground['fid']:.3f} ({j.ground['n_train_images']} real training images)\n"
+    )
+    print(
+        "| prior | variant | train s | bits/token | scale | T | top-k | schedule | class acc | worst | gFID "
+        "| / floor | P | R |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -145,8 +188,27 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['gfid']:.3f} | "
             f"{r['gfid_over_floor']:.1f}x | {r['precision']:.2f} | {r['recall']:.2f} |"
         )
-    result = {"run": str(run), "evaluation": asdict(cfg), "eval_split": data.eval_name, "floor": ground,
-              "classifier": clf_info, "torch": torch.__version__, "rows": rows}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    run = args.run
+    j = judge(run, args)
+    tokenizer = load_tokenizer(run / "tokenizer").eval()
+    codes = load_codes(run / "codes")
+    rows = []
+    for name, variant in itertools.product(args.priors, args.variants):
+        rows += sweep_prior(j, run, name, variant, args, tokenizer, codes)
+    print_table(j, rows)
+    result = {
+        "run": str(run),
+        "evaluation": asdict(j.cfg),
+        "eval_split": j.data.eval_name,
+        "floor": j.ground,
+        "classifier": j.clf_info,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     save_result(result, args.json or ROOT / "benchmarks" / "results" / "prior_sweep.json")
     return result
 

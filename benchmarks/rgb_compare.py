@@ -72,13 +72,19 @@ def train(
 ) -> dict:
     name, model, plugins = arch_config(spec)
     options = [o for o in plugin_options if o.split(".", 1)[0] in plugins]
+    training = replace(
+        TOKENIZER_TRAINING, steps=steps, batch_size=batch, sample_every=0, checkpoint_every=steps, seed=seed
+    )
     cfg = TokenizeConfig(
-        run_dir=str(run_dir), data=DataConfig(str(data), image_size=size, channels=3), arch=name,
-        model=replace(model, image_size=size, channels=3), overwrite=True, plugins=plugins, plugin_options=options,
-        train=replace(
-            TOKENIZER_TRAINING, steps=steps, batch_size=batch, sample_every=0, checkpoint_every=steps, seed=seed
-        ),
-    )  # fmt: skip
+        run_dir=str(run_dir),
+        data=DataConfig(str(data), image_size=size, channels=3),
+        arch=name,
+        model=replace(model, image_size=size, channels=3),
+        overwrite=True,
+        plugins=plugins,
+        plugin_options=options,
+        train=training,
+    )
     return run_tokenize(cfg)
 
 
@@ -94,11 +100,15 @@ def compare(
     with torch.no_grad():
         recon = tokenizer.decode(tokenizer.encode(first_heldout(heldout)))
     row = {
-        "arch": spec, "seed": seed, "steps": steps, "seconds_with_eval_and_encoding": train_s,
-        "parameters": sum(p.numel() for p in tokenizer.parameters()), "grid": tokenizer.config.grid_size,
+        "arch": spec,
+        "seed": seed,
+        "steps": steps,
+        "seconds_with_eval_and_encoding": train_s,
+        "parameters": sum(p.numel() for p in tokenizer.parameters()),
+        "grid": tokenizer.config.grid_size,
         "codebook_size": tokenizer.config.quantizer.codebook_size,
         **{k: scores[k] for k in SCORES},
-    }  # fmt: skip
+    }
     return row, recon
 
 
@@ -168,7 +178,7 @@ def print_means(means: list[dict], seeds: list[int]) -> None:
         print(f"| {m['arch']} | {m['steps']} | " + " | ".join(cells) + " |")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/emoji"), help="the folder rgb_data.py wrote")
     parser.add_argument("--image-size", type=int, default=32)
@@ -192,8 +202,31 @@ def main(argv: list[str] | None = None) -> dict:
         "--plugin-opt", action="append", default=[], help="PLUGIN.FIELD=VALUE for every spec with that plugin"
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train every spec once per seed")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def compare_all(args, root: Path, scratch: Path, space, real_feats, heldout) -> tuple[list[dict], list]:
+    """Every spec once per seed (a plain architecture's steps calibrated once, its `+plugin` variants taking
+    them): the rows, and the held-out originals followed by the first seed's reconstructions of each spec."""
+    steps, rows, recons = {}, [], [first_heldout(heldout)]
+    for seed in args.seeds:
+        for spec in args.archs:
+            base = spec.split("+")[0]
+            if base not in steps:
+                steps[base] = args.steps or calibrated_steps(base, args, scratch)
+            name = spec.replace(":", "_").replace("=", "-").replace(",", "_")
+            work = root / (name if len(args.seeds) == 1 else f"{name}-seed{seed}")
+            row, recon = compare(spec, steps[base], args, work, space, real_feats, heldout, seed)
+            rows.append(row)
+            if seed == args.seeds[0]:
+                recons.append(recon)
+            if args.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
+    return rows, recons
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         data = load_eval_data(
@@ -204,20 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             "classifier", torch.device("cpu"), classifier, f"classifier-{data.dataset_tag}"
         )
         real_feats = fid.extract_features(space, data.eval, 100)
-        steps, rows, recons = {}, [], [first_heldout(data.eval)]
-        for seed in args.seeds:
-            for spec in args.archs:
-                base = spec.split("+")[0]
-                if base not in steps:
-                    steps[base] = args.steps or calibrated_steps(base, args, Path(tmp))
-                name = spec.replace(":", "_").replace("=", "-").replace(",", "_")
-                work = root / (name if len(args.seeds) == 1 else f"{name}-seed{seed}")
-                row, recon = compare(spec, steps[base], args, work, space, real_feats, data.eval, seed)
-                rows.append(row)
-                if seed == args.seeds[0]:
-                    recons.append(recon)
-                if args.keep is None:
-                    shutil.rmtree(work, ignore_errors=True)
+        rows, recons = compare_all(args, root, Path(tmp), space, real_feats, data.eval)
     print(
         f"\n{args.image_size} px, "
         + (f"{args.steps} steps" if args.steps else f"{args.budget_s:.0f} s of training")

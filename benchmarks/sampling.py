@@ -50,6 +50,18 @@ def build(name: str, device: torch.device | str = "cpu", grid: int = GRID) -> Pr
     return cls(config).to(device).eval()
 
 
+def compiled(name: str, device: torch.device, grid: int, backend: str, seeded_run):
+    """(the cached sampler of a second copy of the same weights with its per-token step torch.compile'd, None)
+    or (None, why it fell back to eager). It compiles here, before the timed calls."""
+    from vqgen.stages.sampling.sampler import compile_sampling_step
+
+    twin, warnings = build(name, device, grid), []
+    compile_sampling_step(twin, warn=warnings.append, backend=backend)
+    compiled_run = seeded_run(twin.sample)
+    compiled_run()  # compiles here, before the timed calls
+    return (None, warnings[0]) if warnings else (compiled_run, None)
+
+
 def bench_prior(
     name: str,
     timing: Timing,
@@ -85,15 +97,8 @@ def bench_prior(
         runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
     compile_failed = None
     if compile_backend:
-        from vqgen.stages.sampling.sampler import compile_sampling_step
-
-        twin, warnings = build(name, device, grid), []
-        compile_sampling_step(twin, warn=warnings.append, backend=compile_backend)
-        compiled_run = seeded_run(twin.sample)
-        compiled_run()  # compiles here, before the timed calls
-        if warnings:
-            compile_failed = warnings[0]
-        else:
+        compiled_run, compile_failed = compiled(name, device, grid, compile_backend, seeded_run)
+        if compiled_run is not None:
             runs[f"{name} cached, torch.compile"] = compiled_run
     measured = measure_runs(runs, timing, device)
     params = sum(p.numel() for p in model.parameters())
@@ -106,8 +111,8 @@ def bench_prior(
             row["same_as_naive"] = same  # the cached sampler draws exactly the naive sampler's grids
         rows.append(row)
     if compile_failed:
-        rows.append({**error_row(f"{name} cached, torch.compile", "tokens/s", RuntimeError(compile_failed)),
-                     "prior": name, "batch": batch, "grid": grid})  # fmt: skip
+        error = error_row(f"{name} cached, torch.compile", "tokens/s", RuntimeError(compile_failed))
+        rows.append({**error, "prior": name, "batch": batch, "grid": grid})
     hf = measured.get(f"{name} transformers generate")
     if hf is not None:  # cached sampler / transformers' generate, both timed in this run
         rows[0]["over_hf_generate"] = hf.median_s / measured[f"{name} cached"].median_s

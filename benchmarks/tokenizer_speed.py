@@ -227,24 +227,21 @@ def tokenizer_train_rows(
                 first = first or name
                 baseline = f"{PLAIN_NAME} {setting}" if plain_baseline else first
                 steps[name] = step
-                states[name] = (
-                    model, optimizer, {**info, "baseline": baseline, "flops_per_step": flops.get(plain)}
-                )  # fmt: skip
+                info.update(baseline=baseline, flops_per_step=flops.get(plain))
+                states[name] = (model, optimizer, info)
     measured = measure_runs(steps, timing, device)
-    rows = []
-    for name in planned:
-        if name in failed:
-            rows.append(failed[name])
-            continue
-        model, optimizer, info = states[name]
-        m = measured[name]
-        row = result_row(name, info["batch"], "images/s", m, **info)
-        row["achieved_tflops"] = (
-            info["flops_per_step"] / m.median_s / 1e12 if info["flops_per_step"] else None
-        )
-        row["state_mib"] = state_mib(model, optimizer)  # weights + buffers + AdamW moments
-        rows.append(row)
-    return add_ratios(rows)
+    return add_ratios(
+        [failed.get(name) or _train_row(name, states[name], measured[name]) for name in planned]
+    )
+
+
+def _train_row(name: str, state: tuple, m) -> dict:
+    """One timed training step's row: images/s, achieved TFLOP/s and the training state's size."""
+    model, optimizer, info = state
+    row = result_row(name, info["batch"], "images/s", m, **info)
+    row["achieved_tflops"] = info["flops_per_step"] / m.median_s / 1e12 if info["flops_per_step"] else None
+    row["state_mib"] = state_mib(model, optimizer)  # weights + buffers + AdamW moments
+    return row
 
 
 def codec_rows(batch: int, precisions: list[str], timing: Timing, device: torch.device) -> list[dict]:

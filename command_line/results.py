@@ -80,17 +80,9 @@ def generate(
 ) -> None:
     """Sample code grids from a prior and decode them into a PNG grid and individual images."""
     from vqgen.stages.commands.generate import GenerateConfig, run_generate
-
-    prior_dir = str(prior or "runs/demo/prior-gru")
-    if source:  # both models from one place; the grid goes to ./generated.png unless --out says otherwise
-        from vqgen.stages.artifacts.published import generate_sources
-
-        prior_dir, tokenizer = generate_sources(source, str(prior) if prior else None, tokenizer, revision)
-        out = out or Path("generated.png")
-    elif revision:
-        raise UserError("--revision applies to --from only")
     from vqgen.stages.sampling.config import SamplingConfig
 
+    prior_dir, tokenizer, out = _generate_paths(prior, source, revision, tokenizer, out)
     sampling = SamplingConfig(
         temperature=temperature,
         top_k=top_k,
@@ -108,6 +100,26 @@ def generate(
     r = run_generate(cfg)
     speed = f", {r['tokens_per_s']:,.0f} tokens/s sampling" if r["sampled"] else ""
     typer.echo(f"wrote {r['out']} and {r['n']} images in {r['folder']} ({r['sampled']} sampled now{speed})")
+
+
+def _generate_paths(
+    prior: Optional[Path],
+    source: Optional[str],
+    revision: Optional[str],
+    tokenizer: Optional[str],
+    out: Optional[Path],
+) -> tuple[str, Optional[str], Optional[Path]]:
+    """(prior folder, tokenizer, --out) that generate's flags name: with --from, both models from one place (and
+    the grid in ./generated.png unless --out says otherwise); --revision only with --from."""
+    prior_dir = str(prior or "runs/demo/prior-gru")
+    if source:
+        from vqgen.stages.artifacts.published import generate_sources as resolve
+
+        prior_dir, tokenizer = resolve(source, str(prior) if prior else None, tokenizer, revision)
+        out = out or Path("generated.png")
+    elif revision:
+        raise UserError("--revision applies to --from only")
+    return prior_dir, tokenizer, out
 
 
 class FeatureChoice(str, Enum):
@@ -166,12 +178,7 @@ def evaluate(
     accuracy; writes RUN/eval/metrics.json and report.md. With --compare, one table and a quality-vs-speed plot."""
     from vqgen.stages.commands.evaluate import CompareConfig, EvaluateConfig, run_compare, run_evaluate
 
-    if folders and not compare:
-        raise UserError("folders given without --compare; evaluate one run with --run RUN")
-    if folders and run is not None:
-        raise UserError("give either --run RUN --compare or --compare FOLDER..., not both")
-    if out is not None and not compare:
-        raise UserError("--out is for --compare; an evaluation is written to RUN/eval")
+    check_evaluate_flags(run, compare, folders, out)
     cfg = EvaluateConfig(
         run_dir=str(run or Path("runs/demo")), test_images=str(test_images) if test_images else None,
         n_samples=n_samples, cfg_scale=cfg_scale, seed=seed, features=features.value, device=device,
@@ -183,6 +190,18 @@ def evaluate(
         run_compare(CompareConfig(paths=paths, out=str(out) if out else None, evaluate=cfg), log=typer.echo)
     else:
         run_evaluate(cfg, log=typer.echo)
+
+
+def check_evaluate_flags(
+    run: Optional[Path], compare: bool, folders: Optional[list[Path]], out: Optional[Path]
+):
+    """evaluate's flags that only go together: FOLDERS and --out with --compare; FOLDERS or --run, not both."""
+    if folders and not compare:
+        raise UserError("folders given without --compare; evaluate one run with --run RUN")
+    if folders and run is not None:
+        raise UserError("give either --run RUN --compare or --compare FOLDER..., not both")
+    if out is not None and not compare:
+        raise UserError("--out is for --compare; an evaluation is written to RUN/eval")
 
 
 def report(

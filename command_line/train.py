@@ -97,12 +97,10 @@ def tokenize(
 ) -> None:
     """Stage one: train the tokenizer, evaluate it, and encode the dataset into code grids."""
     from vqgen.stages.commands.tokenize import run_tokenize
-    from vqgen.stages.data.images import DataConfig
 
-    data = DataConfig(
-        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
-        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
-        heldout_size=heldout_size,
+    data = data_config(
+        dataset, split, heldout_split, image_column, label_column, revision, resize, streaming, shuffle_buffer,
+        heldout_size, random_flip=random_flip, random_crop=random_crop,
     )  # fmt: skip
     model = dict(
         image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
@@ -118,12 +116,41 @@ def tokenize(
     )  # fmt: skip
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
-        typer.echo(
-            f"tokenizer: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, "
-            f"codebook usage {results['codebook_usage']:.1%}, perplexity {results['perplexity']:.1f} "
-            f"(held-out, {results['eval_images']} images); wrote {run}/tokenizer, {run}/codes, {run}/metrics.json"
-            + rollback_note(results)
-        )
+        typer.echo(tokenize_summary(results, run))
+
+
+def tokenize_summary(results: dict, run: Path) -> str:
+    """The line `tokenize` ends with: the held-out scores and what was written."""
+    return (
+        f"tokenizer: PSNR {results['psnr']:.2f} dB, SSIM {results['ssim']:.3f}, "
+        f"codebook usage {results['codebook_usage']:.1%}, perplexity {results['perplexity']:.1f} "
+        f"(held-out, {results['eval_images']} images); wrote {run}/tokenizer, {run}/codes, {run}/metrics.json"
+        + rollback_note(results)
+    )
+
+
+def data_config(
+    dataset: str,
+    split: str,
+    heldout_split: Optional[str],
+    image_column: str,
+    label_column: str,
+    revision: Optional[str],
+    resize: Optional[str],
+    streaming: bool,
+    shuffle_buffer: int,
+    heldout_size: int,
+    random_flip: bool = False,
+    random_crop: bool = False,
+):
+    """The DataConfig of the data options tokenize and encode share (an empty --label-column: no labels)."""
+    from vqgen.stages.data.images import DataConfig
+
+    return DataConfig(
+        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
+        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
+        heldout_size=heldout_size,
+    )  # fmt: skip
 
 
 @training_options(PRIOR_TRAINING, PRIOR_TRAIN_OPTIONS)
@@ -208,11 +235,10 @@ def encode(
     """Encode a dataset with an existing tokenizer into the codes train-prior reads (no training); under
     `accelerate launch` every process encodes its own shard."""
     from vqgen.stages.commands.encode import EncodeConfig, run_encode
-    from vqgen.stages.data.images import DataConfig
 
-    data = DataConfig(
-        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
-        streaming=streaming, shuffle_buffer=shuffle_buffer, heldout_size=heldout_size,
+    data = data_config(
+        dataset, split, heldout_split, image_column, label_column, revision, resize, streaming, shuffle_buffer,
+        heldout_size,
     )  # fmt: skip
     cfg = EncodeConfig(
         tokenizer,

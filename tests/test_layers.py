@@ -202,6 +202,70 @@ def test_a_prior_that_imports_the_host_fails_the_scan(tmp_path):
     )
 
 
+# --- sizes: every file <= 400 lines, every function <= 60 (STYLE.md) -----------------------------------------------
+SIZED = ("stages", "priors", "plugins", "command_line", "cli.py", "benchmarks")
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 60
+# Declaration tables may run longer: they declare, they do not compute. A typer command (registered in cli.py's
+# COMMANDS) declares its options in its parameter list, so only its body is measured, and that body must
+# delegate. Any other table goes here, "path::function": why it is a table. (None today.)
+DECLARATION_TABLES: dict[str, str] = {}
+
+
+def typer_commands(root: Path = ROOT) -> set[str]:
+    """`command_line/MODULE.py::function` of every command cli.py registers (`COMMANDS = {"name": module.f}`)."""
+    found = set()
+    for node in ast.walk(ast.parse((root / "cli.py").read_text())):
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COMMANDS"]:
+            for value in node.value.values:
+                found.add(f"command_line/{value.value.id}.py::{value.attr}")
+    return found
+
+
+def size_violations(root: Path = ROOT) -> list[str]:
+    """Files over MAX_FILE_LINES and functions over MAX_FUNCTION_LINES (from `def` to their last line; a typer
+    command from its docstring) under the SIZED folders, but the DECLARATION_TABLES."""
+    commands, out = typer_commands(root), []
+    for name in SIZED:
+        paths = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
+        for path in paths:
+            rel, text = path.relative_to(root).as_posix(), path.read_text()
+            if len(text.splitlines()) > MAX_FILE_LINES:
+                out.append(f"{rel}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                key = f"{rel}::{node.name}"
+                start = node.body[0].lineno if key in commands else node.lineno
+                lines = node.end_lineno - start + 1
+                if lines > MAX_FUNCTION_LINES and key not in DECLARATION_TABLES:
+                    out.append(f"{key}: {lines} lines")
+    return out
+
+
+def test_files_and_functions_stay_small():
+    assert size_violations() == []
+
+
+def test_the_size_guard_catches_a_long_function_and_a_long_file(tmp_path):
+    long_body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    options = "".join(f"    option{i}: int = {i},\n" for i in range(MAX_FUNCTION_LINES))
+    files = {
+        "stages/core/steps.py": f"def too_long():\n{long_body}",  # def + 60 lines
+        "benchmarks/tall.py": "x = 1\n" * (MAX_FILE_LINES + 1),
+        "command_line/train.py": f'def tokenize(\n{options}):\n    """Options declared, a short body."""\n',
+        "command_line/results.py": f'def generate(\n{options}):\n    """A body too long."""\n{long_body}',
+        "cli.py": "COMMANDS = {'tokenize': train.tokenize, 'generate': results.generate}\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert sorted(size_violations(tmp_path)) == [
+        "benchmarks/tall.py: 401 lines",
+        "command_line/results.py::generate: 61 lines",
+        "stages/core/steps.py::too_long: 61 lines",
+    ]
+
+
 def test_imports_use_the_vqgen_names_only():
     bare = ("stages", "priors", "plugins", "cli", "command_line")
     for path in [
