@@ -86,8 +86,11 @@ def run_tokenize(args: list[str], env: dict) -> dict:
     with tempfile.TemporaryFile("w+") as err_file:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "cli.py"), "tokenize", *args],
-            env=env, stdout=subprocess.DEVNULL, stderr=err_file, text=True,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            text=True,
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Popen has not reaped it)
         proc.returncode = os.waitstatus_to_exitcode(status)
         err_file.seek(0)
@@ -107,8 +110,20 @@ def measure_size(n: int, work: Path, steps: int, workers: int, batch_size: int) 
     row = {"images": n, "build_s": build_s}
     for name, n_workers in (("prepare", 0), ("cached", 0), ("workers", workers)):
         run = work / f"run-{n}-{name}"
-        args = ["--run", str(run), "--overwrite", "--dataset", str(folder), "--steps", str(steps),
-                "--batch-size", str(batch_size), "--num-workers", str(n_workers), *TINY_MODEL]  # fmt: skip
+        args = [
+            "--run",
+            str(run),
+            "--overwrite",
+            "--dataset",
+            str(folder),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            "--num-workers",
+            str(n_workers),
+            *TINY_MODEL,
+        ]
         result = run_tokenize(args, env)
         metrics = json.loads((run / "metrics.json").read_text())["tokenizer"]
         prepared = re.search(r"data: prepared .* in ([0-9.]+) s", result["stderr"])

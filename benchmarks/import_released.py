@@ -110,10 +110,16 @@ def run_one(name: str, fmt: str, original, state: dict, folder: Path, options: d
         torch.equal(original_codes(name, original, x), codes.reshape(1, -1)) if original is not None else None
     )
     return {
-        "name": name, "original_parameters": theirs, "vqgen_parameters": ours,
-        "parameters_equal": None if theirs is None else theirs == ours, "checkpoint_mib": ckpt.stat().st_size / 2**20,
-        "import_s": seconds, "import_peak_mib": mem.mib, "encode_decode_s": run_s, "codes_identical": same,
-    }  # fmt: skip
+        "name": name,
+        "original_parameters": theirs,
+        "vqgen_parameters": ours,
+        "parameters_equal": None if theirs is None else theirs == ours,
+        "checkpoint_mib": ckpt.stat().st_size / 2**20,
+        "import_s": seconds,
+        "import_peak_mib": mem.mib,
+        "encode_decode_s": run_s,
+        "codes_identical": same,
+    }
 
 
 def table(rows: list[dict]) -> str:

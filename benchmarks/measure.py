@@ -114,9 +114,8 @@ class Timing:
 
     repeats: int = 20  # timed calls of each function; the median is reported
     warmup: int = 2  # untimed calls first (one more call then measures the peak memory)
-    budget_s: float | None = (
-        None  # a slow function gets fewer timed calls (at least min_repeats) to take about this long
-    )
+    # a slow function gets fewer timed calls (at least min_repeats) to take about this long
+    budget_s: float | None = None
     min_repeats: int = 3  # the fewest timed calls under a budget
 
 

@@ -158,12 +158,16 @@ class PlainGPT(nn.Module):
 
 
 def ours_config(size: str) -> TransformerPriorConfig:
-    preset = (
-        SMOKE if size == "smoke" else TransformerPriorConfig.sizes()[size]
-    )  # what `train-prior --size` builds
+    # what `train-prior --size` builds
+    preset = SMOKE if size == "smoke" else TransformerPriorConfig.sizes()[size]
     return TransformerPriorConfig(
-        vocab_size=VOCAB, grid_height=GRID, grid_width=GRID, num_classes=CLASSES, attention_dropout=0.0, **preset
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        grid_height=GRID,
+        grid_width=GRID,
+        num_classes=CLASSES,
+        attention_dropout=0.0,
+        **preset,
+    )
 
 
 # --- the measurements -------------------------------------------------------------------------------------------
@@ -228,9 +232,13 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
     compile_ = (lambda f: torch.compile(f)) if args.compile else (lambda f: f)
     precision = "fp32" if accelerator else args.precision  # FSDP: the launch's --mixed_precision
     train = {
-        f"{size} training: ours": training_step(ours, ours_opt, compile_(lambda c, y: ours(c, y).loss), args.batch, precision, device),
-        f"{size} training: plain": training_step(plain, plain_opt, compile_(plain), args.batch, precision, device),
-    }  # fmt: skip
+        f"{size} training: ours": training_step(
+            ours, ours_opt, compile_(lambda c, y: ours(c, y).loss), args.batch, precision, device
+        ),
+        f"{size} training: plain": training_step(
+            plain, plain_opt, compile_(plain), args.batch, precision, device
+        ),
+    }
     timing = Timing(repeats=args.repeats, warmup=2 if args.compile else 1)
     tokens = args.batch * GRID * GRID * world
     measured = measure_runs(train, timing, device)
@@ -242,12 +250,15 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
         return rows  # sampling runs on one device
     sample = {
         f"{size} sampling: ours": sampling_run(
-            lambda y, g: ours.sample(y.shape[0], y, SamplingOptions(cfg_scale=CFG_SCALE), generator=g), args.sample_batch, args.precision, device
+            lambda y, g: ours.sample(y.shape[0], y, SamplingOptions(cfg_scale=CFG_SCALE), generator=g),
+            args.sample_batch,
+            args.precision,
+            device,
         ),
         f"{size} sampling: plain": sampling_run(
             lambda y, g: plain.sample(y, CFG_SCALE, g), args.sample_batch, args.precision, device
         ),
-    }  # fmt: skip
+    }
     measured = measure_runs(sample, Timing(repeats=args.sample_repeats, warmup=1), device)
     tokens = args.sample_batch * GRID * GRID
     rows += [

@@ -74,9 +74,12 @@ def prior_training_rows(
         for precision, compiled in variants:
             key = f"{name} {precision}{', torch.compile' + backend if compiled else ''}, batch {batch}"
             info = {
-                "prior": name, "precision": precision, "batch": batch, "grid": grid,
+                "prior": name,
+                "precision": precision,
+                "batch": batch,
+                "grid": grid,
                 "compiled": compile_backend if compiled else False,
-            }  # fmt: skip
+            }
             planned.append(key)
             model = build(name, device, grid).train()
             fused = True if device.type == "cuda" else None
@@ -90,24 +93,19 @@ def prior_training_rows(
                 continue
             steps[key], states[key] = step, (model, optimizer, info)
     measured = measure_runs(steps, replace(timing, warmup=max(0, timing.warmup - 1)), device)
-    rows = []
-    for key in planned:
-        if key in failed:
-            rows.append(failed[key])
-            continue
-        model, optimizer, info = states[key]
-        row = result_row(
-            key,
-            batch * grid * grid,
-            "tokens/s",
-            measured[key],
-            f"{info['prior']} {precisions[0]}, batch {batch}",
-        )
-        row.update(
-            info, params=sum(p.numel() for p in model.parameters()), state_mib=state_mib(model, optimizer)
-        )
-        rows.append(row)
-    return add_ratios(rows)
+    baseline = f"{precisions[0]}, batch {batch}"
+    return add_ratios(
+        [failed.get(key) or _train_row(key, states[key], measured[key], baseline) for key in planned]
+    )
+
+
+def _train_row(key: str, state: tuple, m, baseline: str) -> dict:
+    """One timed training step's row: tokens/s against the prior's baseline variant, parameters, state size."""
+    model, optimizer, info = state
+    tokens = info["batch"] * info["grid"] ** 2
+    row = result_row(key, tokens, "tokens/s", m, f"{info['prior']} {baseline}")
+    row.update(info, params=sum(p.numel() for p in model.parameters()), state_mib=state_mib(model, optimizer))
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:

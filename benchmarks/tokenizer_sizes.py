@@ -89,7 +89,7 @@ def step_table(configs: dict, batch_size: int, timing: Timing, device: torch.dev
                 gflops_per_image=flops / 1e9,
                 grid=config.grid_size,
                 codebook=config.quantizer.codebook_size,
-            )  # fmt: skip
+            )
         )
         print(
             f"  {name}: {rows[-1]['throughput']:.2f} images/s, peak {rows[-1]['peak_mem_mib']} MiB",
@@ -118,11 +118,17 @@ def codebook_health(steps: int, batch_size: int, codebook_size: int, tiny: bool)
         cfg = TokenizeConfig(run_dir=str(Path(folder) / "run"), data=DataConfig(), model=model, train=train)
         results = run_tokenize(cfg)
     return {
-        "codebook_size": codebook_size, "steps": steps, "batch_size": batch_size,
-        "heldout_usage": results["codebook_usage"], "perplexity": results["perplexity"],
-        "dead_codes": results["dead_codes"], "psnr": results["psnr"], "eval_images": results["eval_images"],
-        "meets_target": results["codebook_usage"] >= USAGE_TARGET, "wall_seconds": time.perf_counter() - started,
-    }  # fmt: skip
+        "codebook_size": codebook_size,
+        "steps": steps,
+        "batch_size": batch_size,
+        "heldout_usage": results["codebook_usage"],
+        "perplexity": results["perplexity"],
+        "dead_codes": results["dead_codes"],
+        "psnr": results["psnr"],
+        "eval_images": results["eval_images"],
+        "meets_target": results["codebook_usage"] >= USAGE_TARGET,
+        "wall_seconds": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -40,10 +40,12 @@ def load_config_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
 ConfigFile = Annotated[
     Optional[Path],
     typer.Option(
-        "--config", is_eager=True, callback=load_config_file,
+        "--config",
+        is_eager=True,
+        callback=load_config_file,
         help="A YAML or JSON file of config fields (flat or nested as run_config.json); flags override it.",
     ),
-]  # fmt: skip
+]
 
 
 def training_options(defaults, stage_options: dict | None = None):
@@ -160,6 +162,15 @@ def tokenize_config(
     model_config = tokenizer_config(arch, model, quantizer)
     data = dataclasses.replace(data, image_size=model_config.image_size, channels=model_config.channels)
     return TokenizeConfig(
-        run_dir=str(run), data=data, arch=arch, model=model_config, train=train, tokenizer=tokenizer,
-        plugins=plugins, plugin_options=plugin_options, augment=augment, overwrite=overwrite, resume=resume,
-    )  # fmt: skip
+        run_dir=str(run),
+        data=data,
+        arch=arch,
+        model=model_config,
+        train=train,
+        tokenizer=tokenizer,
+        plugins=plugins,
+        plugin_options=plugin_options,
+        augment=augment,
+        overwrite=overwrite,
+        resume=resume,
+    )

@@ -40,10 +40,17 @@ def push(
     from vqgen.stages.commands.push import PushConfig, run_push
 
     cfg = PushConfig(
-        run=str(run), repo_id=repo_id, prior=prior, private=private, revision=revision,
-        dry_run=str(dry_run) if dry_run else None, with_training_state=with_training_state, license=license,
-        device=device, space=space,
-    )  # fmt: skip
+        run=str(run),
+        repo_id=repo_id,
+        prior=prior,
+        private=private,
+        revision=revision,
+        dry_run=str(dry_run) if dry_run else None,
+        with_training_state=with_training_state,
+        license=license,
+        device=device,
+        space=space,
+    )
     r = run_push(cfg)
     if r["uploaded"]:
         typer.echo(
@@ -96,10 +103,15 @@ def import_(
     from vqgen.stages.commands.interop import ImportConfig, run_import
 
     options = dict(
-        model=model, codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, image_size=image_size,
-        model_config=str(model_config) if model_config else None, subfolder=subfolder, filename=filename,
+        model=model,
+        codebook_size=codebook_size,
+        codebook_embed_dim=codebook_embed_dim,
+        image_size=image_size,
+        model_config=str(model_config) if model_config else None,
+        subfolder=subfolder,
+        filename=filename,
         revision=revision,
-    )  # fmt: skip
+    )
     r = run_import(ImportConfig(fmt, source, str(run), overwrite, device, options))
     typer.echo(f"imported {r['summary']}; wrote {r['folder']} ({r['seconds']:.1f} s)")
 

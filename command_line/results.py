@@ -93,10 +93,19 @@ def generate(
         cfg_interval=cfg_interval,
     )
     cfg = GenerateConfig(
-        prior=prior_dir, tokenizer=tokenizer, labels=label or None, n=n,
-        sampling=sampling, seed=seed, out=str(out) if out else None,
-        overwrite=overwrite, batch_size=batch_size, resume=resume, device=device, compile=compile,
-    )  # fmt: skip
+        prior=prior_dir,
+        tokenizer=tokenizer,
+        labels=label or None,
+        n=n,
+        sampling=sampling,
+        seed=seed,
+        out=str(out) if out else None,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        resume=resume,
+        device=device,
+        compile=compile,
+    )
     r = run_generate(cfg)
     speed = f", {r['tokens_per_s']:,.0f} tokens/s sampling" if r["sampled"] else ""
     typer.echo(f"wrote {r['out']} and {r['n']} images in {r['folder']} ({r['sampled']} sampled now{speed})")
@@ -180,11 +189,18 @@ def evaluate(
 
     check_evaluate_flags(run, compare, folders, out)
     cfg = EvaluateConfig(
-        run_dir=str(run or Path("runs/demo")), test_images=str(test_images) if test_images else None,
-        n_samples=n_samples, cfg_scale=cfg_scale, seed=seed, features=features.value, device=device,
-        batch_size=batch_size, classifier_epochs=classifier_epochs, classifier_width=classifier_width,
+        run_dir=str(run or Path("runs/demo")),
+        test_images=str(test_images) if test_images else None,
+        n_samples=n_samples,
+        cfg_scale=cfg_scale,
+        seed=seed,
+        features=features.value,
+        device=device,
+        batch_size=batch_size,
+        classifier_epochs=classifier_epochs,
+        classifier_width=classifier_width,
         overwrite=overwrite,
-    )  # fmt: skip
+    )
     if compare:
         paths = [str(f) for f in folders] if folders else [cfg.run_dir]
         run_compare(CompareConfig(paths=paths, out=str(out) if out else None, evaluate=cfg), log=typer.echo)

@@ -99,21 +99,51 @@ def tokenize(
     from vqgen.stages.commands.tokenize import run_tokenize
 
     data = data_config(
-        dataset, split, heldout_split, image_column, label_column, revision, resize, streaming, shuffle_buffer,
-        heldout_size, random_flip=random_flip, random_crop=random_crop,
-    )  # fmt: skip
+        dataset,
+        split,
+        heldout_split,
+        image_column,
+        label_column,
+        revision,
+        resize,
+        streaming,
+        shuffle_buffer,
+        heldout_size,
+        random_flip=random_flip,
+        random_crop=random_crop,
+    )
     model = dict(
-        image_size=image_size, channels=channels, downsample=downsample, base_channels=base_channels,
+        image_size=image_size,
+        channels=channels,
+        downsample=downsample,
+        base_channels=base_channels,
         num_res_blocks=res_blocks,
-    )  # fmt: skip
+    )
     quantizer_fields = dict(
-        kind=quantizer, codebook_size=codebook_size, code_dim=code_dim, beta=beta, cosine=cosine,
-        levels=fsq_levels, entropy_weight=entropy_weight, update=_value(codebook_update), init=_value(codebook_init),
-    )  # fmt: skip
+        kind=quantizer,
+        codebook_size=codebook_size,
+        code_dim=code_dim,
+        beta=beta,
+        cosine=cosine,
+        levels=fsq_levels,
+        entropy_weight=entropy_weight,
+        update=_value(codebook_update),
+        init=_value(codebook_init),
+    )
     cfg = tokenize_config(
-        train, run=run, arch=arch, data=data, model=model, quantizer=quantizer_fields, tokenizer=tokenizer,
-        plugins=plugin, plugin_options=plugin_opt, augment=augment.value, overwrite=overwrite, resume=resume,
-    )  # fmt: skip
+        train,
+        run=run,
+        arch=arch,
+        data=data,
+        model=model,
+        quantizer=quantizer_fields,
+        tokenizer=tokenizer,
+        plugins=plugin,
+        plugin_options=plugin_opt,
+        augment=augment.value,
+        overwrite=overwrite,
+        resume=resume,
+    )
     results = run_tokenize(finish(cfg, run / "run_config.json"))
     if results:
         typer.echo(tokenize_summary(results, run))
@@ -147,10 +177,19 @@ def data_config(
     from vqgen.stages.data.images import DataConfig
 
     return DataConfig(
-        dataset, split, heldout_split, image_column, label_column or None, revision=revision, resize=resize,
-        random_flip=random_flip, random_crop=random_crop, streaming=streaming, shuffle_buffer=shuffle_buffer,
+        dataset,
+        split,
+        heldout_split,
+        image_column,
+        label_column or None,
+        revision=revision,
+        resize=resize,
+        random_flip=random_flip,
+        random_crop=random_crop,
+        streaming=streaming,
+        shuffle_buffer=shuffle_buffer,
         heldout_size=heldout_size,
-    )  # fmt: skip
+    )
 
 
 @training_options(PRIOR_TRAINING, PRIOR_TRAIN_OPTIONS)
@@ -187,13 +226,17 @@ def train_prior(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     cfg = PriorTrainConfig(
-        codes=str(codes), prior=prior, out=str(out) if out else None, prior_options=options, size=size,
+        codes=str(codes),
+        prior=prior,
+        out=str(out) if out else None,
+        prior_options=options,
+        size=size,
         train=train,
-        overwrite=overwrite, resume=resume,
-    )  # fmt: skip
-    folder = (
-        out if out else codes.resolve().parent / f"prior-{prior}"
-    )  # where train-prior writes, as it decides
+        overwrite=overwrite,
+        resume=resume,
+    )
+    # where train-prior writes, as it decides
+    folder = out if out else codes.resolve().parent / f"prior-{prior}"
     r = run_train_prior(finish(cfg, folder / "run_config.json"))
     if r:
         typer.echo(
@@ -237,9 +280,17 @@ def encode(
     from vqgen.stages.commands.encode import EncodeConfig, run_encode
 
     data = data_config(
-        dataset, split, heldout_split, image_column, label_column, revision, resize, streaming, shuffle_buffer,
+        dataset,
+        split,
+        heldout_split,
+        image_column,
+        label_column,
+        revision,
+        resize,
+        streaming,
+        shuffle_buffer,
         heldout_size,
-    )  # fmt: skip
+    )
     cfg = EncodeConfig(
         tokenizer,
         str(out) if out else None,

@@ -43,9 +43,8 @@ class PluginContext:
     """What the trainer hands a plugin."""
 
     accelerator: Any  # accelerate.Accelerator
-    model: (
-        nn.Module
-    )  # the stage's model (prepared by accelerate; use accelerator.unwrap_model for attributes)
+    # the stage's model (prepared by accelerate; use accelerator.unwrap_model for attributes)
+    model: nn.Module
     stage: str  # "tokenizer" or "prior"
     total_steps: int
     seed: int

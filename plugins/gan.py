@@ -43,9 +43,8 @@ class GANConfig:
     start_fraction: float = 0.3  # the adversarial term reaches the tokenizer after this fraction of the run
     start_step: int = -1  # ... or from this step, when >= 0 (overrides start_fraction)
     disc_warmup_steps: int = 100  # the discriminator trains this many steps before `start`
-    ramp_steps: int = (
-        0  # the weight grows linearly from 0 at `start` to `weight` over this many steps (0: at once)
-    )
+    # the weight grows linearly from 0 at `start` to `weight` over this many steps (0: at once)
+    ramp_steps: int = 0
     adaptive: bool = True  # VQGAN's adaptive lambda; false: lambda = 1 (a fixed weight)
     min_adaptive_weight: float = 0.0  # lambda is clamped to [this, max_adaptive_weight]: the floor
     max_adaptive_weight: float = 1e4  # (VQGAN's value)

@@ -236,9 +236,8 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         cond, guided = self._sampling_labels(n, labels, scales)
         state = self.begin_sampling(cond, cond.shape[0] if cond is not None else n)
         out = torch.empty(n, self.config.seq_len, dtype=torch.long, device=self.device)
-        bad = torch.zeros(
-            (), dtype=torch.bool, device=self.device
-        )  # any non-finite logit, read once at the end
+        # any non-finite logit, read once at the end
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
         prev = None
         for t in range(self.config.seq_len):
             logits, state = self.next_logits(state, prev)

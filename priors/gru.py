@@ -46,9 +46,8 @@ class GRUPrior(Prior):
         self.start_embed = nn.Embedding(num_labels, c.embed_dim)  # the start token, one per label
         self.pos_embed = nn.Parameter(torch.zeros(c.seq_len, c.embed_dim))  # position of the predicted code
         self.h0 = nn.Embedding(num_labels, c.num_layers * c.hidden_size)  # label -> initial hidden state
-        self.label_embed = nn.Embedding(
-            num_labels, c.embed_dim
-        )  # added at every step: the label is never forgotten
+        # added at every step: the label is never forgotten
+        self.label_embed = nn.Embedding(num_labels, c.embed_dim)
         # between GRU layers only: nn.GRU warns (and does nothing) with one layer
         between_layers = c.dropout if c.num_layers > 1 else 0.0
         self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=between_layers)

@@ -37,9 +37,8 @@ class TransformerPriorConfig(PriorConfig):
     intermediate_size: int = 256  # width of the SwiGLU MLP
     attention_dropout: float = 0.1  # training only, as the three below
     token_dropout: float = 0.0  # on the input embeddings (LlamaGen's token_dropout)
-    resid_dropout: float = (
-        0.0  # on each attention and MLP output before its residual add (LlamaGen's resid/ffn)
-    )
+    # on each attention and MLP output before its residual add (LlamaGen's resid/ffn)
+    resid_dropout: float = 0.0
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; any `transformers` attention backend
     # 2-D positions: learned row and column embeddings of the position being predicted, added to every input
     # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is. None: on for
@@ -53,10 +52,14 @@ class TransformerPriorConfig(PriorConfig):
         """LlamaGen's widths, depths, heads and SwiGLU widths (priors/sizes.py); parameter counts agree with
         LlamaGen's within 1% at equal vocabulary and grid (the class tokens share the output layer here)."""
         return {
-            name: dict(hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads,
-                       intermediate_size=swiglu_hidden(p.hidden_size, p.multiple_of))
+            name: dict(
+                hidden_size=p.hidden_size,
+                num_layers=p.num_layers,
+                num_heads=p.num_heads,
+                intermediate_size=swiglu_hidden(p.hidden_size, p.multiple_of),
+            )
             for name, p in SIZES.items()
-        }  # fmt: skip
+        }
 
     def __post_init__(self) -> None:
         if self.pos_2d is None:  # resolved once, so config.json records what the model was built with
@@ -116,9 +119,8 @@ class TransformerPrior(Prior):
             attn_implementation=c.attn_implementation,
         )
         self.model = LlamaForCausalLM(llama)
-        if (
-            c.resid_dropout > 0
-        ):  # Llama has no residual dropout: on the two projections that feed the residuals
+        # Llama has no residual dropout: on the two projections that feed the residuals
+        if c.resid_dropout > 0:
             for layer in self.model.model.layers:
                 for branch in (layer.self_attn.o_proj, layer.mlp.down_proj):
                     branch.register_forward_hook(self._drop_residual)

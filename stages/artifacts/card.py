@@ -88,11 +88,16 @@ def eval_results(inputs: CardInputs) -> list[EvalResult]:
             if isinstance(value, (int, float)):
                 results.append(
                     EvalResult(
-                        task_type=TASK, task_name="Image generation", dataset_type=dataset_type,
-                        dataset_name=dataset_name, dataset_split="held-out", metric_type=metric_type,
-                        metric_name=metric_name, metric_value=round(float(value), 4),
+                        task_type=TASK,
+                        task_name="Image generation",
+                        dataset_type=dataset_type,
+                        dataset_name=dataset_name,
+                        dataset_split="held-out",
+                        metric_type=metric_type,
+                        metric_name=metric_name,
+                        metric_value=round(float(value), 4),
                     )
-                )  # fmt: skip
+                )
     return results
 
 

@@ -96,9 +96,8 @@ def grouped_views(codes: CodeSplits, rows: dict, path: Path) -> CodeSplits:
         raise UserError(
             f"--codes {path}: its train rows are not {v} views of each image in turn; encode them again"
         )
-    grids = (
-        codes.train_codes.view(n, v, *codes.train_codes.shape[1:]).transpose(0, 1).contiguous()
-    )  # (V, N, H, W)
+    # (V, N, H, W)
+    grids = codes.train_codes.view(n, v, *codes.train_codes.shape[1:]).transpose(0, 1).contiguous()
     codes.train_views, codes.train_codes = grids, grids[0]
     codes.train_labels = codes.train_labels.view(n, v)[:, 0].contiguous()
     return codes
@@ -195,10 +194,14 @@ def codes_meta(
     per training image) and `view_names`."""
     g = model.config.grid_size
     meta = {
-        "tokenizer": tokenizer, "tokenizer_fingerprint": model.fingerprint(),
-        "vocab_size": model.config.quantizer.codebook_size, "grid_height": g, "grid_width": g,
-        "num_classes": num_classes, "class_names": class_names,
-    }  # fmt: skip
+        "tokenizer": tokenizer,
+        "tokenizer_fingerprint": model.fingerprint(),
+        "vocab_size": model.config.quantizer.codebook_size,
+        "grid_height": g,
+        "grid_width": g,
+        "num_classes": num_classes,
+        "class_names": class_names,
+    }
     if augment is not None:
         from vqgen.stages.data.views import VIEWS
 
@@ -245,9 +248,13 @@ def shard_features(height: int, width: int):
     from datasets import Array2D, Features, Value
 
     return Features(
-        {"codes": Array2D((height, width), "int32"), "label": Value("int64"), "image": Value("int64"),
-         "view": Value("int32")}
-    )  # fmt: skip
+        {
+            "codes": Array2D((height, width), "int32"),
+            "label": Value("int64"),
+            "image": Value("int64"),
+            "view": Value("int32"),
+        }
+    )
 
 
 def write_shard(path: Path, codes: torch.Tensor, labels, images, views) -> None:

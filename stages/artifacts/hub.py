@@ -164,9 +164,10 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     kwargs = dict(
-        revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
+        revision=revision,
+        allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
         ignore_patterns=["training_state/*"],
-    )  # fmt: skip
+    )
     try:  # when the Hub cannot be reached, snapshot_download uses a cached snapshot of the revision by itself
         return Path(snapshot_download(repo_id, etag_timeout=ETAG_TIMEOUT, **kwargs))
     except Exception as exc:  # offline, unknown repo or revision: one line (the token is never part of it)

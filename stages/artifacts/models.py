@@ -287,9 +287,8 @@ def save_model(model, folder: str | Path) -> None:
 
 def _save_model(model, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=".tmp_save_", dir=folder)
-    )  # a fresh, unpredictable name: no link followed
+    # a fresh, unpredictable name: no link followed
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_save_", dir=folder))
     try:
         model.save_pretrained(str(tmp))
         for file in sorted(tmp.iterdir()):

@@ -20,9 +20,8 @@ class PipelineFolders:
 
     tokenizer: Path
     prior: Path
-    index: dict = field(
-        default_factory=dict
-    )  # vqgen.json of a published folder; {} for a run or prior folder
+    # vqgen.json of a published folder; {} for a run or prior folder
+    index: dict = field(default_factory=dict)
     class_names: list[str] | None = None  # label names, when the codes or the index record them
 
 

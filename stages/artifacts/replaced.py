@@ -44,9 +44,8 @@ def set_aside(folder: Path, paths: list[Path], written: Callable[[], list[Path]]
     names = {}
     for i, path in enumerate(paths):
         names[str(i)] = os.path.relpath(path, folder)
-        (aside / _INDEX).write_text(
-            json.dumps(names)
-        )  # written before each move: a crash never loses an entry's origin
+        # written before each move: a crash never loses an entry's origin
+        (aside / _INDEX).write_text(json.dumps(names))
         os.replace(path, aside / str(i))
     _PENDING[_key(folder)] = written
 

@@ -164,9 +164,8 @@ class FolderLock:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            os.unlink(
-                self.file
-            )  # while still holding it: whoever opened it before sees another file and retries
+            # while still holding it: whoever opened it before sees another file and retries
+            os.unlink(self.file)
         os.close(self.fd)
         self.fd = None
         self._remove_created()

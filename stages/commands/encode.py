@@ -108,9 +108,12 @@ def _check_target(cfg: EncodeConfig, out: Path, staging: Path) -> None:
 def _manifest(cfg: EncodeConfig, model, world: int) -> dict:
     """What must not change between a run and its --resume: the shards would not fit together."""
     return {
-        "tokenizer_fingerprint": model.fingerprint(), "data": asdict(cfg.data), "augment": cfg.augment,
-        "shard_size": cfg.shard_size, "processes": world,
-    }  # fmt: skip
+        "tokenizer_fingerprint": model.fingerprint(),
+        "data": asdict(cfg.data),
+        "augment": cfg.augment,
+        "shard_size": cfg.shard_size,
+        "processes": world,
+    }
 
 
 def _check_manifest(staging: Path, manifest: dict) -> None:

@@ -218,9 +218,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
         raise UserError(f"cannot write samples to {out}: {exc.strerror or exc}") from None
     sampled = n - done_images
     return {
-        "n": n, "out": str(out), "folder": str(folder), "manifest": str(manifest), "sampled": sampled,
-        "seconds": seconds, "tokens_per_s": sampled * prior.config.seq_len / seconds if seconds else float("nan"),
-    }  # fmt: skip
+        "n": n,
+        "out": str(out),
+        "folder": str(folder),
+        "manifest": str(manifest),
+        "sampled": sampled,
+        "seconds": seconds,
+        "tokens_per_s": sampled * prior.config.seq_len / seconds if seconds else float("nan"),
+    }
 
 
 @torch.inference_mode()

@@ -98,18 +98,36 @@ def card(imported: Imported) -> str:
     p, prior = imported.provenance, isinstance(imported.model, Prior)
     licence = p.get("licence") or "unknown"
     lines = [
-        "---", "library_name: vqgen", f"license: {licence if p.get('licence') else 'other'}",
-        f"tags: [vqgen, {'autoregressive-prior' if prior else 'image-tokenizer'}, imported]", "---", "",
-        f"# Imported with `vqgen import {p['format']}`", "",
-        imported.summary + ".", "",
-        "| provenance | |", "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in sorted(p.items()) if v is not None], "",
-        f"Licence of the original weights: {licence}; the original project's terms apply to this copy.", "",
-        *(["Use: `vqgen generate --prior THIS_FOLDER --label 207` (the run's `tokenizer` beside it decodes), or in "
-           "Python `vqgen.Pipeline.from_pretrained(\"THIS_FOLDER\")`.", ""] if prior else
-          ["Use: `vqgen encode --tokenizer THIS_FOLDER --dataset DATA --out CODES`, or in Python",
-           "`vqgen.stages.artifacts.models.load_tokenizer(\"THIS_FOLDER\")`.", ""]),
-    ]  # fmt: skip
+        "---",
+        "library_name: vqgen",
+        f"license: {licence if p.get('licence') else 'other'}",
+        f"tags: [vqgen, {'autoregressive-prior' if prior else 'image-tokenizer'}, imported]",
+        "---",
+        "",
+        f"# Imported with `vqgen import {p['format']}`",
+        "",
+        imported.summary + ".",
+        "",
+        "| provenance | |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in sorted(p.items()) if v is not None],
+        "",
+        f"Licence of the original weights: {licence}; the original project's terms apply to this copy.",
+        "",
+        *(
+            [
+                "Use: `vqgen generate --prior THIS_FOLDER --label 207` (the run's `tokenizer` beside it decodes), or in "
+                'Python `vqgen.Pipeline.from_pretrained("THIS_FOLDER")`.',
+                "",
+            ]
+            if prior
+            else [
+                "Use: `vqgen encode --tokenizer THIS_FOLDER --dataset DATA --out CODES`, or in Python",
+                '`vqgen.stages.artifacts.models.load_tokenizer("THIS_FOLDER")`.',
+                "",
+            ]
+        ),
+    ]
     return "\n".join(lines)
 
 

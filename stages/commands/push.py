@@ -65,9 +65,8 @@ class PushConfig:
     revision: str | None = None  # branch to push to (created from main if missing); default: main
     dry_run: str | None = None  # write the upload folder here and upload nothing
     with_training_state: bool = False  # also publish the newest training checkpoints (safetensors + JSON)
-    license: str = (
-        "apache-2.0"  # the card's licence id (https://huggingface.co/docs/hub/repositories-licenses)
-    )
+    # the card's licence id (https://huggingface.co/docs/hub/repositories-licenses)
+    license: str = "apache-2.0"
     seed: int = 0  # seed of samples.png
     device: str = "auto"  # where samples.png is sampled and decoded: cpu | cuda | cuda:N | mps | auto
     space: bool = False  # also write space/: the web demo as a Hugging Face Space (stages/reporting/space.py)
@@ -152,23 +151,34 @@ def build_upload_folder(cfg: PushConfig, out: Path) -> list[str]:
     run_dirs = {"tokenizer": folders.tokenizer.parent, "prior": folders.prior}
     state = _copy_training_state(run_dirs, out) if cfg.with_training_state else None
     index = {
-        "format": INDEX_FORMAT, "vqgen_version": vqgen.__version__, "tokenizer": "tokenizer", "prior": "prior",
-        "prior_type": prior_config.get("prior_type"), "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "class_names": folders.class_names, "samples": "samples.png", "training_state": state,
-    }  # fmt: skip
+        "format": INDEX_FORMAT,
+        "vqgen_version": vqgen.__version__,
+        "tokenizer": "tokenizer",
+        "prior": "prior",
+        "prior_type": prior_config.get("prior_type"),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "class_names": folders.class_names,
+        "samples": "samples.png",
+        "training_state": state,
+    }
     write_json(index, out / INDEX_FILE)
     if cfg.space:
         write_space(out / "space", cfg.repo_id)
     files = sorted([str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] + ["README.md"])
     inputs = CardInputs(
-        repo_id=cfg.repo_id, tokenizer_config=tokenizer_config, prior_config=prior_config,
+        repo_id=cfg.repo_id,
+        tokenizer_config=tokenizer_config,
+        prior_config=prior_config,
         tokenizer_metrics=_read_json(run_dirs["tokenizer"] / "metrics.json", "tokenizer"),
         prior_metrics=_read_json(folders.prior / "metrics.json", "prior"),
         tokenizer_run=_read_json(run_dirs["tokenizer"] / "run_config.json"),
         prior_run=_read_json(folders.prior / "run_config.json"),
-        class_names=folders.class_names, license=cfg.license, samples_caption=caption, training_state=state,
+        class_names=folders.class_names,
+        license=cfg.license,
+        samples_caption=caption,
+        training_state=state,
         files=tuple(files),
-    )  # fmt: skip
+    )
     card = build_card(inputs)
     try:
         check_card(card, eval_results(inputs))
@@ -187,9 +197,10 @@ def _check(cfg: PushConfig) -> None:
         raise UserError(f"{cfg.run}: no such run folder")
 
 
-STAGING = (
-    ".staging-"  # a dry run builds inside OUT under this prefix: a killed one leaves nothing outside OUT
-)
+# a dry run builds inside OUT under this prefix: a killed one leaves nothing outside OUT
+
+
+STAGING = ".staging-"
 
 
 def _dry_run(cfg: PushConfig, out: Path) -> list[str]:
@@ -266,9 +277,12 @@ def _upload(cfg: PushConfig, folder: Path) -> dict:
         if cfg.revision:
             api.create_branch(cfg.repo_id, branch=cfg.revision, exist_ok=True)
         info = api.upload_folder(
-            repo_id=cfg.repo_id, folder_path=folder, revision=cfg.revision, delete_patterns=["*"],
+            repo_id=cfg.repo_id,
+            folder_path=folder,
+            revision=cfg.revision,
+            delete_patterns=["*"],
             commit_message=f"vqgen push: tokenizer + {prior_type} prior",
-        )  # fmt: skip
+        )
     except Exception as exc:
         raise UserError(f"push to {cfg.repo_id} failed: {_redacted(exc)}") from None
     return {"url": str(url), "commit": info.oid, "revision": cfg.revision or "main"}

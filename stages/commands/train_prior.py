@@ -54,11 +54,16 @@ def final_results(
     results = evaluate_prior(model, codes.val_codes, labels, cfg.eval_batch_size, image_dims)
     kept = trainer.kept()
     results.update(
-        prior=cfg.prior, parameters=sum(p.numel() for p in model.parameters()), train_seconds=seconds,
-        nonfinite_rolled_back=trainer.nonfinite_total, steps=trainer.step, stopped_early=trainer.stopped_early,
+        prior=cfg.prior,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_seconds=seconds,
+        nonfinite_rolled_back=trainer.nonfinite_total,
+        steps=trainer.step,
+        stopped_early=trainer.stopped_early,
         train_tokens_per_s=trainer.step * cfg.train.batch_size * codes.train_codes[0].numel() / seconds,
-        kept=kept, kept_step=trainer.best.step if kept == "best" else trainer.step,
-    )  # fmt: skip
+        kept=kept,
+        kept_step=trainer.best.step if kept == "best" else trainer.step,
+    )
     results.update(best_validation(trainer.history, results["val_bits_per_token"], trainer.step))
     return results
 
@@ -125,8 +130,8 @@ def run_train_prior(cfg: PriorTrainConfig) -> dict:
     tokenizer = run_tokenizer(codes_dir, codes)
     processes = launched_processes()
     with torch.device("meta"):  # shapes only: is it too large for the devices, before anything is allocated
-        check_fits(build_prior(cfg.prior, codes.meta, options), processes, cfg.train.device,
-                   ema=cfg.train.model_ema_decay > 0)  # fmt: skip
+        shapes = build_prior(cfg.prior, codes.meta, options)
+        check_fits(shapes, processes, cfg.train.device, ema=cfg.train.model_ema_decay > 0)
     if cfg.resume:
         check_resume(out_dir, processes, cfg.train.batch_size)
     set_seed(cfg.train.seed)

@@ -49,9 +49,19 @@ def progress(
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable, **kwargs)
     seconds = float(os.environ.get("VQGEN_PROGRESS_SECONDS", DEFAULT_LOG_SECONDS))
     return tqdm(
-        iterable, total=total, desc=desc, unit=unit, initial=initial, file=_Lines(sys.stderr), mininterval=seconds,
-        maxinterval=seconds, miniters=1, ncols=100, ascii=True, **kwargs,
-    )  # fmt: skip
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        file=_Lines(sys.stderr),
+        mininterval=seconds,
+        maxinterval=seconds,
+        miniters=1,
+        ncols=100,
+        ascii=True,
+        **kwargs,
+    )
 
 
 def quiet_library_bars() -> None:

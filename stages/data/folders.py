@@ -25,7 +25,7 @@ from vqgen.stages.data.images import (
     _no_decode,
     _preprocess,
     _split,
-)  # fmt: skip
+)
 
 PREPARED_META = "prepared.json"  # beside a prepared cache's splits: class names and skipped images
 
@@ -41,10 +41,15 @@ def _source_key(path: Path, cfg: DataConfig) -> tuple[str, list[Path], list[Path
     time) and of the settings that shape the prepared pixels; and the folder's image files."""
     h = hashlib.sha256()
     settings = {
-        "format": PREPARED_FORMAT, "source": str(path.resolve()), "size": cfg.image_size,
-        "channels": cfg.channels, "resize": cfg.resize_mode(), "heldout_fraction": cfg.heldout_fraction,
-        "image_column": cfg.image_column, "label_column": cfg.label_column,
-    }  # fmt: skip
+        "format": PREPARED_FORMAT,
+        "source": str(path.resolve()),
+        "size": cfg.image_size,
+        "channels": cfg.channels,
+        "resize": cfg.resize_mode(),
+        "heldout_fraction": cfg.heldout_fraction,
+        "image_column": cfg.image_column,
+        "label_column": cfg.label_column,
+    }
     h.update(json.dumps(settings, sort_keys=True).encode())
     images, unusable = [], []
     for root, dirs, names in os.walk(path):
@@ -159,9 +164,8 @@ def _prepare_cache(
     return skipped, class_names
 
 
-FULL_CHECK_BYTES = (
-    256 << 20
-)  # prepared files up to this size are hashed whole on every reuse; larger, sampled
+# prepared files up to this size are hashed whole on every reuse; larger, sampled
+FULL_CHECK_BYTES = 256 << 20
 
 
 def _digest(path: Path) -> list:

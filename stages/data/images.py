@@ -41,9 +41,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass
 class DataConfig:
-    dataset: str = (
-        EMBEDDED  # "mnist5k" (embedded), a folder of images (class subfolders = labels), or a Hub id
-    )
+    # "mnist5k" (embedded), a folder of images (class subfolders = labels), or a Hub id
+    dataset: str = EMBEDDED
     split: str = "train"  # Hub datasets: the training split
     heldout_split: str | None = None  # Hub datasets: the held-out split; None = hold out heldout_fraction
     image_column: str = "image"
@@ -55,9 +54,8 @@ class DataConfig:
     resize: Resize | None = None  # None = center-crop for RGB folders and Hub data, else pad (resize_mode)
     random_flip: bool = False  # tokenizer training: flip half of each batch left-right
     random_crop: bool = False  # tokenizer training: reflect-pad by size/8 and crop back at a random offset
-    streaming: bool = (
-        False  # train straight from a Hub dataset or local .tar shards / parquet files (streaming.py)
-    )
+    # train straight from a Hub dataset or local .tar shards / parquet files (streaming.py)
+    streaming: bool = False
     shuffle_buffer: int = 1000  # streaming: samples per shuffled block
     heldout_size: int = 500  # streaming: held-out samples (the first of --heldout-split, or of the stream)
 

@@ -159,9 +159,8 @@ def load_stream(cfg: DataConfig) -> ImageSplits:
     else:
         held_raw, train_raw = raw, raw.skip(cfg.heldout_size)
     split = StreamSplit(train_raw, cfg, column, label_column)
-    held = list(StreamSplit(held_raw.take(cfg.heldout_size), cfg, column, label_column).samples(
-        held_raw.take(cfg.heldout_size)
-    ))  # fmt: skip
+    held_split = StreamSplit(held_raw.take(cfg.heldout_size), cfg, column, label_column)
+    held = list(held_split.samples(held_raw.take(cfg.heldout_size)))
     if not held:
         raise UserError(
             f"--dataset {cfg.dataset}: no readable image in the stream's first {cfg.heldout_size} samples"
@@ -248,9 +247,8 @@ class StreamReader:
         )
 
     def _next(self):
-        if self._items and self.offset == len(
-            self._items
-        ):  # the block is used up: the next starts where it ended
+        # the block is used up: the next starts where it ended
+        if self._items and self.offset == len(self._items):
             self.base += len(self._items)
             self.block, self.offset, self._items = self.block + 1, 0, []
             self.stream_state = copy.deepcopy(self._node.state_dict())
@@ -273,9 +271,12 @@ class StreamReader:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch, "block": self.block, "base": self.base, "offset": self.offset,
+            "epoch": self.epoch,
+            "block": self.block,
+            "base": self.base,
+            "offset": self.offset,
             "stream_state": copy.deepcopy(self.stream_state),
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.block, self.base = state["epoch"], state["block"], state["base"]

@@ -49,9 +49,12 @@ def five_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     h, w = x.shape[-2:]
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
     return [
-        x[..., :size, :size], x[..., :size, w - size :], x[..., h - size :, :size], x[..., h - size :, w - size :],
+        x[..., :size, :size],
+        x[..., :size, w - size :],
+        x[..., h - size :, :size],
+        x[..., h - size :, w - size :],
         x[..., top : top + size, left : left + size],
-    ]  # fmt: skip
+    ]
 
 
 def make_views(x: torch.Tensor, augment: str, size: int) -> torch.Tensor:

@@ -126,9 +126,10 @@ def knn_radii(x: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:
     """(N,) distance from each row of (N, D) x to its k-th nearest neighbour in x, itself excluded."""
     if x.shape[0] <= k:
         raise ValueError(f"need more than k={k} points for k-NN radii, got {x.shape[0]}")
+    # k + 1: the zero distance to itself comes first
     return torch.cat(
         [torch.cdist(x[i : i + chunk], x).kthvalue(k + 1, dim=1).values for i in range(0, x.shape[0], chunk)]
-    )  # k + 1: the zero distance to itself comes first
+    )
 
 
 def inside_manifold(

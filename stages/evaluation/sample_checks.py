@@ -80,11 +80,14 @@ def sample_reference(train_recon: torch.Tensor, heldout_recon: torch.Tensor) -> 
     blank = blank_threshold(train_recon)
     copy = float(distance.quantile(COPY_QUANTILE))
     summary = {
-        "train_images": len(train), "eval_images": len(heldout_recon), "blank_threshold": blank,
-        "copy_threshold": copy, "eval_near_blank_share": near_blank_share(heldout_recon, blank),
+        "train_images": len(train),
+        "eval_images": len(heldout_recon),
+        "blank_threshold": blank,
+        "copy_threshold": copy,
+        "eval_near_blank_share": near_blank_share(heldout_recon, blank),
         "eval_nearest_train_rms_median": float(distance.median()),
         "eval_nearest_train_rms_min": float(distance.min()),
-    }  # fmt: skip
+    }
     return SampleReference(train, blank, copy, summary)
 
 

@@ -24,9 +24,8 @@ class EvaluateConfig:
     batch_size: int = 250
     classifier_epochs: int = 30
     classifier_width: int = 32
-    stream_reference: int = (
-        5000  # runs trained with --streaming: training samples read for the classifier and floor
-    )
+    # runs trained with --streaming: training samples read for the classifier and floor
+    stream_reference: int = 5000
     pr_k: int = 3  # nearest neighbour that sets the precision/recall radii (Kynkäänniemi et al. use 3)
     overwrite: bool = False
 

@@ -13,9 +13,9 @@ from vqgen.stages.data.images import to_float
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation import metrics as M
 
-METRIC_CHUNK = (
-    100  # images per forward pass and metric call: the peak memory (SSIM windows, gradients) is bounded
-)
+# images per forward pass and metric call: the peak memory (SSIM windows, gradients) is bounded
+
+METRIC_CHUNK = 100
 PER_IMAGE = {"psnr": M.psnr_per_image, "ssim": M.ssim_per_image, "l1": M.l1_per_image, "mse": M.mse_per_image}
 
 

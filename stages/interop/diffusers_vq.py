@@ -61,18 +61,29 @@ def config_from_diffusers(c: dict, image_size: int | None) -> VQGANConfig:
             raise UserError(f"diffusers VQModel option {name} is not supported by vqgen's vqgan")
     latent = int(c.get("latent_channels", 3))
     quantizer = QuantizerConfig(
-        codebook_size=int(c.get("num_vq_embeddings", 256)), code_dim=int(c.get("vq_embed_dim") or latent),
-        cosine=False, update="grad", restart_every=0, project=True,
-    )  # fmt: skip
+        codebook_size=int(c.get("num_vq_embeddings", 256)),
+        code_dim=int(c.get("vq_embed_dim") or latent),
+        cosine=False,
+        update="grad",
+        restart_every=0,
+        project=True,
+    )
     size = c.get("sample_size", 32)
     config = VQGANConfig(
         image_size=int(image_size or (size[0] if isinstance(size, list) else size)),
-        channels=int(c.get("in_channels", 3)), base_channels=widths[0], ch_mult=[w // widths[0] for w in widths],
-        num_res_blocks=int(c.get("layers_per_block", 1)), decoder_extra_blocks=1,
-        attn_levels=_attn_levels(list(c.get("down_block_types", [DOWN])), list(c.get("up_block_types", [UP]))),
-        latent_channels=latent, norm_groups=int(c.get("norm_num_groups", 32)), quantizer=quantizer,
+        channels=int(c.get("in_channels", 3)),
+        base_channels=widths[0],
+        ch_mult=[w // widths[0] for w in widths],
+        num_res_blocks=int(c.get("layers_per_block", 1)),
+        decoder_extra_blocks=1,
+        attn_levels=_attn_levels(
+            list(c.get("down_block_types", [DOWN])), list(c.get("up_block_types", [UP]))
+        ),
+        latent_channels=latent,
+        norm_groups=int(c.get("norm_num_groups", 32)),
+        quantizer=quantizer,
         mid_attention=bool(c.get("mid_block_add_attention", True)),
-    )  # fmt: skip
+    )
     try:
         config.validate()
     except ValueError as exc:
@@ -112,10 +123,14 @@ class DiffusersVQ(ImportFormat):
         model = VQGAN(config)
         load_into(model, to_vqgen(model, original.state_dict(), DIFFUSERS, request.source))
         provenance = {
-            "format": "diffusers", "source": request.source, "subfolder": o.get("subfolder"),
-            "revision": o.get("revision"), "licence": self.licence, "diffusers_class": type(original).__name__,
+            "format": "diffusers",
+            "source": request.source,
+            "subfolder": o.get("subfolder"),
+            "revision": o.get("revision"),
+            "licence": self.licence,
+            "diffusers_class": type(original).__name__,
             "scaling_factor": original.config.get("scaling_factor"),
-        }  # fmt: skip
+        }
         k, g = config.quantizer.codebook_size, config.grid_size
         summary = f"diffusers VQModel f{config.downsample}: {k} codes, {g}x{g} grid at {config.image_size} px"
         return Imported(model, provenance, summary)

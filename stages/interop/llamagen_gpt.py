@@ -94,10 +94,15 @@ def prior_config(model: str, state: dict, tokenizer, grid: int, path: Path) -> L
             f"{tokenizer.config.quantizer.codebook_size}; import the matching tokenizer first (llamagen-vq)"
         )
     return LlamaGenPriorConfig(
-        vocab_size=table.shape[0], grid_height=grid, grid_width=grid, num_classes=classes.shape[0] - 1,
-        tokenizer_fingerprint=tokenizer.fingerprint(), **vars(SIZES[MODELS[model]]),
-        sample_temperature=1.0, sample_cfg_scale=4.0,  # LlamaGen's sample_c2i.py defaults
-    )  # fmt: skip
+        vocab_size=table.shape[0],
+        grid_height=grid,
+        grid_width=grid,
+        num_classes=classes.shape[0] - 1,
+        tokenizer_fingerprint=tokenizer.fingerprint(),
+        **vars(SIZES[MODELS[model]]),
+        sample_temperature=1.0,
+        sample_cfg_scale=4.0,  # LlamaGen's sample_c2i.py defaults
+    )
 
 
 def convert(model: str, state: dict[str, torch.Tensor], tokenizer, grid: int, path: Path) -> LlamaGenPrior:
@@ -156,10 +161,14 @@ class LlamaGenGPT(ImportFormat):
         state = state_dict_in(read_checkpoint(path), path, ("model", "module", "state_dict"))
         prior = convert(name, state, tokenizer, grid, path)
         provenance = {
-            "format": FORMAT, "source": request.source, "file": path.name, "sha256": file_sha256(path),
-            "licence": self.licence, "preset": name,
+            "format": FORMAT,
+            "source": request.source,
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "licence": self.licence,
+            "preset": name,
             "upstream": "https://github.com/FoundationVision/LlamaGen (autoregressive/models/gpt.py)",
-        }  # fmt: skip
+        }
         c = prior.config
         return Imported(
             prior,

@@ -33,11 +33,18 @@ def llamagen_config(model: str, codebook_size: int, embed_dim: int, image_size: 
         codebook_size=codebook_size, code_dim=embed_dim, cosine=True, update="grad", restart_every=0
     )
     return VQGANConfig(
-        image_size=image_size, channels=3, base_channels=arch["ch"], ch_mult=list(arch["ch_mult"]),
-        num_res_blocks=arch["num_res_blocks"], decoder_extra_blocks=1, attn_levels=1,
-        latent_channels=arch["z_channels"], norm_groups=32, quantizer=quantizer,
+        image_size=image_size,
+        channels=3,
+        base_channels=arch["ch"],
+        ch_mult=list(arch["ch_mult"]),
+        num_res_blocks=arch["num_res_blocks"],
+        decoder_extra_blocks=1,
+        attn_levels=1,
+        latent_channels=arch["z_channels"],
+        norm_groups=32,
+        quantizer=quantizer,
         mid_attention=True,
-    )  # fmt: skip
+    )
 
 
 class LlamaGenVQ(ImportFormat):
@@ -62,10 +69,14 @@ class LlamaGenVQ(ImportFormat):
         model = VQGAN(config)
         load_into(model, to_vqgen(model, tensors, LLAMAGEN, str(path)))
         provenance = {
-            "format": "llamagen-vq", "source": request.source, "file": path.name, "sha256": file_sha256(path),
-            "licence": self.licence, "preset": name,
+            "format": "llamagen-vq",
+            "source": request.source,
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "licence": self.licence,
+            "preset": name,
             "upstream": "https://github.com/FoundationVision/LlamaGen (tokenizer/tokenizer_image/vq_model.py)",
-        }  # fmt: skip
+        }
         k, g = config.quantizer.codebook_size, config.grid_size
         return Imported(
             model, provenance, f"LlamaGen {name}: {k} codes, {g}x{g} grid at {config.image_size} px"

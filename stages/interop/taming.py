@@ -74,14 +74,25 @@ def taming_config(params: dict, image_size: int | None) -> VQGANConfig:
                 f"taming config: {name} is not supported by vqgen's vqgan (it has no such option)"
             )
     quantizer = QuantizerConfig(
-        codebook_size=int(params["n_embed"]), code_dim=int(params["embed_dim"]), cosine=False, update="grad",
-        restart_every=0, project=True,
-    )  # fmt: skip
+        codebook_size=int(params["n_embed"]),
+        code_dim=int(params["embed_dim"]),
+        cosine=False,
+        update="grad",
+        restart_every=0,
+        project=True,
+    )
     config = VQGANConfig(
-        image_size=int(image_size or dd["resolution"]), channels=int(dd["in_channels"]), base_channels=int(dd["ch"]),
-        ch_mult=[int(m) for m in dd["ch_mult"]], num_res_blocks=int(dd["num_res_blocks"]), decoder_extra_blocks=1,
-        attn_levels=attn_levels(dd), latent_channels=int(dd["z_channels"]), norm_groups=32, quantizer=quantizer,
-    )  # fmt: skip
+        image_size=int(image_size or dd["resolution"]),
+        channels=int(dd["in_channels"]),
+        base_channels=int(dd["ch"]),
+        ch_mult=[int(m) for m in dd["ch_mult"]],
+        num_res_blocks=int(dd["num_res_blocks"]),
+        decoder_extra_blocks=1,
+        attn_levels=attn_levels(dd),
+        latent_channels=int(dd["z_channels"]),
+        norm_groups=32,
+        quantizer=quantizer,
+    )
     try:
         config.validate()
     except ValueError as exc:
@@ -106,10 +117,14 @@ class TamingVQGAN(ImportFormat):
         model = VQGAN(config)
         load_into(model, to_vqgen(model, tensors, TAMING, str(path)))
         provenance = {
-            "format": "taming", "source": request.source, "file": path.name, "sha256": file_sha256(path),
-            "config": Path(o["model_config"]).name, "licence": self.licence,
+            "format": "taming",
+            "source": request.source,
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "config": Path(o["model_config"]).name,
+            "licence": self.licence,
             "upstream": "https://github.com/CompVis/taming-transformers (taming/models/vqgan.py VQModel)",
-        }  # fmt: skip
+        }
         k, g = config.quantizer.codebook_size, config.grid_size
         return Imported(
             model,

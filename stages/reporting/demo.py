@@ -250,9 +250,14 @@ def launch(app, host: str = "127.0.0.1", port: int | None = None, say=print, blo
     """Serve the app on HOST:PORT (a free port when none is given); says the URL, then serves until Ctrl-C."""
     port = port or free_port(host)
     app.queue().launch(
-        server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, show_error=False,
-        theme=space_theme(), footer_links=[],
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=False,
+        theme=space_theme(),
+        footer_links=[],
+    )
     url = f"http://{host}:{port}/"
     say(f"demo: serving {url} (Ctrl-C to stop)")
     if block:

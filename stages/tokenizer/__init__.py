@@ -24,5 +24,10 @@ BUILTIN_TOKENIZERS = {
 }
 
 __all__ = [
-    "BUILTIN_QUANTIZERS", "BUILTIN_TOKENIZERS", "Quantizer", "Tokenizer", "TokenizerOutput", "use_quantizer_lookup",
-]  # fmt: skip
+    "BUILTIN_QUANTIZERS",
+    "BUILTIN_TOKENIZERS",
+    "Quantizer",
+    "Tokenizer",
+    "TokenizerOutput",
+    "use_quantizer_lookup",
+]

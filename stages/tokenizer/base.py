@@ -50,23 +50,19 @@ METADATA_FIELDS = ("provenance",)
 class QuantizerConfig:
     kind: str = "vq"  # the quantizer: "vq" (this file), "fsq" (fsq.py), "lfq" (lfq.py) or an installed one
     codebook_size: int = 512  # K; for fsq the product of `levels`, for lfq 2**code_dim
-    code_dim: int = (
-        16  # size of a codebook vector; < the encoder's channels means a low-dimensional projection
-    )
+    # size of a codebook vector; < the encoder's channels means a low-dimensional projection
+    code_dim: int = 16
     beta: float = 0.25  # commitment weight, applied to the encoder term ||z_e - sg(z_q)||^2
-    update: str = (
-        "ema"  # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
-    )
+    # "ema": codebook follows running means of its assigned vectors; "grad": codebook loss
+    update: str = "ema"
     ema_decay: float = 0.9
     cosine: bool = False  # l2-normalise vectors and codes, so distance = cosine distance
     init: str = "kmeans"  # "kmeans" | "sample" (random encoder outputs) | "random" (uniform noise)
     kmeans_iters: int = 10
-    restart_threshold: float = (
-        1.0  # a code whose EMA count of assigned vectors per step falls below this is dead ...
-    )
-    restart_every: int = (
-        10  # ... and is restarted from a recent encoder output every this many steps (0 = never)
-    )
+    # a code whose EMA count of assigned vectors per step falls below this is dead ...
+    restart_threshold: float = 1.0
+    # ... and is restarted from a recent encoder output every this many steps (0 = never)
+    restart_every: int = 10
     # ... or, in a codebook larger than a step's vectors can fill, below this share of an even split of them
     # (4,096 codes and 3,136 vectors a step: 0.15; 512 codes: the 1.0 above): `dead_mask`
     restart_share: float = 0.2
@@ -193,9 +189,8 @@ class CodebookFreeQuantizer(Quantizer):
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         q = self.code_vectors(codes)  # (B, H, W, d)
-        return self.proj_out(
-            q.to(self.proj_out.weight.dtype).permute(0, 3, 1, 2).contiguous()
-        )  # (B, C, H, W)
+        # (B, C, H, W)
+        return self.proj_out(q.to(self.proj_out.weight.dtype).permute(0, 3, 1, 2).contiguous())
 
 
 def dead_code_mask(ema_count: torch.Tensor, threshold: float, share: float) -> torch.Tensor:
@@ -214,9 +209,8 @@ class UsageTracker(nn.Module):
     def __init__(self, codebook_size: int, decay: float, threshold: float, share: float):
         super().__init__()
         self.decay, self.threshold, self.share = decay, threshold, share
-        self.register_buffer(
-            "ema_count", torch.ones(codebook_size)
-        )  # saved, as VectorQuantizer's: exact resume
+        # saved, as VectorQuantizer's: exact resume
+        self.register_buffer("ema_count", torch.ones(codebook_size))
 
     def forward(self, codes: torch.Tensor, training: bool) -> tuple[torch.Tensor, int]:
         """(perplexity of this batch, dead codes) for (N,) codes; the EMA moves in training only."""
@@ -241,9 +235,8 @@ class TokenizerOutput:
     recon_loss: torch.Tensor  # mean squared error
     vq_loss: torch.Tensor  # quantizer loss (commitment, codebook, entropy terms)
     perplexity: torch.Tensor
-    dead_codes: (
-        torch.Tensor | int
-    )  # codes currently dead: a 0-d tensor for vq (no device read in the forward)
+    # codes currently dead: a 0-d tensor for vq (no device read in the forward)
+    dead_codes: torch.Tensor | int
 
 
 class Tokenizer(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen", "image-tokenizer"]):

@@ -53,9 +53,8 @@ class LFQ(CodebookFreeQuantizer):
         p = torch.sigmoid(4 * flat)  # (N, d): p(bit = +1 | z)
         per_sample = binary_entropy(p).sum(-1).mean()
         if flat.shape[1] <= EXACT_ENTROPY_BITS:
-            bits = (
-                self.code_vectors(torch.arange(self.codebook_size, device=flat.device)).gt(0).float()
-            )  # (K, d)
+            # (K, d)
+            bits = self.code_vectors(torch.arange(self.codebook_size, device=flat.device)).gt(0).float()
             log_p = F.logsigmoid(4 * flat) @ bits.t() + F.logsigmoid(-4 * flat) @ (1 - bits).t()  # (N, K)
             avg = log_p.exp().mean(0)
             codebook = -(avg * torch.log(avg.clamp_min(1e-10))).sum()

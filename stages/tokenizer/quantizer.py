@@ -194,7 +194,6 @@ class VectorQuantizer(Quantizer):
             torch.where(dead[:, None], fresh.to(self.codebook.dtype), self.codebook.data)
         )
         if cfg.update == "ema":
-            self.ema_sum.copy_(
-                torch.where(dead[:, None], fresh * count, self.ema_sum)
-            )  # codebook = sum / count
+            # codebook = sum / count
+            self.ema_sum.copy_(torch.where(dead[:, None], fresh * count, self.ema_sum))
         self.ema_count.copy_(torch.where(dead, count, self.ema_count))

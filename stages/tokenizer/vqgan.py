@@ -24,14 +24,12 @@ from vqgen.stages.tokenizer.base import QuantizerConfig, Tokenizer, TokenizerCon
 class VQGANConfig(TokenizerConfig):
     model_type: str = "vqgan"
     base_channels: int = 64  # width of the first level
-    ch_mult: list[int] = field(
-        default_factory=lambda: [1, 2, 2]
-    )  # width multiplier per level; f = 2**(levels-1)
+    # width multiplier per level; f = 2**(levels-1)
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: int = 1  # residual blocks per level in the encoder
     decoder_extra_blocks: int = 1  # the decoder has num_res_blocks + this many per level (a deeper decoder)
-    attn_levels: int = (
-        1  # self-attention in this many lowest-resolution levels (the middle block always has it)
-    )
+    # self-attention in this many lowest-resolution levels (the middle block always has it)
+    attn_levels: int = 1
     norm_groups: int = 32  # GroupNorm groups (the largest divisor of a width up to this)
     mid_attention: bool = True  # self-attention in the middle blocks (diffusers' mid_block_add_attention)
     # where an imported model came from (`vqgen import`): format, source, file, sha256, licence; None if trained here
@@ -63,9 +61,13 @@ class ResBlock(nn.Module):
     def __init__(self, ch_in: int, ch_out: int, groups: int):
         super().__init__()
         self.block = nn.Sequential(
-            norm(ch_in, groups), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1),
-            norm(ch_out, groups), nn.SiLU(), nn.Conv2d(ch_out, ch_out, 3, padding=1),
-        )  # fmt: skip
+            norm(ch_in, groups),
+            nn.SiLU(),
+            nn.Conv2d(ch_in, ch_out, 3, padding=1),
+            norm(ch_out, groups),
+            nn.SiLU(),
+            nn.Conv2d(ch_out, ch_out, 3, padding=1),
+        )
         self.shortcut = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,9 +171,14 @@ def _llamagen(ch_mult: list[int]) -> VQGANConfig:
     8-dimensional codes."""
     q = QuantizerConfig(codebook_size=16384, code_dim=8, cosine=True)
     return VQGANConfig(
-        image_size=256, channels=3, base_channels=128, ch_mult=ch_mult, num_res_blocks=2, latent_channels=256,
+        image_size=256,
+        channels=3,
+        base_channels=128,
+        ch_mult=ch_mult,
+        num_res_blocks=2,
+        latent_channels=256,
         quantizer=q,
-    )  # fmt: skip
+    )
 
 
 class VQGAN(Tokenizer, tags=["vqgen", "vqgan", "image-tokenizer"]):
@@ -184,7 +191,7 @@ class VQGAN(Tokenizer, tags=["vqgen", "vqgan", "image-tokenizer"]):
             ch_mult=[1, 2, 2],
             latent_channels=8,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
-        ),  # fmt: skip
+        ),
     }
 
     def __init__(self, config: VQGANConfig):

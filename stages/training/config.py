@@ -36,23 +36,20 @@ class TrainConfig:
     eval_every: int = 0
     # stop after this many held-out scorings in a row without a lower score (0 = never; needs eval_every)
     patience: int = 0
-    keep_last: bool = (
-        False  # save the last weights instead of the best held-out ones (tasks with `best_metric`)
-    )
+    # save the last weights instead of the best held-out ones (tasks with `best_metric`)
+    keep_last: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    checkpoint_shard_gb: float = (
-        4.0  # a checkpoint's tensors split into safetensors files of at most this size
-    )
+    # a checkpoint's tensors split into safetensors files of at most this size
+    checkpoint_shard_gb: float = 4.0
     log_with: str | None = None  # accelerate tracker: "tensorboard", "wandb", ...
     max_nonfinite: int = 10  # stop after this many non-finite losses in a row
     max_rollback_share: float = 0.1  # ... or when more than this share of the steps so far were rolled back
     rollback_lr_factor: float = 0.5  # on a non-finite loss: restore the last good state, scale the lr by this
     snapshot_every: int = 50  # how often the in-memory "last good state" is refreshed
     record_data_order: bool = False  # debug: append every step's dataset indices to RUN/data_order.txt
-    num_workers: int | None = (
-        None  # DataLoader worker processes for tasks that read rows; None = default_workers()
-    )
+    # DataLoader worker processes for tasks that read rows; None = default_workers()
+    num_workers: int | None = None
 
     # Each field's range, declared once: the CLI's options, --config files and saved runs are all checked against
     # it (vqgen.stages.core.runconfig.check_limits). Beyond them a run is a typo (a learning rate of 1e5), cannot

@@ -79,9 +79,12 @@ class BatchFeed:
         if self._iter is None or self._next != micro_batch:
             self.close()
             loader = torch.utils.data.DataLoader(
-                _Rows(self.rows), batch_size=None, sampler=_FromStep(self.sampler, micro_batch),
-                num_workers=self.num_workers, pin_memory=self.pin_memory,
-            )  # fmt: skip
+                _Rows(self.rows),
+                batch_size=None,
+                sampler=_FromStep(self.sampler, micro_batch),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+            )
             self._iter = iter(loader)
         self._next = micro_batch + 1
         return next(self._iter)

@@ -16,9 +16,8 @@ class NonfiniteRollback:
     def _on_nonfinite(self, step: int, what: str = "loss") -> None:
         self.optimizer.zero_grad(set_to_none=True)
         scaler = self.accelerator.scaler
-        if (
-            scaler is not None
-        ):  # fp16: close the GradScaler's step (its unscale_ for clipping) without an update
+        # fp16: close the GradScaler's step (its unscale_ for clipping) without an update
+        if scaler is not None:
             with contextlib.suppress(AssertionError):  # AssertionError: nothing was unscaled (no clipping)
                 scaler.update()  # the gradients were not finite: the scale is lowered too
         self.nonfinite_in_row += 1

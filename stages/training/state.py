@@ -16,9 +16,8 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
     """(tensors, JSON metadata) of the trainer's state, as `ckpt.write_checkpoint` saves them. Sharded, every
     process calls it (the model, optimizer and weight average are gathered), and process 0's result is whole."""
     model = trainer.unwrapped()
-    if (
-        trainer.sharded
-    ):  # full tensors, the optimizer's state keyed by parameter name (stages/training/sharding.py)
+    # full tensors, the optimizer's state keyed by parameter name (stages/training/sharding.py)
+    if trainer.sharded:
         model_state = sharding.full_model_state(model)
         optimizer_state = sharding.full_optimizer_state(model, trainer.optimizer)
     else:
@@ -38,12 +37,20 @@ def checkpoint_state(trainer, data_state: list | None) -> tuple[dict[str, torch.
         tensors.update(ckpt.add_prefix(p_tensors, f"plugin.{plugin.name}"))
         plugin_meta[plugin.name] = p_meta
     meta = {
-        "lr_scale": trainer.lr_scale, "optimizer": opt_meta, "rng": rng_meta, "plugins": plugin_meta,
-        "nonfinite_total": trainer.nonfinite_total, "train_config": asdict(trainer.cfg),
-        "data_digest": trainer.data_digest, "skipped_steps": trainer.skipped_steps,
-        "grad_scaler": trainer.accelerator.scaler.state_dict() if trainer.accelerator.scaler is not None else None,
-        "num_processes": trainer.accelerator.num_processes, "engine": trainer.engine,
-    }  # fmt: skip
+        "lr_scale": trainer.lr_scale,
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+        "plugins": plugin_meta,
+        "nonfinite_total": trainer.nonfinite_total,
+        "train_config": asdict(trainer.cfg),
+        "data_digest": trainer.data_digest,
+        "skipped_steps": trainer.skipped_steps,
+        "grad_scaler": trainer.accelerator.scaler.state_dict()
+        if trainer.accelerator.scaler is not None
+        else None,
+        "num_processes": trainer.accelerator.num_processes,
+        "engine": trainer.engine,
+    }
     if data_state is not None:
         meta["data_state"] = data_state
     if trainer.best is not None:
@@ -99,9 +106,8 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
     trainer.skipped_steps = meta.get("skipped_steps", 0)
     if trainer.accelerator.scaler is not None and meta.get("grad_scaler"):
         trainer.accelerator.scaler.load_state_dict(meta["grad_scaler"])
-    if (
-        trainer.best is not None and "best" in meta
-    ):  # a run checkpointed before best weights were kept: none yet
+    # a run checkpointed before best weights were kept: none yet
+    if trainer.best is not None and "best" in meta:
         trainer.best.load_state_dict(ckpt.split_prefix(tensors, "best"), meta["best"])
         trainer.stopped_early = meta["stopped_early"]
     if hasattr(trainer.feed, "load_state_dict"):

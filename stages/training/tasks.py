@@ -117,9 +117,8 @@ class PriorTask:
 
     stage = "prior"
     progress_keys = ("bits_per_token",)
-    best_metric = (
-        "val_bits_per_token"  # the trainer keeps the weights that score lowest on the held-out codes
-    )
+    # the trainer keeps the weights that score lowest on the held-out codes
+    best_metric = "val_bits_per_token"
     shardable = True  # FSDP may shard it (stages/training/sharding.py)
 
     def __init__(self, model: Prior, codes: CodeSplits, tokenizer=None, eval_batch_size: int = 256):

@@ -241,9 +241,8 @@ class Trainer(NonfiniteRollback, Checkpointing):
             self.accelerator.log(metrics, step=self.step)
         keys = ("loss", *self.task.progress_keys, *[k for p in self.plugins for k in p.progress_keys])
         self._postfix = {k: f"{metrics[k]:.4g}" for k in keys if k in metrics}
-        self.bar.set_postfix(
-            {**self._postfix, **_shown(self._held_out)}, refresh=False
-        )  # the latest held-out too
+        # the latest held-out too
+        self.bar.set_postfix({**self._postfix, **_shown(self._held_out)}, refresh=False)
 
     def _validate(self) -> None:
         """The task's held-out scores of the weights as they are now (the weight average with --model-ema-decay),
