@@ -266,6 +266,40 @@ def test_the_size_guard_catches_a_long_function_and_a_long_file(tmp_path):
     ]
 
 
+# --- layout: the formatter owns it; `# fmt: skip` only keeps a table in rows --------------------------------------
+
+
+def unformatted_non_tables(root: Path = ROOT) -> list[str]:
+    """`path:line` of every `# fmt: skip` under the SIZED folders that does not end an assignment or a return of
+    a literal table (a dict, list, tuple or set laid out in rows, such as a LIMITS table or a map of flag names)."""
+    out = []
+    for name in SIZED:
+        paths = [root / name] if name.endswith(".py") else sorted((root / name).rglob("*.py"))
+        for path in filter(Path.is_file, paths):
+            text = path.read_text()
+            marked = {i for i, line in enumerate(text.splitlines(), 1) if "# fmt: skip" in line}
+            tables = {
+                node.end_lineno
+                for node in ast.walk(ast.parse(text))
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Return))
+                and isinstance(node.value, (ast.Dict, ast.List, ast.Tuple, ast.Set))
+            }
+            out += [f"{path.relative_to(root).as_posix()}:{i}" for i in sorted(marked - tables)]
+    return out
+
+
+def test_fmt_skip_only_keeps_tables():
+    assert unformatted_non_tables() == []
+
+
+def test_the_layout_guard_catches_a_call_kept_from_the_formatter(tmp_path):
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "steps.py").write_text(
+        "LIMITS = {\n    'a': 1, 'b': 2,\n}  # fmt: skip\nx = dict(\n    a=1, b=2,\n)  # fmt: skip\n"
+    )
+    assert unformatted_non_tables(tmp_path) == ["stages/steps.py:6"]
+
+
 def test_imports_use_the_vqgen_names_only():
     bare = ("stages", "priors", "plugins", "cli", "command_line")
     for path in [
