@@ -3,7 +3,7 @@
     python -m benchmarks.prior_scale [--sizes B,L] [--device cpu|cuda] [--precision fp32|bf16] [--compile]
                                      [--batch 2] [--sample-batch 2] [--repeats 3] [--json OUT.json]
     accelerate launch --use_fsdp --fsdp_version 2 --num_processes N [--mixed_precision bf16] \
-        benchmarks/prior_scale.py --fsdp ...                                      # training, sharded (FSDP2)
+        -m benchmarks.prior_scale --fsdp ...                                      # training, sharded (FSDP2)
 
 The task of a class-conditional ImageNet prior: 16x16 = 256 codes of a 16384-entry codebook, 1000 classes.
 `ours` is `TransformerPrior` (priors/transformer.py) at the `--size` preset (priors/sizes.py); `plain` is written

@@ -50,9 +50,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     """`python cli.py ARGS` in a subprocess, as a user runs it."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd or ROOT, env=full_env,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

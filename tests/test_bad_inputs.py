@@ -113,9 +113,17 @@ def world(tmp_path_factory, digits) -> World:
     assert tok.code == 0, tok.err[-3000:]
     assert "warning: skipped 2 of 32 images" in tok.err
     prior = call_cli(
-        "train-prior", "--codes", run / "codes", "--steps", "2", "--batch-size", "8", "--sample-every", "0",
+        "train-prior",
+        "--codes",
+        run / "codes",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
         *GRU_FLAGS,
-    )  # fmt: skip
+    )
     assert prior.code == 0, prior.err[-3000:]
 
     bad = root / "bad"
@@ -353,17 +361,34 @@ def read_only_folder(tmp_path):
 
 def test_read_only_output_folder(world, read_only_folder):
     expect_error(
-        world, "tokenize", "--run", read_only_folder / "run", *[a.format(digits=world.digits) for a in TOK],
+        world,
+        "tokenize",
+        "--run",
+        read_only_folder / "run",
+        *[a.format(digits=world.digits) for a in TOK],
         fragments=("cannot write to the run folder", str(read_only_folder)),
-    )  # fmt: skip
+    )
     expect_error(
-        world, "train-prior", "--codes", world.run / "codes", "--out", read_only_folder / "p", *GRU_FLAGS,
+        world,
+        "train-prior",
+        "--codes",
+        world.run / "codes",
+        "--out",
+        read_only_folder / "p",
+        *GRU_FLAGS,
         fragments=("cannot write to the run folder",),
-    )  # fmt: skip
+    )
     expect_error(
-        world, "generate", "--prior", world.prior, "--n", "2", "--out", read_only_folder / "g.png",
+        world,
+        "generate",
+        "--prior",
+        world.prior,
+        "--n",
+        "2",
+        "--out",
+        read_only_folder / "g.png",
         fragments=(str(read_only_folder),),
-    )  # fmt: skip
+    )
     assert list(read_only_folder.iterdir()) == []
 
 
@@ -378,8 +403,18 @@ def test_full_disk_while_writing_a_checkpoint(world, tmp_path, monkeypatch):
         "vqgen.stages.artifacts.sharded.save_file", lambda tensors, path, *a, **k: no_space(path)
     )
     run = tmp_path / "run"
-    answer = call_cli("tokenize", "--run", run, "--dataset", world.digits, *TINY_TOKENIZER_FLAGS, "--steps", "2",
-                      "--checkpoint-every", "1")  # fmt: skip
+    answer = call_cli(
+        "tokenize",
+        "--run",
+        run,
+        "--dataset",
+        world.digits,
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+    )
     assert_one_line_error(answer, "no space left on the device of", "checkpoints", "--resume")
     leftovers = [p.name for p in (run / "checkpoints").iterdir()] if (run / "checkpoints").exists() else []
     assert leftovers == []  # no half-written checkpoint, not even under a temporary name
@@ -429,8 +464,16 @@ def test_a_real_process_answers_the_same(world, tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vqgen-broken\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[vqgen.priors]\nbroken = vqgen_broken_missing:BrokenPrior\n")
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
-    answer = run_cli("train-prior", "--prior", "broken", "--codes", str(world.run / "codes"),
-                     "--out", str(tmp_path / "p"), env=env)  # fmt: skip
+    answer = run_cli(
+        "train-prior",
+        "--prior",
+        "broken",
+        "--codes",
+        str(world.run / "codes"),
+        "--out",
+        str(tmp_path / "p"),
+        env=env,
+    )
     line = assert_one_line_error(Answer(answer.returncode, answer.stdout, answer.stderr), "failed to load")
     assert "vqgen-broken 0.1" in line and "ModuleNotFoundError" in line and not (tmp_path / "p").exists()
 

@@ -119,9 +119,13 @@ def test_cuda_plan_is_what_the_issue_asks():
 
 def test_tokenizer_step_against_the_plain_vqvae_of_the_same_size():
     rows = tokenizer_speed.tokenizer_train_rows(
-        [2], [("tf32", False), ("bf16", False), ("bf16", True)], Timing(repeats=1, warmup=0), torch.device("cpu"),
-        compile_backend="eager", plain_baseline=True,
-    )  # fmt: skip
+        [2],
+        [("tf32", False), ("bf16", False), ("bf16", True)],
+        Timing(repeats=1, warmup=0),
+        torch.device("cpu"),
+        compile_backend="eager",
+        plain_baseline=True,
+    )
     assert len(rows) == 6 and all("error" not in row for row in rows), rows
     for row in rows:
         assert positive(row["throughput"]) and positive(row["ratio_to_baseline"])
@@ -139,9 +143,21 @@ def test_tokenizer_step_against_the_plain_vqvae_of_the_same_size():
 
 def test_compiled_prior_training_and_sampling_rows(tmp_path):
     result = run_all.main(
-        ["--tiny", "--compile", "--compile-backend", "eager", "--sections", "prior_train", "sampling",
-         "--priors", "gru", "transformer", "--json", str(tmp_path / "s.json")]
-    )  # fmt: skip
+        [
+            "--tiny",
+            "--compile",
+            "--compile-backend",
+            "eager",
+            "--sections",
+            "prior_train",
+            "sampling",
+            "--priors",
+            "gru",
+            "transformer",
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
     trained = result["sections"]["prior_train"]["rows"]
     assert {(r["prior"], r["compiled"]) for r in trained} == {
         (p, c) for p in ("gru", "transformer") for c in (False, "eager")

@@ -34,15 +34,39 @@ class ScriptedPriorTask(PriorTask):
 def make_trainer(run_dir, **train) -> Trainer:
     g = torch.Generator().manual_seed(0)
     codes = CodeSplits(
-        torch.randint(0, 8, (32, 2, 3), generator=g), torch.randint(0, 2, (32,), generator=g),
-        torch.randint(0, 8, (8, 2, 3), generator=g), torch.randint(0, 2, (8,), generator=g), {},
-    )  # fmt: skip
+        torch.randint(0, 8, (32, 2, 3), generator=g),
+        torch.randint(0, 2, (32,), generator=g),
+        torch.randint(0, 8, (8, 2, 3), generator=g),
+        torch.randint(0, 2, (8,), generator=g),
+        {},
+    )
     torch.manual_seed(0)
-    model = GRUPrior(GRUPriorConfig(vocab_size=8, grid_height=2, grid_width=3, num_classes=2, embed_dim=8,
-                                    hidden_size=8, num_layers=1, dropout=0.0))  # fmt: skip
+    model = GRUPrior(
+        GRUPriorConfig(
+            vocab_size=8,
+            grid_height=2,
+            grid_width=3,
+            num_classes=2,
+            embed_dim=8,
+            hidden_size=8,
+            num_layers=1,
+            dropout=0.0,
+        )
+    )
     task = ScriptedPriorTask(model, codes)
-    cfg = TrainConfig(**{"steps": 8, "batch_size": 4, "sample_every": 0, "log_every": 1, "eval_every": 1,
-                         "checkpoint_every": 100, "keep_checkpoints": 20, "device": "cpu", **train})  # fmt: skip
+    cfg = TrainConfig(
+        **{
+            "steps": 8,
+            "batch_size": 4,
+            "sample_every": 0,
+            "log_every": 1,
+            "eval_every": 1,
+            "checkpoint_every": 100,
+            "keep_checkpoints": 20,
+            "device": "cpu",
+            **train,
+        }
+    )
     trainer = Trainer(task, cfg, run_dir)
     task.trainer = trainer
     return trainer

@@ -184,9 +184,26 @@ def test_a_size_preset_reaches_the_saved_config(run, tmp_path):
     """--size B fills the fields no --prior-opt names (here GPT-B's SwiGLU width); the run records the preset."""
     out = tmp_path / "sized"
     opts = [f for o in ("hidden_size=16", "num_heads=2", "num_layers=1") for f in ("--prior-opt", o)]
-    result = run_cli("train-prior", "--prior", "transformer", "--codes", str(run / "codes"), "--size", "B", *opts,
-                     "--steps", "1", "--batch-size", "4", "--sample-every", "0", "--eval-every", "0",
-                     "--out", str(out))  # fmt: skip
+    result = run_cli(
+        "train-prior",
+        "--prior",
+        "transformer",
+        "--codes",
+        str(run / "codes"),
+        "--size",
+        "B",
+        *opts,
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--sample-every",
+        "0",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert (config["hidden_size"], config["num_layers"], config["intermediate_size"]) == (16, 1, 2048)

@@ -101,10 +101,13 @@ def train_once(splits, workers: int, run_dir):
     torch.manual_seed(0)
     model = VQVAE(
         VQVAEConfig(
-            image_size=8, channels=3, base_channels=8, num_res_blocks=1,
+            image_size=8,
+            channels=3,
+            base_channels=8,
+            num_res_blocks=1,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
         )
-    )  # fmt: skip
+    )
     data = DataConfig(random_flip=True, random_crop=True)
     cfg = TrainConfig(steps=5, batch_size=4, sample_every=0, checkpoint_every=100, num_workers=workers)
     trainer = Trainer(TokenizerTask(model, splits, in_memory_bytes=0, data=data), cfg, run_dir)

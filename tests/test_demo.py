@@ -35,8 +35,11 @@ def run(tmp_path_factory) -> Path:
     from vqgen.stages.core.registry import TOKENIZERS
 
     root = tmp_path_factory.mktemp("demo") / "run"
-    config = tokenizer_config("vqvae", {"image_size": 16, "channels": 1, "base_channels": 8, "num_res_blocks": 1},
-                              {"codebook_size": 16, "code_dim": 4})  # fmt: skip
+    config = tokenizer_config(
+        "vqvae",
+        {"image_size": 16, "channels": 1, "base_channels": 8, "num_res_blocks": 1},
+        {"codebook_size": 16, "code_dim": 4},
+    )
     tokenizer = TOKENIZERS.get(config.model_type)(config)
     save_model(tokenizer, root / "tokenizer")
     grid = config.grid_size
@@ -60,8 +63,11 @@ def demo_url(run):
     }
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "demo", str(run), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines, deadline = [], time.monotonic() + 240
     url = None
     while url is None and time.monotonic() < deadline:
@@ -153,8 +159,10 @@ def test_the_report_in_a_browser(run, browser, tmp_path):
 
     from vqgen.stages.reporting.report import write_report
 
-    history = [{"step": s, "loss": 1 / s, "bits_per_token": 4 - s / 10, "val_bits_per_token": 4.1 - s / 10}
-               for s in range(1, 6)]  # fmt: skip
+    history = [
+        {"step": s, "loss": 1 / s, "bits_per_token": 4 - s / 10, "val_bits_per_token": 4.1 - s / 10}
+        for s in range(1, 6)
+    ]
     (run / "prior-gru" / "metrics.json").write_text(
         json.dumps({"prior": {"val_bits_per_token": 3.6}, "history": history})
     )

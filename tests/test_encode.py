@@ -17,8 +17,13 @@ def tokenizer(tmp_path_factory):
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("enc") / "run"
-    config = VQVAEConfig(base_channels=8, max_channels=16, num_res_blocks=1, latent_channels=8,
-                             quantizer=QuantizerConfig(codebook_size=16, code_dim=4))  # fmt: skip
+    config = VQVAEConfig(
+        base_channels=8,
+        max_channels=16,
+        num_res_blocks=1,
+        latent_channels=8,
+        quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
+    )
     save_model(VQVAE(config), run / "tokenizer")
     return run / "tokenizer"
 
@@ -132,8 +137,15 @@ def test_encode_refusals(tmp_path, tokenizer, image_folder):
         encode(tokenizer, image_folder, tmp_path / "codes", augment="rotate")
     (tmp_path / "codes").mkdir()
     (tmp_path / "codes" / "x").write_text("keep")
-    result = run_cli("encode", "--tokenizer", str(tokenizer), "--dataset", str(image_folder),
-                     "--out", str(tmp_path / "codes"))  # fmt: skip
+    result = run_cli(
+        "encode",
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "codes"),
+    )
     assert_user_error(result, "already exists", "--overwrite")
     assert (tmp_path / "codes" / "x").read_text() == "keep"
 
@@ -164,8 +176,16 @@ def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
     from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
-    config = VQVAEConfig(image_size=8, channels=3, downsample=2, base_channels=8, max_channels=8, num_res_blocks=1,
-                         latent_channels=4, quantizer=QuantizerConfig(codebook_size=16, code_dim=4))  # fmt: skip
+    config = VQVAEConfig(
+        image_size=8,
+        channels=3,
+        downsample=2,
+        base_channels=8,
+        max_channels=8,
+        num_res_blocks=1,
+        latent_channels=4,
+        quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
+    )
     model = VQVAE(config).eval()
     save_model(model, tmp_path / "run" / "tokenizer")
     data = stream_cfg(write_shards(tmp_path / "wds"))
@@ -211,7 +231,17 @@ def test_tokenize_refuses_a_ten_crop_its_images_cannot_give(tmp_path, image_fold
     from conftest import TINY_TOKENIZER_FLAGS
 
     run = tmp_path / "run"
-    result = run_cli("tokenize", "--run", str(run), "--dataset", str(image_folder), "--image-size", "8",
-                     "--augment", "ten-crop", *TINY_TOKENIZER_FLAGS)  # fmt: skip
+    result = run_cli(
+        "tokenize",
+        "--run",
+        str(run),
+        "--dataset",
+        str(image_folder),
+        "--image-size",
+        "8",
+        "--augment",
+        "ten-crop",
+        *TINY_TOKENIZER_FLAGS,
+    )
     assert_user_error(result, "--augment ten-crop", "at least 10 px")
     assert not run.exists()  # refused before anything was read or trained

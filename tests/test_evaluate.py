@@ -139,8 +139,12 @@ def tiny_run(tmp_path_factory, image_folder):
     tiny = {"gru": {"embed_dim": "16", "hidden_size": "16", "num_layers": "1"},
             "transformer": {"hidden_size": "16", "num_layers": "1", "num_heads": "2", "intermediate_size": "32"}}  # fmt: skip
     for name, options in tiny.items():
-        cfg = PriorTrainConfig(codes=str(run / "codes"), prior=name, prior_options=options,
-                               train=TrainConfig(steps=3, batch_size=8, sample_every=0))  # fmt: skip
+        cfg = PriorTrainConfig(
+            codes=str(run / "codes"),
+            prior=name,
+            prior_options=options,
+            train=TrainConfig(steps=3, batch_size=8, sample_every=0),
+        )
         run_train_prior(cfg)
     return run
 
@@ -169,8 +173,16 @@ def test_evaluate_a_tiny_run(tiny_run, image_folder, digits, tmp_path, monkeypat
     assert written["floor"]["fid"] >= 0 and 0 <= written["floor"]["precision"] <= 1
     assert sorted(written["priors"]) == ["gru", "transformer"]
     for r in written["priors"].values():
-        for key in ("val_bits_per_token", "val_bits_per_dim", "gfid", "precision", "recall", "class_accuracy",
-                    "worst_class_accuracy", "tokens_per_s"):  # fmt: skip
+        for key in (
+            "val_bits_per_token",
+            "val_bits_per_dim",
+            "gfid",
+            "precision",
+            "recall",
+            "class_accuracy",
+            "worst_class_accuracy",
+            "tokens_per_s",
+        ):
             assert r[key] is not None, key
         assert r["gfid"] >= 0 and 0 <= r["class_accuracy"] <= 1 and r["n_samples"] == 20
         assert 0 <= r["near_blank_share"] <= 1 and 0 <= r["copy_share"] <= 1
@@ -186,8 +198,10 @@ def test_evaluate_a_tiny_run(tiny_run, image_folder, digits, tmp_path, monkeypat
         run_evaluate(EvaluateConfig(run_dir=str(tiny_run), **TINY_EVAL))
 
     # the comparison reuses the evaluation and draws the plot (PIL when matplotlib is absent)
-    rows = run_compare(CompareConfig(paths=[str(tiny_run / "prior-gru"), str(tiny_run / "prior-transformer")]),
-                       log=lines.append)  # fmt: skip
+    rows = run_compare(
+        CompareConfig(paths=[str(tiny_run / "prior-gru"), str(tiny_run / "prior-transformer")]),
+        log=lines.append,
+    )
     assert [r["name"] for r in rows] == ["gru", "transformer"]
     assert "| transformer |" in (tiny_run / "eval" / "compare.md").read_text()
     assert Image.open(tiny_run / "eval" / "compare.png").size[0] > 100

@@ -42,9 +42,19 @@ def test_entry_points_are_listed_with_their_source(installed):
 def test_example_prior_and_plugin_run_through_the_cli(installed, tmp_path, image_folder):
     run = tmp_path / "run"
     tok = run_cli(
-        "tokenize", "--run", str(run), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS, "--steps", "3",
-        "--plugin", "l1", "--plugin-opt", "l1.weight=0.5",
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        str(run),
+        "--dataset",
+        str(image_folder),
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "3",
+        "--plugin",
+        "l1",
+        "--plugin-opt",
+        "l1.weight=0.5",
+    )
     assert tok.returncode == 0, tok.stderr[-3000:]
     assert "l1" in (run / "run_config.json").read_text()
     prior = run_cli(

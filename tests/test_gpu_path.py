@@ -196,14 +196,22 @@ def test_at_most_one_host_sync_per_step(splits, tmp_path, monkeypatch, stage):
         }
         gen = torch.Generator().manual_seed(0)
         codes = CodeSplits(
-            torch.randint(0, 16, (64, 7, 7), generator=gen), torch.randint(0, 10, (64,), generator=gen),
-            torch.randint(0, 16, (8, 7, 7), generator=gen), torch.randint(0, 10, (8,), generator=gen), meta,
-        )  # fmt: skip
+            torch.randint(0, 16, (64, 7, 7), generator=gen),
+            torch.randint(0, 10, (64,), generator=gen),
+            torch.randint(0, 16, (8, 7, 7), generator=gen),
+            torch.randint(0, 10, (8,), generator=gen),
+            meta,
+        )
         prior = build_prior("gru", meta, {"embed_dim": "16", "hidden_size": "16", "num_layers": "1"})
         cfg = TrainConfig(
-            steps=20, batch_size=8, sample_every=0, log_every=1000, checkpoint_every=1000, snapshot_every=0,
+            steps=20,
+            batch_size=8,
+            sample_every=0,
+            log_every=1000,
+            checkpoint_every=1000,
+            snapshot_every=0,
             mixed_precision="no",
-        )  # fmt: skip
+        )
         trainer = Trainer(PriorTask(prior, codes), cfg, tmp_path)
     warm_up, measured = 2, 15
     for _ in range(warm_up):  # k-means initialisation reads the device once, on the first step
@@ -345,14 +353,37 @@ def tiny_run(tmp_path_factory, image_folder):
 
     run = tmp_path_factory.mktemp("device") / "run"
     code = cli(
-        "tokenize", "--run", str(run), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS, "--steps", "3",
-        "--device", "cpu",
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        str(run),
+        "--dataset",
+        str(image_folder),
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+    )
     assert code == 0
     code = cli(
-        "train-prior", "--prior", "gru", "--codes", str(run / "codes"), "--steps", "3", "--batch-size", "8",
-        "--sample-every", "0", "--prior-opt", "embed_dim=16", "--prior-opt", "hidden_size=16", "--device", "cpu",
-    )  # fmt: skip
+        "train-prior",
+        "--prior",
+        "gru",
+        "--codes",
+        str(run / "codes"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        "--prior-opt",
+        "embed_dim=16",
+        "--prior-opt",
+        "hidden_size=16",
+        "--device",
+        "cpu",
+    )
     assert code == 0
     return run
 
@@ -365,9 +396,18 @@ def test_device_cpu_on_every_command(tiny_run, tmp_path):
     prior_saved = json.loads((tiny_run / "prior-gru" / "run_config.json").read_text())
     assert prior_saved["train"]["device"] == "cpu"
     code = cli(
-        "generate", "--prior", str(tiny_run / "prior-gru"), "--n", "4", "--label", "3",
-        "--out", str(tmp_path / "g.png"), "--device", "cpu",
-    )  # fmt: skip
+        "generate",
+        "--prior",
+        str(tiny_run / "prior-gru"),
+        "--n",
+        "4",
+        "--label",
+        "3",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--device",
+        "cpu",
+    )
     assert code == 0 and (tmp_path / "g.png").is_file()
     code = cli(
         "push", str(tiny_run), "--repo-id", "me/tiny", "--dry-run", str(tmp_path / "pub"), "--device", "cpu"
@@ -380,9 +420,14 @@ def test_evaluate_device_cpu(tiny_run):
     from vqgen.stages.evaluation.settings import EvaluateConfig
 
     cfg = EvaluateConfig(
-        run_dir=str(tiny_run), n_samples=20, features="classifier", device="cpu", classifier_epochs=1,
-        classifier_width=4, batch_size=50,
-    )  # fmt: skip
+        run_dir=str(tiny_run),
+        n_samples=20,
+        features="classifier",
+        device="cpu",
+        classifier_epochs=1,
+        classifier_width=4,
+        batch_size=50,
+    )
     run_evaluate(cfg, log=lambda line: None)
     assert '"device": "cpu"' in (tiny_run / "eval" / "metrics.json").read_text()
 

@@ -268,7 +268,20 @@ def test_push_end_to_end_against_a_stand_in_hub(run, tmp_path, monkeypatch):
         push = ["push", str(run), "--repo-id", "alice/tiny-vqgen", "--private", "--revision", "dev"]
         pushed = run_cli(*push, "--with-training-state", env=env)
         assert pushed.returncode == 0, pushed.stderr[-3000:]
-        from_hub = run_cli("generate", "--from", "alice/tiny-vqgen", "--revision", "dev", "--label", "3", "--n", "4", "--out", str(tmp_path / "hub.png"), env=env)  # fmt: skip
+        from_hub = run_cli(
+            "generate",
+            "--from",
+            "alice/tiny-vqgen",
+            "--revision",
+            "dev",
+            "--label",
+            "3",
+            "--n",
+            "4",
+            "--out",
+            str(tmp_path / "hub.png"),
+            env=env,
+        )
         assert from_hub.returncode == 0, from_hub.stderr[-3000:]
         first = dict(hub.files("alice/tiny-vqgen", "dev"))
         # pushing again (in-process, to the same stand-in) replaces the contents: no stale training state
@@ -314,7 +327,20 @@ def test_push_end_to_end_against_a_stand_in_hub(run, tmp_path, monkeypatch):
     )
     assert local.returncode == 0, local.stderr[-3000:]
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
-    cached = run_cli("generate", "--from", "alice/tiny-vqgen", "--revision", "dev", "--label", "3", "--n", "4", "--out", str(tmp_path / "cached.png"), env=env)  # fmt: skip
+    cached = run_cli(
+        "generate",
+        "--from",
+        "alice/tiny-vqgen",
+        "--revision",
+        "dev",
+        "--label",
+        "3",
+        "--n",
+        "4",
+        "--out",
+        str(tmp_path / "cached.png"),
+        env=env,
+    )
     assert cached.returncode == 0, cached.stderr[-3000:]
     for name in ("hub.png", "cached.png"):
         assert (tmp_path / name).read_bytes() == (tmp_path / "local.png").read_bytes()

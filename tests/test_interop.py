@@ -45,8 +45,12 @@ def test_llamagen_vq_import_matches_llamagen(tmp_path, llamagen_tiny):
     ref = llamagen_tiny
     ckpt = tmp_path / "vq_tiny.pt"
     torch.save({"model": seeded_weights(ref["shapes"], ref["seed"]), "steps": 10}, ckpt)
-    options = dict(model="VQ-tiny", codebook_size=ref["codebook_size"],
-                   codebook_embed_dim=ref["codebook_embed_dim"], image_size=ref["image_size"])  # fmt: skip
+    options = dict(
+        model="VQ-tiny",
+        codebook_size=ref["codebook_size"],
+        codebook_embed_dim=ref["codebook_embed_dim"],
+        image_size=ref["image_size"],
+    )
     run_import(ImportConfig("llamagen-vq", str(ckpt), str(tmp_path / "run"), options=options))
     folder = tmp_path / "run" / "tokenizer"
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]

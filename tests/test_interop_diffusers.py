@@ -12,11 +12,18 @@ from diffusers import VQModel
 from fixtures.reference import seeded_images, seeded_weights
 
 TINY = dict(
-    in_channels=3, out_channels=3, block_out_channels=(32, 64),
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(32, 64),
     down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
     up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
-    layers_per_block=1, latent_channels=8, vq_embed_dim=4, num_vq_embeddings=64, norm_num_groups=32, sample_size=16,
-)  # fmt: skip
+    layers_per_block=1,
+    latent_channels=8,
+    vq_embed_dim=4,
+    num_vq_embeddings=64,
+    norm_num_groups=32,
+    sample_size=16,
+)
 
 
 def diffusers_model(**changes) -> VQModel:
@@ -89,9 +96,13 @@ def test_a_vqgen_vqgan_opens_in_diffusers_and_reconstructs_the_same(tmp_path):
 
     torch.manual_seed(0)
     config = VQGANConfig(
-        image_size=16, channels=3, base_channels=32, ch_mult=[1, 2], latent_channels=8,
+        image_size=16,
+        channels=3,
+        base_channels=32,
+        ch_mult=[1, 2],
+        latent_channels=8,
         quantizer=QuantizerConfig(codebook_size=64, code_dim=4),
-    )  # fmt: skip
+    )
     model = VQGAN(config).eval()
     save_model(model, tmp_path / "tokenizer")
     run_export(ExportConfig(str(tmp_path / "tokenizer"), "diffusers", str(tmp_path / "out")))
@@ -116,8 +127,14 @@ def test_export_refuses_what_a_vqmodel_cannot_hold(tmp_path):
     from vqgen.stages.tokenizer.vqgan import VQGAN, VQGANConfig
     from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-    cosine = VQGANConfig(image_size=16, channels=3, base_channels=32, ch_mult=[1, 2], latent_channels=8,
-                         quantizer=QuantizerConfig(codebook_size=64, code_dim=4, cosine=True))  # fmt: skip
+    cosine = VQGANConfig(
+        image_size=16,
+        channels=3,
+        base_channels=32,
+        ch_mult=[1, 2],
+        latent_channels=8,
+        quantizer=QuantizerConfig(codebook_size=64, code_dim=4, cosine=True),
+    )
     save_model(VQGAN(cosine), tmp_path / "cosine")
     result = run_cli(
         "export", str(tmp_path / "cosine"), "--format", "diffusers", "--out", str(tmp_path / "out")

@@ -34,8 +34,9 @@ def tokenizer(codebook_size: int = C["vocab_size"], image_size: int = 24):
 
     torch.manual_seed(0)
     q = QuantizerConfig(codebook_size=codebook_size, code_dim=4, init="random")
-    config = VQVAEConfig(image_size=image_size, downsample=4, base_channels=8, num_res_blocks=1,
-                             latent_channels=8, quantizer=q)  # fmt: skip
+    config = VQVAEConfig(
+        image_size=image_size, downsample=4, base_channels=8, num_res_blocks=1, latent_channels=8, quantizer=q
+    )
     return VQVAE(config).eval()
 
 
@@ -118,8 +119,19 @@ def test_the_imported_folder_says_where_it_came_from(imported, run):
 
 
 def test_generate_samples_the_imported_prior(imported, run):
-    result = run_cli("generate", "--prior", str(run / "prior-gpt-tiny"), "--label", "3", "--n", "2",
-                     "--top-k", "1", "--out", str(run / "threes.png"))  # fmt: skip
+    result = run_cli(
+        "generate",
+        "--prior",
+        str(run / "prior-gpt-tiny"),
+        "--label",
+        "3",
+        "--n",
+        "2",
+        "--top-k",
+        "1",
+        "--out",
+        str(run / "threes.png"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((run / "threes").glob("*_label3.png"))) == 2
 
@@ -172,9 +184,21 @@ def test_a_pickle_that_needs_code_is_refused(tmp_path, capsys):
 def test_drop_path_acts_in_training_only():
     """Stochastic depth rises from 0 at the first block to drop_path at the last, and only while training."""
     codes = EXPECTED["codes"].view(-1, GRID, GRID)
-    config = LlamaGenPriorConfig(vocab_size=64, grid_height=GRID, grid_width=GRID, num_classes=10, hidden_size=32,
-                                 num_layers=3, num_heads=2, multiple_of=32, token_dropout=0, resid_dropout=0,
-                                 ffn_dropout=0, label_dropout=0, drop_path=0.5)  # fmt: skip
+    config = LlamaGenPriorConfig(
+        vocab_size=64,
+        grid_height=GRID,
+        grid_width=GRID,
+        num_classes=10,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=2,
+        multiple_of=32,
+        token_dropout=0,
+        resid_dropout=0,
+        ffn_dropout=0,
+        label_dropout=0,
+        drop_path=0.5,
+    )
     torch.manual_seed(0)
     model = LlamaGenPrior(config)
     torch.nn.init.normal_(model.head.weight)

@@ -23,8 +23,13 @@ REFERENCE = json.loads(
 def config_of(name: str, size: str, grid: int):
     config_class = typing.get_type_hints(PRIORS.get(name).__init__)["config"]
     fields = config_class.sizes()[size]
-    return config_class(vocab_size=REFERENCE["vocab_size"], grid_height=grid, grid_width=grid,
-                        num_classes=REFERENCE["num_classes"], **fields)  # fmt: skip
+    return config_class(
+        vocab_size=REFERENCE["vocab_size"],
+        grid_height=grid,
+        grid_width=grid,
+        num_classes=REFERENCE["num_classes"],
+        **fields,
+    )
 
 
 @pytest.mark.parametrize(("size", "grid"), [(size, 16) for size in SIZES] + [("B", 24)])

@@ -112,9 +112,13 @@ def test_codebook_smaller_than_two_is_rejected():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    k=st.integers(2, 32), d=st.integers(1, 8), b=st.integers(1, 3), h=st.integers(1, 5),
-    cosine=st.booleans(), update=st.sampled_from(["ema", "grad"]),
-)  # fmt: skip
+    k=st.integers(2, 32),
+    d=st.integers(1, 8),
+    b=st.integers(1, 3),
+    h=st.integers(1, 5),
+    cosine=st.booleans(),
+    update=st.sampled_from(["ema", "grad"]),
+)
 def test_quantizer_properties(k, d, b, h, cosine, update):
     """For any shape: codes in range, z_q equals the looked-up codes, loss finite and non-negative."""
     vq = VectorQuantizer(

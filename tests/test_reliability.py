@@ -21,9 +21,13 @@ from vqgen.stages.core.errors import UserError
 def cli_process(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_commands_on_one_run_folder_one_proceeds(tmp_path, image_folder):
@@ -136,8 +140,16 @@ def tiny_prior(tmp_path) -> Path:
     from vqgen.priors.gru import GRUPrior, GRUPriorConfig
     from vqgen.stages.artifacts.models import save_model
 
-    config = GRUPriorConfig(vocab_size=16, grid_height=4, grid_width=4, num_classes=3, embed_dim=8, hidden_size=8,
-                            num_layers=1, dropout=0.0)  # fmt: skip
+    config = GRUPriorConfig(
+        vocab_size=16,
+        grid_height=4,
+        grid_width=4,
+        num_classes=3,
+        embed_dim=8,
+        hidden_size=8,
+        num_layers=1,
+        dropout=0.0,
+    )
     folder = tmp_path / "prior"
     save_model(GRUPrior(config), folder)
     return folder
@@ -181,8 +193,13 @@ def test_a_config_edited_to_a_million_layers_is_refused_at_once(tiny_prior):
         "print(json.dumps({'seconds': time.perf_counter() - t, 'message': message,\n"
         "    'rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tiny_prior), str(tiny_prior.parent / "intact")], cwd=ROOT.parent, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_prior), str(tiny_prior.parent / "intact")],
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["message"] and "far larger than model.safetensors" in result["message"], result
@@ -194,24 +211,45 @@ def test_a_config_edited_to_a_million_layers_is_refused_at_once(tiny_prior):
 @pytest.mark.parametrize(
     "edit,fragments",
     [
-        pytest.param(lambda t: t.update({k: v.bfloat16() for k, v in t.items() if v.is_floating_point()}),
-                     ("is BF16", "float32"), id="bf16"),
-        pytest.param(lambda t: t.update({k: v.half() for k, v in t.items() if v.is_floating_point()}),
-                     ("is F16", "float32"), id="fp16"),
-        pytest.param(lambda t: t.update({first_float(t): (t[first_float(t)] * 100).to(__import__("torch").int8)}),
-                     ("is I8",), id="int8"),
+        pytest.param(
+            lambda t: t.update({k: v.bfloat16() for k, v in t.items() if v.is_floating_point()}),
+            ("is BF16", "float32"),
+            id="bf16",
+        ),
+        pytest.param(
+            lambda t: t.update({k: v.half() for k, v in t.items() if v.is_floating_point()}),
+            ("is F16", "float32"),
+            id="fp16",
+        ),
+        pytest.param(
+            lambda t: t.update({first_float(t): (t[first_float(t)] * 100).to(__import__("torch").int8)}),
+            ("is I8",),
+            id="int8",
+        ),
         pytest.param(lambda t: t.update({first_float(t): t[first_float(t)] > 0}), ("is BOOL",), id="bool"),
-        pytest.param(lambda t: t.update({k: v * float("nan") for k, v in t.items() if v.is_floating_point()}),
-                     ("NaN or infinite",), id="all-nan"),
-        pytest.param(lambda t: t[first_float(t)].view(-1).__setitem__(0, float("inf")), ("1 NaN or infinite",),
-                     id="one-inf"),
-        pytest.param(lambda t: t.update({first_float(t): t[first_float(t)].reshape(-1)[:-1].clone()}),
-                     ("size mismatch for",), id="wrong-shape"),
+        pytest.param(
+            lambda t: t.update({k: v * float("nan") for k, v in t.items() if v.is_floating_point()}),
+            ("NaN or infinite",),
+            id="all-nan",
+        ),
+        pytest.param(
+            lambda t: t[first_float(t)].view(-1).__setitem__(0, float("inf")),
+            ("1 NaN or infinite",),
+            id="one-inf",
+        ),
+        pytest.param(
+            lambda t: t.update({first_float(t): t[first_float(t)].reshape(-1)[:-1].clone()}),
+            ("size mismatch for",),
+            id="wrong-shape",
+        ),
         pytest.param(lambda t: t.pop(first_float(t)), ("missing tensor(s)",), id="missing-tensor"),
-        pytest.param(lambda t: t.update(extra=t[first_float(t)].clone()), ("unexpected tensor(s) extra",),
-                     id="extra-tensor"),
+        pytest.param(
+            lambda t: t.update(extra=t[first_float(t)].clone()),
+            ("unexpected tensor(s) extra",),
+            id="extra-tensor",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_weights_are_refused_in_one_line(tiny_prior, edit, fragments):
     from safetensors.torch import load_file
     from vqgen.stages.artifacts.models import load_prior
@@ -234,8 +272,9 @@ def test_integer_and_bool_buffers_of_a_tokenizer_still_load(tmp_path):
     from vqgen.stages.tokenizer.base import QuantizerConfig
     from vqgen.stages.tokenizer.vqvae import VQVAE, VQVAEConfig
 
-    model = VQVAE(VQVAEConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8,
-                                                                                                code_dim=4)))  # fmt: skip
+    model = VQVAE(
+        VQVAEConfig(base_channels=8, num_res_blocks=1, quantizer=QuantizerConfig(codebook_size=8, code_dim=4))
+    )
     save_model(model, tmp_path / "tok")
     loaded = load_tokenizer(tmp_path / "tok")
     assert loaded.quantizer.steps.dtype == model.quantizer.steps.dtype
@@ -336,7 +375,7 @@ def test_secrets_never_printed_or_written(tmp_path, image_folder, echo_hub, cred
             str(image_folder),
             *TINY_TOKENIZER_FLAGS,
             env=env,
-        ),  # fmt: skip
+        ),
         run_cli(
             "tokenize",
             "--dataset",
@@ -345,7 +384,7 @@ def test_secrets_never_printed_or_written(tmp_path, image_folder, echo_hub, cred
             str(out / "run2"),
             *TINY_TOKENIZER_FLAGS,
             env=env,
-        ),  # fmt: skip
+        ),
     ]
     assert seen, "the stand-in Hub was never asked"
     if credentials == "token":
@@ -377,9 +416,14 @@ def test_published_training_state_has_no_local_paths(tmp_path):
     for kind in placed:
         published = json.loads((out / "training_state" / kind / "run_config.json").read_text())
         assert published == {
-            "run_dir": "run", "tokenizer": "tok", "data": {"dataset": "digits"}, "codes": "codes",
-            "plugins": ["gan"], "seed": 0, "hub": "owner/name",
-        }  # fmt: skip
+            "run_dir": "run",
+            "tokenizer": "tok",
+            "data": {"dataset": "digits"},
+            "codes": "codes",
+            "plugins": ["gan"],
+            "seed": 0,
+            "hub": "owner/name",
+        }
     text = all_text_under(out / "training_state")
     assert str(tmp_path) not in text and home not in text
 
@@ -583,9 +627,15 @@ def test_push_never_prints_or_writes_secrets(tmp_path, image_folder, echo_hub, c
 
 def test_dot_dot_in_a_path_creates_no_folder_on_the_way(tmp_path, image_folder):
     result = run_cli(
-        "tokenize", "--run", str(tmp_path / "never" / ".." / "run"), "--dataset", str(image_folder),
-        *TINY_TOKENIZER_FLAGS, "--steps", "1",
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        str(tmp_path / "never" / ".." / "run"),
+        "--dataset",
+        str(image_folder),
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

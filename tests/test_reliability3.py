@@ -102,9 +102,23 @@ def test_a_killed_overwrite_puts_the_old_run_back(tmp_path, finished, image_fold
     args = ["--run", str(run), "--dataset", str(image_folder), *TINY_TOKENIZER_FLAGS]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "tokenize", *args, "--steps", "100000", "--checkpoint-every",
-         "100000", "--overwrite"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "tokenize",
+            *args,
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "100000",
+            "--overwrite",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run / replaced.ASIDE).is_dir():
@@ -347,9 +361,14 @@ def test_a_file_size_limit_is_one_line(finished, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"}, preexec_fn=limited, timeout=300,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        preexec_fn=limited,
+        timeout=300,
+    )
     from conftest import assert_user_error
 
     assert_user_error(result, "file-size limit", str(out / "checkpoints"))
@@ -424,11 +443,28 @@ def test_a_killed_data_worker_is_one_line(tmp_path, image_folder):
     checkpoint kept."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "tokenize", "--run", str(run), "--dataset", str(image_folder),
-         *TINY_TOKENIZER_FLAGS, "--num-workers", "1", "--steps", "100000", "--checkpoint-every", "5"],
-        cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "tokenize",
+            "--run",
+            str(run),
+            "--dataset",
+            str(image_folder),
+            *TINY_TOKENIZER_FLAGS,
+            "--num-workers",
+            "1",
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "5",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 120
         while not list((run / "checkpoints").glob("step_*")):
@@ -452,9 +488,16 @@ def test_a_killed_data_worker_is_one_line(tmp_path, image_folder):
 def test_an_unknown_compile_backend_is_one_line_in_training(tmp_path, image_folder, monkeypatch):
     monkeypatch.setenv("VQGEN_COMPILE_BACKEND", "no-such-backend")
     answer = call_cli(
-        "tokenize", "--run", tmp_path / "run", "--dataset", image_folder, *TINY_TOKENIZER_FLAGS, "--steps", "1",
+        "tokenize",
+        "--run",
+        tmp_path / "run",
+        "--dataset",
+        image_folder,
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "1",
         "--compile",
-    )  # fmt: skip
+    )
     assert_one_line_error(answer, "$VQGEN_COMPILE_BACKEND='no-such-backend' is not a torch.compile backend")
     assert not (tmp_path / "run").exists()
 
@@ -467,9 +510,18 @@ def test_a_parquet_image_column_of_numbers_is_one_line(tmp_path):
     data.mkdir()
     pq.write_table(pa.table({"image": list(range(64)), "label": [0] * 64}), data / "part-0.parquet")
     answer = call_cli(
-        "tokenize", "--run", tmp_path / "run", "--dataset", data, "--streaming", "--heldout-size", "8",
-        *TINY_TOKENIZER_FLAGS, "--steps", "1",
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        tmp_path / "run",
+        "--dataset",
+        data,
+        "--streaming",
+        "--heldout-size",
+        "8",
+        *TINY_TOKENIZER_FLAGS,
+        "--steps",
+        "1",
+    )
     assert_one_line_error(answer, "the column 'image' holds int values, not images", "--image-column")
 
 

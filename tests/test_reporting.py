@@ -58,15 +58,38 @@ def trained(tmp_path_factory, image_folder):
     run = tmp_path_factory.mktemp("report") / "run"
     tiny = TINY_TOKENIZER_FLAGS[: TINY_TOKENIZER_FLAGS.index("--sample-every")]
     result = run_cli(
-        "tokenize", "--run", str(run), "--dataset", str(image_folder), "--steps", "4",
-        *tiny, "--sample-every", "2", "--log-with", "trackio", env={"TRACKIO_DIR": str(run.parent / "trackio")},
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        str(run),
+        "--dataset",
+        str(image_folder),
+        "--steps",
+        "4",
+        *tiny,
+        "--sample-every",
+        "2",
+        "--log-with",
+        "trackio",
+        env={"TRACKIO_DIR": str(run.parent / "trackio")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run.parent / "tokenize.log").write_text(result.stderr)
     result = run_cli(
-        "train-prior", "--prior", "gru", "--codes", str(run / "codes"), "--steps", "4", "--batch-size", "8",
-        "--sample-every", "2", "--eval-every", "2", *TINY_PRIOR,
-    )  # fmt: skip
+        "train-prior",
+        "--prior",
+        "gru",
+        "--codes",
+        str(run / "codes"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "2",
+        "--eval-every",
+        "2",
+        *TINY_PRIOR,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return run
 

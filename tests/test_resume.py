@@ -291,9 +291,21 @@ def gru_prior(codes_run) -> Path:
     out = codes_run / "prior-gru"
     opts = [f for o in TINY_PRIOR_OPTIONS["gru"] for f in ("--prior-opt", o)]
     cli_in_process(
-        "train-prior", "--prior", "gru", "--codes", str(codes_run / "codes"), "--out", str(out), "--steps", "3",
-        "--batch-size", "8", "--sample-every", "0", *opts,
-    )  # fmt: skip
+        "train-prior",
+        "--prior",
+        "gru",
+        "--codes",
+        str(codes_run / "codes"),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        *opts,
+    )
     return out
 
 

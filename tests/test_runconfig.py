@@ -120,9 +120,13 @@ def test_options_convert_lists_tuples_enums_and_literals():
 
 @pytest.mark.parametrize(
     "options,fragment",
-    [({"pair": "1,2,3"}, "expected 2"), ({"loss": "nope"}, "one of hinge, lsq"), ({"kind": "c"}, "one of a, b"),
-     ({"mult": "1,x"}, "expected int")],
-)  # fmt: skip
+    [
+        ({"pair": "1,2,3"}, "expected 2"),
+        ({"loss": "nope"}, "one of hinge, lsq"),
+        ({"kind": "c"}, "one of a, b"),
+        ({"mult": "1,x"}, "expected int"),
+    ],
+)
 def test_options_refuse_what_does_not_convert(options, fragment):
     with pytest.raises(ValueError, match=fragment):
         parse_options("p", Typed, options)

@@ -129,8 +129,14 @@ def test_fsdp_killed_then_resumed_is_exact(runs, codes, tmp_path):
     run = tmp_path / "killed"
     args = train_args(codes, run, 4)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(launch_cmd(2, "fsdp", *args), cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        launch_cmd(2, "fsdp", *args),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (run / "checkpoints" / "step_0000002").is_dir():

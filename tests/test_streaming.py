@@ -91,10 +91,13 @@ def make_trainer(splits, run_dir, steps=10):
     torch.manual_seed(0)
     model = VQVAE(
         VQVAEConfig(
-            image_size=8, channels=3, base_channels=8, num_res_blocks=1,
+            image_size=8,
+            channels=3,
+            base_channels=8,
+            num_res_blocks=1,
             quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
         )
-    )  # fmt: skip
+    )
     cfg = TrainConfig(
         steps=steps, batch_size=4, sample_every=0, checkpoint_every=3, record_data_order=True, warmup_steps=2
     )
@@ -153,9 +156,12 @@ def test_a_streamed_run_is_evaluated_on_the_first_samples_of_its_stream(tmp_path
     assert torch.equal(pixel_tensor(reference), first)
 
     model = VQVAEConfig(
-        image_size=8, channels=3, base_channels=8, num_res_blocks=1,
+        image_size=8,
+        channels=3,
+        base_channels=8,
+        num_res_blocks=1,
         quantizer=QuantizerConfig(codebook_size=16, code_dim=4),
-    )  # fmt: skip
+    )
     run = tmp_path / "run"
     train = TrainConfig(steps=2, batch_size=4, sample_every=0)
     run_tokenize(TokenizeConfig(run_dir=str(run), data=stream_cfg(shards), model=model, train=train))

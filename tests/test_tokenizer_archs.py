@@ -121,15 +121,29 @@ def test_a_prior_trained_on_other_codes_is_refused(runs, tmp_path):
         runs["vqgan", "vq"] / "tokenizer"
     )  # same K and grid as the vqvae run's: only the fingerprint differs
     answer = call_cli(
-        "generate", "--prior", runs["vqvae", "vq"] / "prior-gru", "--tokenizer", other, "--n", "2",
-        "--out", tmp_path / "g.png",
-    )  # fmt: skip
+        "generate",
+        "--prior",
+        runs["vqvae", "vq"] / "prior-gru",
+        "--tokenizer",
+        other,
+        "--n",
+        "2",
+        "--out",
+        tmp_path / "g.png",
+    )
     one_line_error(answer, "the prior was trained on tokenizer")
     lfq = runs["vqvae", "lfq"] / "tokenizer"
     answer = call_cli(
-        "generate", "--prior", runs["vqgan", "fsq"] / "prior-gru", "--tokenizer", lfq, "--n", "2",
-        "--out", tmp_path / "g.png",
-    )  # fmt: skip
+        "generate",
+        "--prior",
+        runs["vqgan", "fsq"] / "prior-gru",
+        "--tokenizer",
+        lfq,
+        "--n",
+        "2",
+        "--out",
+        tmp_path / "g.png",
+    )
     one_line_error(answer, "not on this one")
     assert not (tmp_path / "g.png").exists()
 
@@ -160,10 +174,28 @@ def test_vqgan_f16_at_256_px_end_to_end(tmp_path, image_folder):
     config.write_text("base_channels: 4\nlatent_channels: 8\nnum_res_blocks: 1\n")
     run = tmp_path / "run"
     answer = call_cli(
-        "tokenize", "--run", run, "--dataset", few, "--arch", "vqgan-f16", "--image-size", "256",
-        "--config", config, "--codebook-size", "16", "--code-dim", "4", "--steps", "2", "--batch-size", "1",
-        "--sample-every", "0",
-    )  # fmt: skip
+        "tokenize",
+        "--run",
+        run,
+        "--dataset",
+        few,
+        "--arch",
+        "vqgan-f16",
+        "--image-size",
+        "256",
+        "--config",
+        config,
+        "--codebook-size",
+        "16",
+        "--code-dim",
+        "4",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--sample-every",
+        "0",
+    )
     ok(answer)
     model = json.loads((run / "tokenizer" / "config.json").read_text())
     assert model["ch_mult"] == [1, 1, 2, 2, 4] and model["image_size"] == 256 and model["base_channels"] == 4
