@@ -353,3 +353,45 @@ def test_the_wheel_holds_vqgen_only(tmp_path):
     for name in (*expected, "stages/data/assets/mnist5k-train.parquet"):
         assert f"vqgen/{name}" in names, name
     assert not [n for n in names if n.startswith(("vqgen/tests/", "vqgen/benchmarks/", "vqgen/examples/"))]
+
+
+# --- the picture of the house (docs/house.md) names the rooms there are --------------------------------------------
+
+
+def house_rooms(root: Path = ROOT) -> tuple[set[str], set[str], set[str]]:
+    """(the rooms on disk, the rooms in docs/house.md's table, the middle rooms in its picture). A room: every
+    folder of stages/ with an __init__.py, stages/pipeline.py, and the other package folders and cli.py."""
+    stages = root / "stages"
+    on_disk = {f"stages/{p.name}/" for p in stages.iterdir() if (p / "__init__.py").is_file()}
+    on_disk |= {"stages/pipeline.py", "cli.py"} | {f"{d}/" for d in PACKAGE_DIRS if d != "stages"}
+    text = (root / "docs" / "house.md").read_text()
+    table = {line.split("`")[1] for line in text.splitlines() if line.startswith("| `")}
+    picture = text.split("```")[1]
+    middle = next(line for line in picture.splitlines() if "middle:" in line).split("middle:")[0].split()
+    return on_disk, table, set(middle)
+
+
+def test_the_picture_of_the_house_names_every_room():
+    on_disk, table, middle = house_rooms()
+    assert table == on_disk, "docs/house.md's table of rooms differs from the folders"
+    assert middle == set(MIDDLE), "docs/house.md's picture differs from the layer test's middle rooms"
+
+
+def test_the_house_check_catches_a_room_missing_from_the_docs(tmp_path):
+    for rel in ("stages/core", "stages/data", "stages/newroom", *PACKAGE_DIRS):
+        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel / "__init__.py").write_text("")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "house.md").write_text(
+        "```\n  data   middle: x\n```\n| `stages/core/` | a |\n| `stages/data/` | b |\n"
+    )
+    on_disk, table, middle = house_rooms(tmp_path)
+    assert on_disk - table == {
+        "stages/newroom/",
+        "stages/pipeline.py",
+        "cli.py",
+        "priors/",
+        "plugins/",
+        "command_line/",
+    }
+    assert middle == {"data"}
