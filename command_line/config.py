@@ -129,7 +129,7 @@ def tokenize_config(
     plugin_options: list[str],
     overwrite: bool,
     resume: bool,
-    augment: str = "none",
+    augment: str = "auto",
 ):
     """The TokenizeConfig that `vqgen tokenize`'s flags ask for: the architecture or preset `arch` with the given
     `model` and `quantizer` fields changed (None: the preset's value; `quantizer["levels"]` as the flag's text),

@@ -34,6 +34,7 @@ Device = Annotated[
 
 
 class AugmentChoice(str, Enum):
+    auto = "auto"
     none = "none"
     flip = "flip"
     ten_crop = "ten-crop"
@@ -42,7 +43,8 @@ class AugmentChoice(str, Enum):
 AugmentOption = Annotated[
     AugmentChoice,
     typer.Option(
-        help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10)."
+        help="Also store the codes of each training image's augmented views: flip (2), ten-crop (10); "
+        "auto: flip for RGB images, none for grey ones."
     ),
 ]
 PluginNames = Annotated[

@@ -91,7 +91,7 @@ def tokenize(
     beta: BetaOption = None,
     plugin: PluginNames = [],  # noqa: B006
     plugin_opt: PluginOpts = [],  # noqa: B006
-    augment: AugmentOption = AugmentChoice.none,
+    augment: AugmentOption = AugmentChoice.auto,
     overwrite: Overwrite = False,
     resume: Resume = False,
 ) -> None:
@@ -264,7 +264,7 @@ def encode(
     streaming: StreamingOption = False,
     shuffle_buffer: ShuffleBufferOption = 1000,
     heldout_size: HeldoutSizeOption = 500,
-    augment: AugmentOption = AugmentChoice.none,
+    augment: AugmentOption = AugmentChoice.auto,
     batch_size: Annotated[int, typer.Option(min=1, max=65536, help="Images per encoder call.")] = 64,
     shard_size: Annotated[
         int, typer.Option(min=1, help="Images per shard file (each written whole; --resume skips them).")

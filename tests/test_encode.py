@@ -191,7 +191,9 @@ def test_a_stream_is_encoded_in_stream_order_and_resumes(tmp_path, monkeypatch):
     data = stream_cfg(write_shards(tmp_path / "wds"))
 
     def encode_stream(out, **changes):
-        cfg = EncodeConfig(str(tmp_path / "run" / "tokenizer"), str(out), data, batch_size=3, shard_size=5)
+        cfg = EncodeConfig(
+            str(tmp_path / "run" / "tokenizer"), str(out), data, batch_size=3, shard_size=5, augment="none"
+        )
         for k, v in changes.items():
             setattr(cfg, k, v)
         return run_encode(cfg)

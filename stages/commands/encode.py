@@ -23,7 +23,7 @@ from vqgen.stages.core.files import write_json
 from vqgen.stages.data.encode import encode_shard, prepared_shards, stream_shards
 from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.sources import load_image_splits
-from vqgen.stages.data.views import check_augment, source_size
+from vqgen.stages.data.views import check_augment, resolve_augment, source_size
 
 MANIFEST = "manifest.json"
 
@@ -33,7 +33,7 @@ class EncodeConfig:
     tokenizer: str  # a tokenizer folder, run or published folder, or Hub id
     out: str | None = None  # the codes folder (default: `codes` beside a local tokenizer)
     data: DataConfig = field(default_factory=DataConfig)  # image_size and channels are set from the tokenizer
-    augment: str = "none"  # none | flip | ten-crop (artifacts/codes.VIEWS)
+    augment: str = "auto"  # none | flip | ten-crop (data/views.VIEWS); auto: flip for RGB, none for grey
     batch_size: int = 64  # images per encoder call (times the views with --augment)
     shard_size: int = 10000  # images per shard file
     device: str = "auto"
@@ -163,6 +163,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     staging = _staging(out)
     _check_target(cfg, out, staging)
     model = load_tokenizer(cfg.tokenizer).eval()
+    cfg.augment = resolve_augment(cfg.augment, model.config.channels)
     check_augment(cfg.augment, model.config.image_size)
     cfg.data.image_size = source_size(cfg.augment, model.config.image_size)
     cfg.data.channels = model.config.channels

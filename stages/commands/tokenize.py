@@ -31,7 +31,7 @@ from vqgen.stages.data.encode import splits_for_views
 from vqgen.stages.data.images import DataConfig, ImageSplits, to_float
 from vqgen.stages.data.pixels import iter_pixel_batches, pixel_tensor
 from vqgen.stages.data.sources import load_image_splits
-from vqgen.stages.data.views import check_augment
+from vqgen.stages.data.views import check_augment, resolve_augment
 from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer, save_reconstruction_grid
 from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
@@ -53,7 +53,8 @@ class TokenizeConfig:
     tokenizer: str | None = None  # a trained tokenizer (folder or Hub id): skip training
     plugins: list[str] = field(default_factory=list)
     plugin_options: list[str] = field(default_factory=list)
-    augment: str = "none"  # also store each training image's views: flip | ten-crop (data/views.py)
+    # also store each training image's views: flip | ten-crop | none; auto: flip for RGB, none for grey (data/views.py)
+    augment: str = "auto"
     eval_batch_size: int = 500
     overwrite: bool = False
     resume: bool = False
@@ -176,6 +177,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     """The whole of stage one; returns the metrics written to RUN/metrics.json."""
     check_tokenize(cfg)
     cfg.data.resize = cfg.data.resize_mode()  # recorded as resolved in run_config.json
+    cfg.augment = resolve_augment(cfg.augment, cfg.data.channels)  # likewise
     run_dir = prepare_run_dir(Path(cfg.run_dir), overwrite=cfg.overwrite, resume=cfg.resume)
     started = time.perf_counter()
     splits = load_image_splits(cfg.data)
