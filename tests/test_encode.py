@@ -247,3 +247,17 @@ def test_tokenize_refuses_a_ten_crop_its_images_cannot_give(tmp_path, image_fold
     )
     assert_user_error(result, "--augment ten-crop", "at least 10 px")
     assert not run.exists()  # refused before anything was read or trained
+
+
+def test_augment_auto_flips_rgb_and_leaves_grey_images_alone(tmp_path, tokenizer, image_folder):
+    """The default, --augment auto: flip for RGB images, none for grey ones (a digit's mirror image is no digit);
+    what it resolved to is what codes.json records."""
+    from vqgen.stages.artifacts.codes import load_codes
+    from vqgen.stages.data.views import resolve_augment
+
+    assert [resolve_augment("auto", c) for c in (1, 3)] == ["none", "flip"]
+    assert [resolve_augment(a, 3) for a in ("none", "flip", "ten-crop")] == ["none", "flip", "ten-crop"]
+    result = encode(tokenizer, image_folder, tmp_path / "codes")  # a grey tokenizer, the default augment
+    codes = load_codes(tmp_path / "codes")
+    assert codes.meta["augment"] == "none" and codes.meta["views"] == 1
+    assert result["rows"]["train"] == len(codes.train_codes)
