@@ -35,10 +35,12 @@ class TransformerPriorConfig(PriorConfig):
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 256  # width of the SwiGLU MLP
-    attention_dropout: float = 0.1  # training only, as the three below
-    token_dropout: float = 0.0  # on the input embeddings (LlamaGen's token_dropout)
+    attention_dropout: float = 0.1  # training only, as the two below
+    # on the input embeddings (LlamaGen's token_dropout; 0.2 and resid_dropout 0.2 lowered the held-out NLL on
+    # 1,615 RGB emoji by 5.5%, with their mirror images and without: docs, your own small dataset)
+    token_dropout: float = 0.2
     # on each attention and MLP output before its residual add (LlamaGen's resid/ffn)
-    resid_dropout: float = 0.0
+    resid_dropout: float = 0.2
     attn_implementation: str = "sdpa"  # "sdpa" or "eager"; any `transformers` attention backend
     # 2-D positions: learned row and column embeddings of the position being predicted, added to every input
     # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is. None: on for
@@ -50,13 +52,16 @@ class TransformerPriorConfig(PriorConfig):
     @classmethod
     def sizes(cls) -> dict[str, dict]:
         """LlamaGen's widths, depths, heads and SwiGLU widths (priors/sizes.py); parameter counts agree with
-        LlamaGen's within 1% at equal vocabulary and grid (the class tokens share the output layer here)."""
+        LlamaGen's within 1% at equal vocabulary and grid (the class tokens share the output layer here), and
+        LlamaGen's training dropout (token and residual 0.1; the small default's 0.2 is for small datasets)."""
         return {
             name: dict(
                 hidden_size=p.hidden_size,
                 num_layers=p.num_layers,
                 num_heads=p.num_heads,
                 intermediate_size=swiglu_hidden(p.hidden_size, p.multiple_of),
+                token_dropout=0.1,
+                resid_dropout=0.1,
             )
             for name, p in SIZES.items()
         }
