@@ -46,7 +46,9 @@ class GANConfig:
     # the weight grows linearly from 0 at `start` to `weight` over this many steps (0: at once)
     ramp_steps: int = 0
     adaptive: bool = True  # VQGAN's adaptive lambda; false: lambda = 1 (a fixed weight)
-    min_adaptive_weight: float = 0.0  # lambda is clamped to [this, max_adaptive_weight]: the floor
+    # lambda is clamped to [this, max_adaptive_weight]: the floor. 0.01 over 3 seeds on 32 px emoji: edges 3.7%
+    # sharper for 0.12 dB of PSNR, rFID within its spread (0.02: -0.43 dB, rFID +12%; docs: your own small dataset)
+    min_adaptive_weight: float = 0.01
     max_adaptive_weight: float = 1e4  # (VQGAN's value)
     reg: str = "lecam"  # discriminator regulariser: "none" | "lecam" | "r1"
     reg_weight: float = 0.1  # LeCAM: ~0.1-0.3; R1 (gamma): ~0.1-10
