@@ -37,8 +37,9 @@ class PixelCNNPriorConfig(PriorConfig):
     # PixelCNN++ (Salimans et al. 2017, arXiv:1701.05517) regularises its gated resnets the same way
     dropout: float = 0.1
     token_dropout: float = 0.1  # dropout on the code embeddings, training only (LlamaGen's token dropout)
-    sample_temperature: float = 0.6  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
-    sample_cfg_scale: float = 2.5
+    # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
+    sample_temperature: float = 0.7
+    sample_cfg_scale: float = 2.0
 
 
 def layers_to_cover(grid_height: int, grid_width: int, kernel_size: int) -> int:

@@ -46,7 +46,8 @@ class TransformerPriorConfig(PriorConfig):
     # embedding (on top of Llama's 1-D rotary positions), so the model knows where in the grid it is. None: on for
     # grids of 256 positions and more (16x16 up), where it lowered the held-out NLL (README: Long grids), off below
     pos_2d: bool | None = None
-    sample_temperature: float = 0.7  # sampling defaults chosen by benchmarks/prior_sweep.py (README: Results)
+    # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
+    sample_temperature: float = 0.9
     sample_cfg_scale: float = 2.0
 
     @classmethod
