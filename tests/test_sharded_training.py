@@ -26,7 +26,7 @@ PRIOR = [
     "--prior", "transformer", "--sample-every", "0", "--steps", str(STEPS), "--checkpoint-every", "2",
     "--eval-every", "3", "--model-ema-decay", "0.9", "--record-data-order",
     *[f for o in ("hidden_size=32", "num_layers=2", "num_heads=2", "intermediate_size=64", "label_dropout=0",
-                  "attention_dropout=0") for f in ("--prior-opt", o)],
+                  "attention_dropout=0", "token_dropout=0", "resid_dropout=0") for f in ("--prior-opt", o)],
 ]  # fmt: skip
 SETTINGS = {"log_every": 1, "checkpoint_shard_gb": 2e-5}  # 20 kB shards: a checkpoint of several files
 
