@@ -10,12 +10,15 @@ The task of a class-conditional ImageNet prior: 16x16 = 256 codes of a 16384-ent
 below in plain PyTorch, the same architecture as LlamaGen writes it (https://github.com/FoundationVision/LlamaGen,
 `autoregressive/models/gpt.py`): Llama blocks (RMSNorm, rotary attention through scaled_dot_product_attention,
 SwiGLU), the class token first, learned row and column embeddings (ours turns these on at 256 positions), a
-static key/value cache. Both have the same parameters to the last one (checked), the same initial weights are not
-needed (timing only).
+static key/value cache, and LlamaGen's training dropout at the preset's rates (on the token embeddings and on the
+attention and MLP outputs, as ours). Both have the same parameters to the last one (checked), the same initial
+weights are not needed (timing only).
 
 - training: tokens per second of one optimizer step (forward, backward, AdamW), batch `--batch` per process;
 - sampling: tokens per second of sampling whole grids with the key/value cache and classifier-free guidance
-  (scale 2: the conditional and the unconditional half run as one batch of 2 x `--sample-batch`).
+  (scale 2: the conditional and the unconditional half run as one batch of 2 x `--sample-batch`). With
+  `--precision bf16` both sample under bf16 autocast, and a third row samples the plain model with its weights
+  cast to bf16 outside autocast, as LlamaGen's sample script runs a model (`.to(dtype)`).
 Ratios are ours / plain, measured interleaved in the same run (benchmarks/measure.py). With --fsdp both models
 are sharded block by block as `train-prior` shards a prior (stages/training/sharding.py: accelerate's FSDP2 on
 GPUs, ours on the CPU), in the launch's mixed precision, and only training is timed, in tokens per second over
@@ -24,6 +27,7 @@ Prints a markdown table and writes JSON (default benchmarks/results/prior_scale.
 """
 
 import argparse
+import copy
 import os
 from pathlib import Path
 
@@ -67,9 +71,9 @@ def rotate(x, cos, sin):  # x (B, nh, T, hd); cos, sin (T, hd): rotary positions
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, d: int, heads: int, hidden: int):
+    def __init__(self, d: int, heads: int, hidden: int, dropout: float):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dropout = heads, dropout
         self.attn_norm, self.ffn_norm = RMSNorm(d), RMSNorm(d)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
         self.w1, self.w3 = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
@@ -85,9 +89,9 @@ class PlainBlock(nn.Module):
         else:  # one new position: write it into the static cache, attend to everything so far
             cache[0][:, :, pos : pos + t], cache[1][:, :, pos : pos + t] = k, v
             a = F.scaled_dot_product_attention(q, cache[0][:, :, : pos + t], cache[1][:, :, : pos + t])
-        x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
+        x = x + F.dropout(self.wo(a.transpose(1, 2).reshape(b, t, d)), self.dropout, self.training)
         h = self.ffn_norm(x)
-        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+        return x + F.dropout(self.w2(F.silu(self.w1(h)) * self.w3(h)), self.dropout, self.training)
 
 
 class PlainGPT(nn.Module):
@@ -104,7 +108,8 @@ class PlainGPT(nn.Module):
             nn.Embedding(c.grid_width, c.hidden_size),
         )
         self.blocks = nn.ModuleList(
-            PlainBlock(c.hidden_size, c.num_heads, c.intermediate_size) for _ in range(c.num_layers)
+            PlainBlock(c.hidden_size, c.num_heads, c.intermediate_size, c.resid_dropout)
+            for _ in range(c.num_layers)
         )
         self.norm = RMSNorm(c.hidden_size)
         self.out = nn.Linear(c.hidden_size, c.vocab_size + c.num_classes + 2, bias=False)
@@ -118,7 +123,7 @@ class PlainGPT(nn.Module):
 
     def hidden(self, ids, start: int, caches=None):  # ids (B, T) at sequence positions start..start+T-1
         t = torch.arange(start, start + ids.shape[1], device=ids.device)
-        x = self.tok(ids) + self.positions(t)
+        x = F.dropout(self.tok(ids) + self.positions(t), self.c.token_dropout, self.training)
         cos, sin = self.cos[t], self.sin[t]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if caches is None else caches[i], start)
@@ -138,7 +143,7 @@ class PlainGPT(nn.Module):
         shape = (2 * n, c.num_heads, c.seq_len + 1, self.head_dim)
         dtype = (
             self.tok.weight.dtype
-            if not torch.is_autocast_enabled()
+            if not torch.is_autocast_enabled(self.cos.device.type)
             else torch.get_autocast_dtype(self.cos.device.type)
         )
         caches = [
@@ -259,6 +264,11 @@ def bench_size(size: str, args, device, world: int, accelerator=None) -> list[di
             lambda y, g: plain.sample(y, CFG_SCALE, g), args.sample_batch, args.precision, device
         ),
     }
+    if args.precision == "bf16":  # the plain model cast to bf16, no autocast (LlamaGen's sample script)
+        plain_bf16 = copy.deepcopy(plain).to(torch.bfloat16)
+        sample[f"{size} sampling: plain, bf16 weights"] = sampling_run(
+            lambda y, g: plain_bf16.sample(y, CFG_SCALE, g), args.sample_batch, "fp32", device
+        )
     measured = measure_runs(sample, Timing(repeats=args.sample_repeats, warmup=1), device)
     tokens = args.sample_batch * GRID * GRID
     rows += [

@@ -241,6 +241,7 @@ class Prior(nn.Module, PyTorchModelHubMixin, library_name="vqgen", tags=["vqgen"
         prev = None
         for t in range(self.config.seq_len):
             logits, state = self.next_logits(state, prev)
+            logits = logits.float()  # under autocast too: the softmax, cumsum and draw need float32
             bad |= ~torch.isfinite(logits).all()
             tok = self._pick(logits, guided, scales[t], options, generator)
             out[:, t] = tok

@@ -9,7 +9,10 @@ Sampling keeps a key/value cache. At this size `transformers`' own decoding step
 `DynamicCache`, as `generate` makes) spends more time in Python than in arithmetic, so `next_logits` runs the
 same Llama modules and weights through a lean step of its own: keys and values in one preallocated buffer,
 the query/key/value and gate/up projections fused into one matrix each, rotary angles computed once by the
-model's own rotary module. It returns the teacher-forced logits (tested to 1e-9 in float64).
+model's own rotary module. It returns the teacher-forced logits (tested to 1e-9 in float64). Under autocast
+(`torch.autocast(..., dtype=torch.bfloat16)`) these decoding weights are cast once when sampling begins, not
+at every token as autocast would: a decoding step reads little but the weights, so half the bytes read is
+most of the step's time (benchmarks/prior_scale.py).
 `sample_hf_generate` samples with `transformers`' `generate`, for comparison.
 
 Llama: Touvron et al. 2023, arXiv:2302.13971. Class tokens as the prefix of a code sequence, as in LlamaGen:
@@ -87,16 +90,18 @@ class DecoderWeights:
     input_norm: nn.Module
     qkv_weight: torch.Tensor  # (3 nh hd, d): q_proj, k_proj, v_proj stacked
     qkv_bias: torch.Tensor | None
-    o_proj: nn.Module
+    o_weight: torch.Tensor  # (d, nh hd)
+    o_bias: torch.Tensor | None
     post_norm: nn.Module
     gate_up_weight: torch.Tensor  # (2 I, d): gate_proj, up_proj stacked
     act: nn.Module
-    down_proj: nn.Module
+    down_weight: torch.Tensor  # (d, I)
 
 
 @dataclass
 class TransformerSamplingState:
     layers: list[DecoderWeights]
+    head_weight: torch.Tensor  # (V, d) the output layer's code rows
     kv: torch.Tensor  # (L, 2, B, nh, T + 1, hd) keys and values, filled up to `position`
     cos: torch.Tensor  # (T + 1, hd) rotary cosines of every position
     sin: torch.Tensor  # (T + 1, hd) rotary sines, with the sign of rotate_half folded in
@@ -176,30 +181,39 @@ class TransformerPrior(Prior):
         if self.model.config.num_key_value_heads != heads:
             raise ValueError("the lean decoding step assumes as many key/value heads as query heads")
         weight = llama.embed_tokens.weight
+        device = weight.device.type
+        # the matrices' dtype: autocast's, cast here once, else the model's
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         positions = torch.arange(self.config.seq_len + 1, device=weight.device)[None]  # (1, T + 1)
         cos, sin = llama.rotary_emb(weight[:1], positions)  # (1, T + 1, hd) each, in the model's dtype
         half = head_dim // 2
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half's sign, folded in
+
+        def matrix(*parts: torch.Tensor | None) -> torch.Tensor | None:
+            return None if parts[0] is None else torch.cat(parts).to(dtype)
+
         layers = []
         for layer in llama.layers:
             a, m = layer.self_attn, layer.mlp
             layers.append(
                 DecoderWeights(
                     input_norm=layer.input_layernorm,
-                    qkv_weight=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                    qkv_bias=None
-                    if a.q_proj.bias is None
-                    else torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-                    o_proj=a.o_proj,
+                    qkv_weight=matrix(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
+                    qkv_bias=matrix(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias),
+                    o_weight=matrix(a.o_proj.weight),
+                    o_bias=matrix(a.o_proj.bias),
                     post_norm=layer.post_attention_layernorm,
-                    gate_up_weight=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                    gate_up_weight=matrix(m.gate_proj.weight, m.up_proj.weight),
                     act=m.act_fn,
-                    down_proj=m.down_proj,
+                    down_weight=matrix(m.down_proj.weight),
                 )
             )
-        kv = weight.new_zeros(len(layers), 2, batch_size, heads, self.config.seq_len + 1, head_dim)
+        head = matrix(self.model.lm_head.weight[: self.config.vocab_size])
+        kv = weight.new_zeros(
+            len(layers), 2, batch_size, heads, self.config.seq_len + 1, head_dim, dtype=dtype
+        )
         prefix = self._prefix(labels, batch_size).view(batch_size)
-        return TransformerSamplingState(layers, kv, cos[0], sin, prefix, position=0)
+        return TransformerSamplingState(layers, head, kv, cos[0].to(dtype), sin.to(dtype), prefix, position=0)
 
     def next_logits(
         self, state: TransformerSamplingState, prev: torch.Tensor | None
@@ -208,21 +222,25 @@ class TransformerPrior(Prior):
         x = llama.embed_tokens(state.prefix if prev is None else prev)  # (B, d)
         if self.config.pos_2d:
             x = x + self._position(t)
-        b, heads, head_dim = x.shape[0], state.kv.shape[3], state.kv.shape[5]
+        b, heads, head_dim, dtype = x.shape[0], state.kv.shape[3], state.kv.shape[5], state.kv.dtype
         cos, sin = state.cos[t], state.sin[t]  # (hd,) each
         for n, w in enumerate(state.layers):
-            qkv = F.linear(rms_norm(x, w.input_norm), w.qkv_weight, w.qkv_bias).view(b, 3, heads, head_dim)
+            qkv = F.linear(rms_norm(x, w.input_norm).to(dtype), w.qkv_weight, w.qkv_bias)
+            qkv = qkv.view(b, 3, heads, head_dim)
             qk = qkv[:, :2]
             qk = qk * cos + qk.roll(head_dim // 2, -1) * sin  # rotary on q and k: (B, 2, nh, hd)
             state.kv[n, 0, :, :, t] = qk[:, 1]
             state.kv[n, 1, :, :, t] = qkv[:, 2]
             keys, values = state.kv[n, :, :, :, : t + 1]  # (B, nh, t + 1, hd) each
             attn = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values)  # (B, nh, 1, hd)
-            x = x + w.o_proj(attn.view(b, heads * head_dim))
-            gate, up = F.linear(rms_norm(x, w.post_norm), w.gate_up_weight).chunk(2, -1)  # (B, I) each
-            x = x + w.down_proj(w.act(gate) * up)
+            x = x + F.linear(attn.view(b, heads * head_dim), w.o_weight, w.o_bias)
+            gate, up = F.linear(rms_norm(x, w.post_norm).to(dtype), w.gate_up_weight).chunk(
+                2, -1
+            )  # (B, I) each
+            x = x + F.linear(w.act(gate) * up, w.down_weight)
         state.position += 1
-        return self._code_logits(rms_norm(x, llama.norm)), state  # (B, V)
+        logits = F.linear(rms_norm(x, llama.norm).to(dtype), state.head_weight)  # (B, V)
+        return logits.float() if dtype != x.dtype else logits, state
 
     @torch.no_grad()
     def sample_hf_generate(

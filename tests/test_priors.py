@@ -267,6 +267,28 @@ def test_next_logits_match_forward(name):
             prev = codes.view(3, T)[:, t]
 
 
+def test_sampling_under_bf16_autocast(name):
+    """Under bf16 autocast the cached step gives the fp32 logits within bf16's precision, and sampling draws from
+    float32 probabilities; the transformer casts its decoding weights once, when sampling begins."""
+    model = tiny(name).eval()
+    codes, labels = codes_and_labels(3)
+    with torch.no_grad():
+        expected = model(codes, labels).logits.reshape(3, T, V)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            state, prev = model.begin_sampling(labels, 3), None
+            for t in range(T):
+                logits, state = model.next_logits(state, prev)
+                torch.testing.assert_close(
+                    logits.float(), expected[:, t], rtol=0, atol=0.03, msg=f"position {t}"
+                )
+                prev = codes.view(3, T)[:, t]
+            sampled = model.sample(4, labels[:1], SamplingOptions(cfg_scale=2.0), generator=seeded())
+    assert sampled.shape == (4, H, W) and sampled.min() >= 0 and sampled.max() < V
+    if name == "transformer":
+        assert state.kv.dtype == state.head_weight.dtype == torch.bfloat16
+        assert all(w.qkv_weight.dtype == w.down_weight.dtype == torch.bfloat16 for w in state.layers)
+
+
 @pytest.mark.parametrize(
     "labels, kwargs",
     [
