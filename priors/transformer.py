@@ -190,7 +190,10 @@ class TransformerPrior(Prior):
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # rotate_half's sign, folded in
 
         def matrix(*parts: torch.Tensor | None) -> torch.Tensor | None:
-            return None if parts[0] is None else torch.cat(parts).to(dtype)
+            """The parts stacked, in `dtype`; one part already in `dtype` is itself (no copy)."""
+            if parts[0] is None:
+                return None
+            return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(dtype)
 
         layers = []
         for layer in llama.layers:
@@ -234,9 +237,8 @@ class TransformerPrior(Prior):
             keys, values = state.kv[n, :, :, :, : t + 1]  # (B, nh, t + 1, hd) each
             attn = F.scaled_dot_product_attention(qk[:, 0, :, None], keys, values)  # (B, nh, 1, hd)
             x = x + F.linear(attn.view(b, heads * head_dim), w.o_weight, w.o_bias)
-            gate, up = F.linear(rms_norm(x, w.post_norm).to(dtype), w.gate_up_weight).chunk(
-                2, -1
-            )  # (B, I) each
+            h = rms_norm(x, w.post_norm).to(dtype)
+            gate, up = F.linear(h, w.gate_up_weight).chunk(2, -1)  # (B, I) each
             x = x + F.linear(w.act(gate) * up, w.down_weight)
         state.position += 1
         logits = F.linear(rms_norm(x, llama.norm).to(dtype), state.head_weight)  # (B, V)
