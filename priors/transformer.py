@@ -241,8 +241,8 @@ class TransformerPrior(Prior):
             gate, up = F.linear(h, w.gate_up_weight).chunk(2, -1)  # (B, I) each
             x = x + F.linear(w.act(gate) * up, w.down_weight)
         state.position += 1
-        logits = F.linear(rms_norm(x, llama.norm).to(dtype), state.head_weight)  # (B, V)
-        return logits.float() if dtype != x.dtype else logits, state
+        # (B, V), in the decoding dtype: Prior.sample draws from them in float32
+        return F.linear(rms_norm(x, llama.norm).to(dtype), state.head_weight), state
 
     @torch.no_grad()
     def sample_hf_generate(
