@@ -5,7 +5,8 @@ For every prior and every training variant (extra `cli.py train-prior` flags; ""
 trained with the defaults if it is missing) it reads the training time and held-out bits/token, then samples
 --n-samples class-balanced images (fixed seed) under every combination of guidance scale, temperature, top-k and
 guidance schedule, and reports the share the evaluation classifier recognises as the requested class, the worst
-class, gFID against the evaluation split and its ratio to the real-image floor, precision and recall.
+class, gFID against the evaluation split and its ratio to the real-image floor, precision and recall, and the
+share of near-blank samples and of copies of a training image (`evaluate`'s checks, stages/evaluation/sample_checks.py).
 
     python -m benchmarks.prior_sweep --run runs/demo --cfg-scales 2 3 4 5 --temperatures 1.0 0.9
     python -m benchmarks.prior_sweep --run runs/demo --priors gru --variants "" "--steps 2400"
@@ -33,7 +34,9 @@ from vqgen.stages.artifacts.models import load_prior, load_tokenizer
 from vqgen.stages.evaluation import fid
 from vqgen.stages.evaluation.classifier import eval_classifier
 from vqgen.stages.evaluation.priors import floor, nll, sample_and_measure
+from vqgen.stages.evaluation.sample_checks import SampleReference, check_samples, run_reference
 from vqgen.stages.evaluation.settings import EvaluateConfig, load_eval_data, run_data_config
+from vqgen.stages.evaluation.tokenizer import evaluate_tokenizer
 from vqgen.stages.sampling.config import SamplingConfig
 from vqgen.stages.sampling.sampler import check_pair
 
@@ -96,9 +99,10 @@ class Judge:
     space: Any
     real_feats: torch.Tensor
     ground: dict
+    reference: SampleReference  # what near-blank and copy mean here
 
 
-def judge(run: Path, args: argparse.Namespace) -> Judge:
+def judge(run: Path, args: argparse.Namespace, tokenizer) -> Judge:
     cfg = EvaluateConfig(run_dir=str(run), test_images=args.test_images, n_samples=args.n_samples)
     data = load_eval_data(cfg, run_data_config(run))
     torch.manual_seed(cfg.seed)
@@ -107,17 +111,20 @@ def judge(run: Path, args: argparse.Namespace) -> Judge:
     real_feats = fid.extract_features(space, data.eval, cfg.batch_size)
     ground = floor(data, space, real_feats, cfg)
     print(f"floor (real training images vs {data.eval_name}): FD {ground['fid']:.3f}", flush=True)
-    return Judge(cfg, data, classifier, clf_info, space, real_feats, ground)
+    _, eval_codes = evaluate_tokenizer(tokenizer, data.eval.batches(cfg.batch_size), cfg.batch_size)
+    reference = run_reference(tokenizer, data.train, eval_codes, cfg.batch_size, cfg.seed)
+    return Judge(cfg, data, classifier, clf_info, space, real_feats, ground, reference)
 
 
 def score_setting(j: Judge, prior, tokenizer, sampling: SamplingConfig) -> dict:
-    """Class accuracy (overall and of the worst class), gFID (and over the floor), precision and recall of
-    --n-samples images sampled with `sampling`."""
+    """Class accuracy (overall and of the worst class), gFID (and over the floor), precision and recall, near-blank
+    and copy shares of --n-samples images sampled with `sampling`."""
     started = time.perf_counter()
     s, _ = sample_and_measure(prior, tokenizer, j.cfg, j.space, j.classifier, sampling)
     hit = (s["preds"] == s["labels"]).double()
     gfid = fid.frechet_distance(j.real_feats, s["feats"])
     precision, recall = fid.precision_recall(j.real_feats, s["feats"], j.cfg.pr_k)
+    checks = check_samples(s["spread"], s["compact"], j.reference)
     return {
         "class_accuracy": float(hit.mean()),
         "worst_class_accuracy": min(float(hit[s["labels"] == c].mean()) for c in s["labels"].unique()),
@@ -125,6 +132,8 @@ def score_setting(j: Judge, prior, tokenizer, sampling: SamplingConfig) -> dict:
         "gfid_over_floor": gfid / j.ground["fid"],
         "precision": precision,
         "recall": recall,
+        "near_blank_share": checks["near_blank_share"],
+        "copy_share": checks["copy_share"],
         "seconds": time.perf_counter() - started,
     }
 
@@ -165,7 +174,7 @@ def sweep_prior(
             f"{name:12s} {row['variant']:16s} scale {scale:4.1f} T {temperature:4.2f} top-k {top_k or '-':>4} "
             f"{schedule:8s}  acc {row['class_accuracy']:.1%} worst {row['worst_class_accuracy']:.1%} "
             f"gFID {row['gfid']:.3f} ({row['gfid_over_floor']:.1f}x floor) P {row['precision']:.2f} "
-            f"R {row['recall']:.2f}",
+            f"R {row['recall']:.2f} blank {row['near_blank_share']:.1%} copies {row['copy_share']:.1%}",
             flush=True,
         )
     return rows
@@ -178,23 +187,24 @@ def print_table(j: Judge, rows: list[dict]) -> None:
     )
     print(
         "| prior | variant | train s | bits/token | scale | T | top-k | schedule | class acc | worst | gFID "
-        "| / floor | P | R |"
+        "| / floor | P | R | near-blank | copies |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['prior']} | {r['variant']} | {r['train_seconds']:.0f} | {r['val_bits_per_token']:.3f} | "
             f"{r['cfg_scale']:g} | {r['temperature']:g} | {r['top_k'] or '-'} | {r['schedule']} | "
             f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['gfid']:.3f} | "
-            f"{r['gfid_over_floor']:.1f}x | {r['precision']:.2f} | {r['recall']:.2f} |"
+            f"{r['gfid_over_floor']:.1f}x | {r['precision']:.2f} | {r['recall']:.2f} | {r['near_blank_share']:.1%} | "
+            f"{r['copy_share']:.1%} |"
         )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     run = args.run
-    j = judge(run, args)
     tokenizer = load_tokenizer(run / "tokenizer").eval()
+    j = judge(run, args, tokenizer)
     codes = load_codes(run / "codes")
     rows = []
     for name, variant in itertools.product(args.priors, args.variants):

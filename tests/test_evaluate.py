@@ -298,4 +298,5 @@ def test_the_prior_sweep_scores_every_setting_as_evaluate_does(tiny_run, tmp_pat
     ]
     assert all(0 <= r["worst_class_accuracy"] <= r["class_accuracy"] <= 1 and r["gfid"] >= 0 for r in rows)
     assert rows[0]["gfid_over_floor"] == rows[0]["gfid"] / result["floor"]["fid"]
+    assert all(0 <= r["near_blank_share"] <= 1 and 0 <= r["copy_share"] <= 1 for r in rows)
     assert json.loads(out.read_text())["rows"][1]["cfg_scale"] == 3.0

@@ -1,6 +1,7 @@
 """The prior contract, checked on every registered prior with a tiny config (vocab 16, a 3x5 grid, 3 classes)."""
 
 import dataclasses
+import json
 import math
 import os
 from typing import get_type_hints
@@ -372,3 +373,18 @@ def test_draw_follows_the_probabilities():
     assert freq[1] == 0 and freq[4] == 0  # never a filtered-out entry
     torch.testing.assert_close(freq, probs.double(), atol=0.01, rtol=0)
     assert torch.equal(draw(logits[:100], seeded(7)), draw(logits[:100], seeded(7)))
+
+
+def test_gru_saved_before_row_above_loads_as_it_was(tmp_path):
+    """A GRU config.json written before the `row_above` field existed means a GRU without it (the config's
+    `saved_defaults`), not today's default: it loads with the same weights and gives the same logits."""
+    model = tiny("gru", row_above=False).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["row_above"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = vqgen.load_prior(tmp_path)
+    assert loaded.config.row_above is False and tiny("gru").config.row_above is True
+    codes, labels = codes_and_labels(2)
+    with torch.no_grad():
+        assert torch.equal(loaded(codes, labels).logits, model(codes, labels).logits)

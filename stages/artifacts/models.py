@@ -60,7 +60,9 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def build_config(config_class: type, data: dict, where: str, prefix: str = "") -> Any:
     """`config_class(**data)` after checking every field: an unknown field or a value of the wrong type is a
-    UserError naming it. Nested dataclass fields are built recursively."""
+    UserError naming it. Nested dataclass fields are built recursively. A field that `data` lacks takes the value in
+    the config class's `saved_defaults` if it names one (a field added since: what a config saved before meant),
+    else its dataclass default."""
     known = {f.name for f in fields(config_class)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -77,6 +79,8 @@ def build_config(config_class: type, data: dict, where: str, prefix: str = "") -
                 f"{where}: config.json field {prefix}{key} should be {_describe(hint)}, got {json.dumps(value)}"
             )
         values[key] = build_config(hint, value, where, f"{prefix}{key}.") if is_dataclass(hint) else value
+    for key, value in getattr(config_class, "saved_defaults", {}).items():
+        values.setdefault(key, value)
     try:
         return config_class(**values)
     except Exception as exc:  # a __post_init__ check of the config itself
