@@ -159,3 +159,14 @@ def test_progress_lines_are_spaced_in_time(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert "\r" not in "".join(lines) and 1 <= len(lines) <= 3, lines
     assert lines[-1].startswith("work: 100%") and "1000/1000" in lines[-1]
+
+
+def test_progress_lines_in_a_log_keep_the_whole_postfix(capsys):
+    """A log line is not cut at a terminal's width: the last figure of a long postfix is there in full."""
+    from vqgen.stages.core.progress import progress
+
+    with progress(total=10, desc="prior") as bar:
+        bar.set_postfix(loss=3.5, bits_per_token=5.123456, note="x" * 80, val_bits_per_token=5.4321)
+        bar.update(10)
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("prior: 100% 10/10") and last.endswith("val_bits_per_token=5.43]"), last

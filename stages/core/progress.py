@@ -2,7 +2,8 @@
 
 In a terminal: tqdm as usual, redrawn in place ten times a second. In a log (stderr not a terminal: CI, a job
 scheduler, `2> log.txt`): one plain line per update, at most every $VQGEN_PROGRESS_SECONDS (default 30 s) and
-at the end, so a long run leaves a few dozen readable lines instead of thousands of carriage-return redraws.
+at the end, so a long run leaves a few dozen readable lines instead of thousands of carriage-return redraws; a
+log line has no bar graphic and no width limit, so every figure of the postfix (the held-out NLL last) is in it.
 `quiet_library_bars()` turns off the bars of `datasets` and `huggingface_hub` in a log (their progress is
 summarised by our own lines).
 """
@@ -13,6 +14,7 @@ import sys
 from tqdm.auto import tqdm
 
 DEFAULT_LOG_SECONDS = 30.0
+LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 def interactive(stream=None) -> bool:
@@ -58,7 +60,7 @@ def progress(
         mininterval=seconds,
         maxinterval=seconds,
         miniters=1,
-        ncols=100,
+        bar_format=LOG_FORMAT if total is not None or hasattr(iterable, "__len__") else None,
         ascii=True,
         **kwargs,
     )
