@@ -134,6 +134,8 @@ def score_setting(j: Judge, prior, tokenizer, sampling: SamplingConfig) -> dict:
         "recall": recall,
         "near_blank_share": checks["near_blank_share"],
         "copy_share": checks["copy_share"],
+        "nearest_train_rms_min": checks["nearest_train_rms_min"],
+        "nearest_train_rms_median": checks["nearest_train_rms_median"],
         "seconds": time.perf_counter() - started,
     }
 
@@ -181,22 +183,26 @@ def sweep_prior(
 
 
 def print_table(j: Judge, rows: list[dict]) -> None:
+    ref = j.reference.summary
     print(
         f"\nfeatures classifier-{j.data.dataset_tag}; evaluation split: {j.data.eval_name}; "
-        f"floor FD {j.ground['fid']:.3f} ({j.ground['n_train_images']} real training images)\n"
+        f"floor FD {j.ground['fid']:.3f} ({j.ground['n_train_images']} real training images); near-blank: pixel "
+        f"spread under {ref['blank_threshold']:.4f}; copy: nearer a training image than {ref['copy_threshold']:.4f} "
+        f"RMS (the held-out reconstructions: nearest at {ref['eval_nearest_train_rms_min']:.4f} at least, "
+        f"{ref['eval_nearest_train_rms_median']:.4f} in the median)\n"
     )
     print(
         "| prior | variant | train s | bits/token | scale | T | top-k | schedule | class acc | worst | gFID "
-        "| / floor | P | R | near-blank | copies |"
+        "| / floor | P | R | near-blank | copies | nearest training image (min) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['prior']} | {r['variant']} | {r['train_seconds']:.0f} | {r['val_bits_per_token']:.3f} | "
             f"{r['cfg_scale']:g} | {r['temperature']:g} | {r['top_k'] or '-'} | {r['schedule']} | "
             f"{r['class_accuracy']:.1%} | {r['worst_class_accuracy']:.1%} | {r['gfid']:.3f} | "
             f"{r['gfid_over_floor']:.1f}x | {r['precision']:.2f} | {r['recall']:.2f} | {r['near_blank_share']:.1%} | "
-            f"{r['copy_share']:.1%} |"
+            f"{r['copy_share']:.1%} | {r['nearest_train_rms_min']:.4f} |"
         )
 
 
@@ -215,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluation": asdict(j.cfg),
         "eval_split": j.data.eval_name,
         "floor": j.ground,
+        "sample_checks": j.reference.summary,
         "classifier": j.clf_info,
         "torch": torch.__version__,
         "rows": rows,
