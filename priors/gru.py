@@ -47,7 +47,7 @@ class GRUSamplingState:
     hidden: torch.Tensor  # (L, B, hidden_size)
     labels: torch.Tensor  # (B,) label index, num_classes = null
     label_bias: torch.Tensor  # (B, E) the label embedding added at every step
-    codes: torch.Tensor  # (B, T) the codes sampled so far; `outside` where none yet
+    grid: torch.Tensor  # (B, H + 1, W + 2) the codes sampled so far, at [i + 1, j + 1]; `outside` elsewhere
     position: int  # raster position whose logits the next call returns
 
 
@@ -66,6 +66,7 @@ class GRUPrior(Prior):
         # code V (`outside`) stands for a position beyond the grid's edges
         self.outside = c.vocab_size
         self.above_embed = nn.Embedding(3 * (c.vocab_size + 1), c.embed_dim) if c.row_above else None
+        self.register_buffer("above_offsets", torch.arange(3) * (c.vocab_size + 1), persistent=False)
         # between GRU layers only: nn.GRU warns (and does nothing) with one layer
         between_layers = c.dropout if c.num_layers > 1 else 0.0
         self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=between_layers)
@@ -104,10 +105,14 @@ class GRUPrior(Prior):
     def begin_sampling(self, labels: torch.Tensor | None, batch_size: int) -> GRUSamplingState:
         labels = self._labels(labels, batch_size)
         hidden, label_bias = self._initial_hidden(labels), self.label_embed(labels)
-        codes = torch.full(
-            (batch_size, self.config.seq_len), self.outside, dtype=torch.long, device=self.device
+        c = self.config
+        grid = torch.full(
+            (batch_size, c.grid_height + 1, c.grid_width + 2),
+            self.outside,
+            dtype=torch.long,
+            device=self.device,
         )
-        return GRUSamplingState(hidden=hidden, labels=labels, label_bias=label_bias, codes=codes, position=0)
+        return GRUSamplingState(hidden=hidden, labels=labels, label_bias=label_bias, grid=grid, position=0)
 
     def next_logits(
         self, state: GRUSamplingState, prev: torch.Tensor | None
@@ -116,9 +121,11 @@ class GRUPrior(Prior):
         x = self.start_embed(state.labels) if prev is None else self.code_embed(prev)  # (B, E)
         x = x + self.pos_embed[t] + state.label_bias  # (B, E)
         if prev is not None:
-            state.codes[:, t - 1] = prev
+            i, j = divmod(t - 1, self.config.grid_width)
+            state.grid[:, i + 1, j + 1] = prev
         if self.above_embed is not None:
-            x = x + self._above(self._above_of(state.codes, t))
+            i, j = divmod(t, self.config.grid_width)
+            x = x + self._above(state.grid[:, i, j : j + 3])  # above-left, above, above-right of (i, j)
         x = x.unsqueeze(1)  # (B, 1, E)
         out, state.hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
         state.position += 1
@@ -126,18 +133,4 @@ class GRUPrior(Prior):
 
     def _above(self, above: torch.Tensor) -> torch.Tensor:
         """(..., 3) codes above-left, above, above-right (or `outside`) -> (..., E) the sum of their embeddings."""
-        offsets = torch.arange(3, device=above.device) * (self.config.vocab_size + 1)
-        return self.above_embed(above + offsets).sum(-2)
-
-    def _above_of(self, codes: torch.Tensor, t: int) -> torch.Tensor:
-        """(B, 3) the codes above-left, above and above-right of raster position t, from the (B, T) sampled codes."""
-        w = self.config.grid_width
-        i, j = divmod(t, w)
-        columns = [j - 1, j, j + 1]
-        picked = [
-            codes[:, (i - 1) * w + col]
-            if i > 0 and 0 <= col < w
-            else codes.new_full((codes.shape[0],), self.outside)
-            for col in columns
-        ]
-        return torch.stack(picked, dim=1)
+        return self.above_embed(above + self.above_offsets).sum(-2)
