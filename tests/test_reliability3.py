@@ -273,7 +273,9 @@ def fill(disk: Path, leave: int) -> None:
     assert st.f_bavail * st.f_frsize == leave
 
 
-PRIOR = [*GRU_FLAGS, "--batch-size", "8", "--sample-every", "0"]
+# row_above=false: the page counts below (the trainer's 18 KB estimate passes, the 22 KB checkpoint does not) are
+# those of this GRU; the row-above embedding table would lift the estimate itself past the room left
+PRIOR = [*GRU_FLAGS, "--prior-opt", "row_above=false", "--batch-size", "8", "--sample-every", "0"]
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(finished, small_disk):
