@@ -1,10 +1,13 @@
 """Sampling speed of every registered prior with its default config: cached `sample` against `sample_naive`
 (the full forward pass per position) and, for the transformer, `transformers`' own `generate`.
 
-    python -m benchmarks.sampling [--quick] [--device cpu|cuda] [--batch 16] [--json OUT.json]
+    python -m benchmarks.sampling [--quick] [--device cpu|cuda] [--batch 16] [--grid 7] [--json OUT.json]
+        [--priors gru ...] [--prior-opt hidden_size=192 ...]
 
-Untrained weights on a 7x7 grid, vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
-Every ratio is taken within this run, against the naive sampler of the same prior; each number is the median over
+Untrained weights on a 7x7 grid (`--grid`), vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
+`--prior-opt OPTION=VALUE` changes a config field of every prior
+benchmarked (as `train-prior --prior-opt`), to time a variant against the default in two runs. Every ratio is taken
+within this run, against the naive sampler of the same prior; each number is the median over
 the repeats; peak memory is what one sampling call adds on top of the weights. Prints a markdown table and writes
 JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `bench_prior` in its suite.
 """
@@ -17,6 +20,7 @@ from typing import get_type_hints
 
 import torch
 from vqgen.priors import Prior
+from vqgen.stages.core.options import parse_options, split_assignments
 from vqgen.stages.core.registry import PRIORS
 
 from benchmarks.measure import (
@@ -40,22 +44,26 @@ SAMPLING_COLUMNS = [
 ]
 
 
-def build(name: str, device: torch.device | str = "cpu", grid: int = GRID) -> Prior:
-    """A registered prior with its default config on a grid x grid code grid (7x7: 28x28 images, downsampling 4)
-    of VOCAB codes and NUM_CLASSES classes, fixed seed, untrained (speed does not depend on the weights)."""
+def build(
+    name: str, device: torch.device | str = "cpu", grid: int = GRID, options: dict[str, str] | None = None
+) -> Prior:
+    """A registered prior with its default config (`options`: fields changed, as `--prior-opt`) on a grid x grid
+    code grid (7x7: 28x28 images, downsampling 4) of VOCAB codes and NUM_CLASSES classes, fixed seed, untrained
+    (speed does not depend on the weights)."""
     cls = PRIORS.get(name)
     config_cls = get_type_hints(cls.__init__)["config"]
-    config = config_cls(vocab_size=VOCAB, grid_height=grid, grid_width=grid, num_classes=NUM_CLASSES)
+    fixed = dict(vocab_size=VOCAB, grid_height=grid, grid_width=grid, num_classes=NUM_CLASSES)
+    config = parse_options(name, config_cls, options or {}, **fixed)
     torch.manual_seed(0)
     return cls(config).to(device).eval()
 
 
-def compiled(name: str, device: torch.device, grid: int, backend: str, seeded_run):
+def compiled(name: str, device: torch.device, grid: int, backend: str, seeded_run, options=None):
     """(the cached sampler of a second copy of the same weights with its per-token step torch.compile'd, None)
     or (None, why it fell back to eager). It compiles here, before the timed calls."""
     from vqgen.stages.sampling.sampler import compile_sampling_step
 
-    twin, warnings = build(name, device, grid), []
+    twin, warnings = build(name, device, grid, options), []
     compile_sampling_step(twin, warn=warnings.append, backend=backend)
     compiled_run = seeded_run(twin.sample)
     compiled_run()  # compiles here, before the timed calls
@@ -69,6 +77,7 @@ def bench_prior(
     device: torch.device | str = "cpu",
     grid: int = GRID,
     compile_backend: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> list[dict]:
     """Tokens/s (median) of each sampler of one prior: one row per sampler, ratios against the naive sampler.
     With `compile_backend`, also the cached sampler with its per-token step torch.compile'd (`generate
@@ -76,7 +85,7 @@ def bench_prior(
     The samplers take turns within each repeat, so that a change in the machine's load hits all of them alike;
     with a time budget, the naive sampler, the slow one, gets fewer timed calls."""
     device = torch.device(device)
-    model = build(name, device, grid)
+    model = build(name, device, grid, options)
     labels = torch.arange(batch, device=device) % NUM_CLASSES
 
     last: dict = {}  # the grids of each sampler's latest call: every call draws the same ones
@@ -97,7 +106,7 @@ def bench_prior(
         runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
     compile_failed = None
     if compile_backend:
-        compiled_run, compile_failed = compiled(name, device, grid, compile_backend, seeded_run)
+        compiled_run, compile_failed = compiled(name, device, grid, compile_backend, seeded_run, options)
         if compiled_run is not None:
             runs[f"{name} cached, torch.compile"] = compiled_run
     measured = measure_runs(runs, timing, device)
@@ -107,6 +116,7 @@ def bench_prior(
     for key, m in measured.items():
         row = result_row(key, batch * grid * grid, "tokens/s", m, baseline=f"{name} naive (baseline)")
         row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=params)
+        row.update(options=dict(options or {}))
         if key == f"{name} cached":
             row["same_as_naive"] = same  # the cached sampler draws exactly the naive sampler's grids
         rows.append(row)
@@ -127,7 +137,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"samples per call (default {BATCH})")
+    parser.add_argument("--grid", type=int, default=GRID, help=f"code grid side (default {GRID})")
+    parser.add_argument(
+        "--prior-opt", nargs="*", default=[], metavar="OPTION=VALUE", help="config fields changed in every prior"
+    )
     args = parser.parse_args(argv)
+    try:
+        options = split_assignments(args.prior_opt, "--prior-opt")
+        for name in args.priors or PRIORS.names():  # check every option before timing anything
+            config_cls = get_type_hints(PRIORS.get(name).__init__)["config"]
+            parse_options(name, config_cls, options, vocab_size=VOCAB, num_classes=NUM_CLASSES)
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     timing = Timing(repeats=1, warmup=1) if args.quick else Timing(repeats=10, warmup=1, budget_s=5)
@@ -136,13 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         row
         for name in (args.priors or PRIORS.names())
-        for row in bench_prior(name, timing, args.batch, args.device)
+        for row in bench_prior(name, timing, args.batch, args.device, args.grid, options=options)
     ]
     result = {
         "machine": machine,
         "load_average_after": os.getloadavg(),
         "batch": args.batch,
-        "grid": [GRID, GRID],
+        "grid": [args.grid, args.grid],
+        "prior_options": options,
         "vocab_size": VOCAB,
         "num_classes": NUM_CLASSES,
         "timing": asdict(timing),
@@ -151,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = machine["load_average"][0]
     print(
         f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['torch_threads']} threads, "
-        f"{args.device}, batch {args.batch}, {GRID}x{GRID} grid, vocab {VOCAB}, {NUM_CLASSES} classes, medians "
+        f"{args.device}, batch {args.batch}, {args.grid}x{args.grid} grid, vocab {VOCAB}, {NUM_CLASSES} classes, medians "
         f"of up to {timing.repeats} runs, load average {load_before:.1f}\n"
     )
     print(markdown_table("sampler", rows, SAMPLING_COLUMNS))

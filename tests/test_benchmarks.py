@@ -224,3 +224,20 @@ def test_rgb_comparison_means_over_seeds():
     assert means["vqvae"]["psnr"] == 21.0 and means["vqvae"]["seeds"] == [0, 1]
     assert abs(means["vqvae"]["psnr_std"] - 2**0.5) < 1e-12 and means["vqvae+gan"]["psnr_std"] == 0.0
     assert abs(means["vqvae"]["edge_sharpness_ratio"] - 0.75) < 1e-12
+
+
+def test_sampling_benchmark_times_a_variant_given_by_prior_options(tmp_path, capsys):
+    """`benchmarks.sampling --grid --prior-opt`: the variant is the one timed (fewer parameters for a narrower GRU),
+    and an option the prior does not have is one argparse line, exit 2, before anything is timed."""
+    from benchmarks import sampling
+
+    args = ["--quick", "--priors", "gru", "--grid", "3", "--batch", "2"]
+    default = sampling.main([*args, "--json", str(tmp_path / "a.json")])
+    narrow = sampling.main([*args, "--prior-opt", "hidden_size=32", "--json", str(tmp_path / "b.json")])
+    assert default["grid"] == [3, 3] and narrow["prior_options"] == {"hidden_size": "32"}
+    assert narrow["results"][0]["params"] < default["results"][0]["params"]
+    assert narrow["results"][0]["same_as_naive"] is True
+    with pytest.raises(SystemExit) as exit_info:
+        sampling.main([*args, "--prior-opt", "no_such=1", "--json", str(tmp_path / "c.json")])
+    assert exit_info.value.code == 2 and "gru has no option 'no_such'" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
