@@ -35,7 +35,7 @@ class GRUPriorConfig(PriorConfig):
     # (arXiv:2406.06525) in the GRU's own form; the recurrent state itself is never dropped
     token_dropout: float = 0.1
     # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
-    sample_temperature: float = 0.6
+    sample_temperature: float = 0.8
     sample_cfg_scale: float = 2.0
 
     # what a config.json without these fields means: it was saved before they existed

@@ -38,8 +38,8 @@ class PixelCNNPriorConfig(PriorConfig):
     dropout: float = 0.1
     token_dropout: float = 0.1  # dropout on the code embeddings, training only (LlamaGen's token dropout)
     # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
-    sample_temperature: float = 0.7
-    sample_cfg_scale: float = 2.0
+    sample_temperature: float = 0.9
+    sample_cfg_scale: float = 3.0
 
 
 def layers_to_cover(grid_height: int, grid_width: int, kernel_size: int) -> int:

@@ -51,7 +51,7 @@ class TransformerPriorConfig(PriorConfig):
     pos_2d: bool | None = None
     # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
     sample_temperature: float = 0.9
-    sample_cfg_scale: float = 2.0
+    sample_cfg_scale: float = 3.0
 
     @classmethod
     def sizes(cls) -> dict[str, dict]:
