@@ -5,11 +5,10 @@
         [--priors gru ...] [--prior-opt hidden_size=192 ...]
 
 Untrained weights on a 7x7 grid (`--grid`), vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
-`--prior-opt OPTION=VALUE` changes a config field of every prior
-benchmarked (as `train-prior --prior-opt`), to time a variant against the default in two runs. Every ratio is taken
-within this run, against the naive sampler of the same prior; each number is the median over
-the repeats; peak memory is what one sampling call adds on top of the weights. Prints a markdown table and writes
-JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `bench_prior` in its suite.
+`--prior-opt OPTION=VALUE` changes a config field of every prior benchmarked (as `train-prior --prior-opt`), to time a
+variant against the default in two runs. Every ratio is taken within this run, against the naive sampler of the same
+prior; each number is the median over the repeats; peak memory is what one sampling call adds on top of the
+weights. Prints a markdown table and writes JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `bench_prior` in its suite.
 """
 
 import argparse
@@ -139,7 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=BATCH, help=f"samples per call (default {BATCH})")
     parser.add_argument("--grid", type=int, default=GRID, help=f"code grid side (default {GRID})")
     parser.add_argument(
-        "--prior-opt", nargs="*", default=[], metavar="OPTION=VALUE", help="config fields changed in every prior"
+        "--prior-opt",
+        nargs="*",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="config fields changed in every prior",
     )
     args = parser.parse_args(argv)
     try:
