@@ -8,7 +8,8 @@ Untrained weights on a 7x7 grid (`--grid`), vocabulary 512, 10 classes, batch 16
 `--prior-opt OPTION=VALUE` changes a config field of every prior benchmarked (as `train-prior --prior-opt`), to time a
 variant against the default in two runs. Every ratio is taken within this run, against the naive sampler of the same
 prior; each number is the median over the repeats; peak memory is what one sampling call adds on top of the
-weights. Prints a markdown table and writes JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py` runs `bench_prior` in its suite.
+weights. Prints a markdown table and writes JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py`
+runs `bench_prior` in its suite.
 """
 
 import argparse
@@ -43,18 +44,22 @@ SAMPLING_COLUMNS = [
 ]
 
 
+def prior_config(name: str, grid: int = GRID, options: dict[str, str] | None = None):
+    """The registered prior's default config on a grid x grid code grid of VOCAB codes and NUM_CLASSES classes,
+    with `options` (fields changed, as `--prior-opt`); an unknown option or a bad value is a ValueError naming it."""
+    config_cls = get_type_hints(PRIORS.get(name).__init__)["config"]
+    fixed = dict(vocab_size=VOCAB, grid_height=grid, grid_width=grid, num_classes=NUM_CLASSES)
+    return parse_options(name, config_cls, options or {}, **fixed)
+
+
 def build(
     name: str, device: torch.device | str = "cpu", grid: int = GRID, options: dict[str, str] | None = None
 ) -> Prior:
-    """A registered prior with its default config (`options`: fields changed, as `--prior-opt`) on a grid x grid
-    code grid (7x7: 28x28 images, downsampling 4) of VOCAB codes and NUM_CLASSES classes, fixed seed, untrained
-    (speed does not depend on the weights)."""
-    cls = PRIORS.get(name)
-    config_cls = get_type_hints(cls.__init__)["config"]
-    fixed = dict(vocab_size=VOCAB, grid_height=grid, grid_width=grid, num_classes=NUM_CLASSES)
-    config = parse_options(name, config_cls, options or {}, **fixed)
+    """A registered prior with its `prior_config` (7x7: 28x28 images, downsampling 4), fixed seed, untrained (speed
+    does not depend on the weights)."""
+    config = prior_config(name, grid, options)
     torch.manual_seed(0)
-    return cls(config).to(device).eval()
+    return PRIORS.get(name)(config).to(device).eval()
 
 
 def compiled(name: str, device: torch.device, grid: int, backend: str, seeded_run, options=None):
@@ -148,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         options = split_assignments(args.prior_opt, "--prior-opt")
         for name in args.priors or PRIORS.names():  # check every option before timing anything
-            config_cls = get_type_hints(PRIORS.get(name).__init__)["config"]
-            parse_options(name, config_cls, options, vocab_size=VOCAB, num_classes=NUM_CLASSES)
+            prior_config(name, args.grid, options)
     except ValueError as error:
         parser.error(str(error))
     if args.threads:
@@ -176,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = machine["load_average"][0]
     print(
         f"torch {machine['torch']}, transformers {machine['transformers']}, {machine['torch_threads']} threads, "
-        f"{args.device}, batch {args.batch}, {args.grid}x{args.grid} grid, vocab {VOCAB}, {NUM_CLASSES} classes, medians "
-        f"of up to {timing.repeats} runs, load average {load_before:.1f}\n"
+        f"{args.device}, batch {args.batch}, {args.grid}x{args.grid} grid, vocab {VOCAB}, {NUM_CLASSES} classes, "
+        f"medians of up to {timing.repeats} runs, load average {load_before:.1f}\n"
     )
     print(markdown_table("sampler", rows, SAMPLING_COLUMNS))
     if load_before > 0.5 * (os.cpu_count() or 1):  # the run itself raises the load average after
