@@ -199,3 +199,25 @@ def test_every_prior_names_its_blocks_as_the_sharding_unit():
         assert set(prior._no_split_modules) <= present, entry.name
     transformer = PRIORS.get("transformer")
     assert transformer(prior_config_class(transformer)())._no_split_modules == ["LlamaDecoderLayer"]
+
+
+@pytest.mark.slow
+def test_each_process_destroys_its_process_group_before_the_interpreter_exits(tmp_path):
+    """Left to interpreter shutdown, gloo's threads can abort a finished process (SIGABRT: a run that reads as
+    failed). atexit runs its handlers last-in first-out: the one registered first sees the group new_accelerator's
+    handler left."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "import torch.distributed as dist\n"
+        "from vqgen.stages.training.distribution import new_accelerator\n"
+        "report = open(os.path.join(sys.argv[1], os.environ['RANK']), 'w')\n"
+        "atexit.register(lambda: report.write(f'left at exit: {dist.is_initialized()}'))\n"
+        "accelerator = new_accelerator('auto')\n"
+        "report.write(f'processes: {accelerator.num_processes}; ')\n"
+    )
+    cmd = [*launch_cmd(2, "ddp")[:-1], str(script), str(tmp_path)]  # the launch, with the probe for cli.py
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [(tmp_path / rank).read_text() for rank in "01"] == ["processes: 2; left at exit: False"] * 2

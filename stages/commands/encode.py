@@ -17,13 +17,14 @@ from pathlib import Path
 
 from vqgen.stages.artifacts.codes import assemble_codes, codes_meta, write_shard
 from vqgen.stages.artifacts.hub import looks_local
-from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
+from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError, read_json_object
 from vqgen.stages.core.files import write_json
 from vqgen.stages.data.encode import encode_shard, prepared_shards, stream_shards
 from vqgen.stages.data.images import DataConfig
 from vqgen.stages.data.sources import load_image_splits
 from vqgen.stages.data.views import check_augment, resolve_augment, source_size
+from vqgen.stages.training.distribution import new_accelerator
 
 MANIFEST = "manifest.json"
 
@@ -150,7 +151,6 @@ def _tokenizer_link(cfg: EncodeConfig, out: Path, model) -> str:
 
 def run_encode(cfg: EncodeConfig, log=print) -> dict:
     """Encode both splits into CODES; returns the counts and the speed."""
-    from accelerate import Accelerator
     from vqgen.stages.artifacts.models import load_tokenizer
 
     check_augment(cfg.augment)
@@ -167,7 +167,7 @@ def run_encode(cfg: EncodeConfig, log=print) -> dict:
     check_augment(cfg.augment, model.config.image_size)
     cfg.data.image_size = source_size(cfg.augment, model.config.image_size)
     cfg.data.channels = model.config.channels
-    accelerator = Accelerator(**training_accelerator_kwargs(cfg.device))
+    accelerator = new_accelerator(cfg.device)
     rank, world = accelerator.process_index, accelerator.num_processes
     manifest = _manifest(cfg, model, world)
     link = _tokenizer_link(cfg, out, model) if accelerator.is_main_process else None

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from vqgen.stages.artifacts.codes import load_codes, save_codes
 from vqgen.stages.artifacts.models import save_model
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
-from vqgen.stages.core.device import check_device_name, resolve_device, training_accelerator_kwargs
+from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
 from vqgen.stages.core.registry import QUANTIZERS, TOKENIZERS
@@ -37,6 +37,7 @@ from vqgen.stages.reporting.run_plots import code_counts, write_plots
 from vqgen.stages.tokenizer import Tokenizer
 from vqgen.stages.tokenizer.vqvae import VQVAEConfig
 from vqgen.stages.training.config import TOKENIZER_TRAINING, TrainConfig
+from vqgen.stages.training.distribution import new_accelerator
 from vqgen.stages.training.plugins import build_plugins
 from vqgen.stages.training.tasks import StreamingTokenizerTask, TokenizerTask
 from vqgen.stages.training.trainer import Trainer
@@ -125,10 +126,9 @@ def check_tokenize(cfg: TokenizeConfig) -> None:
 
 def given_tokenizer(cfg: TokenizeConfig) -> StageOne:
     """--tokenizer: a trained tokenizer, which must take the data's image size and channels."""
-    from accelerate import Accelerator
     from vqgen.stages.artifacts.models import load_tokenizer
 
-    accelerator = Accelerator(**training_accelerator_kwargs(cfg.train.device))
+    accelerator = new_accelerator(cfg.train.device)
     model = load_tokenizer(cfg.tokenizer)
     takes = (model.config.image_size, model.config.channels)
     if takes != (cfg.data.image_size, cfg.data.channels):

@@ -10,12 +10,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from vqgen.plugins.base import PluginContext, TrainingPlugin
 from vqgen.stages.artifacts.hub import weights_file
-from vqgen.stages.core.device import checked_compile_backend, training_accelerator_kwargs
+from vqgen.stages.core.device import checked_compile_backend
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.training import sharding
 from vqgen.stages.training.config import TrainConfig, TrainTask, default_workers, steps_for_epochs
 from vqgen.stages.training.data_order import BatchFeed, EpochSampler
-from vqgen.stages.training.distribution import launched_processes
+from vqgen.stages.training.distribution import new_accelerator
 
 
 @dataclass
@@ -59,11 +59,11 @@ def build_run(task: TrainTask, config: TrainConfig, run_dir: Path, plugins: list
 def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
     """The run's Accelerator, or one line saying why there is none."""
     try:
-        accelerator = Accelerator(
+        accelerator = new_accelerator(
+            config.device,
             mixed_precision=config.mixed_precision,  # None: accelerate's own setting (config file, launch)
             log_with=config.log_with,
             project_dir=str(run_dir),
-            **training_accelerator_kwargs(config.device, launched_processes()),
         )
     except (ValueError, ImportError) as exc:
         raise UserError(f"cannot set up training: {exc}") from exc
