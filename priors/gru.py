@@ -11,6 +11,7 @@ codes sampled so far: constant work per token.
 GRU: Cho et al. 2014, arXiv:1406.1078. Used as a VQ-VAE prior, e.g., in van den Oord et al. 2017, arXiv:1711.00937.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,6 +35,12 @@ class GRUPriorConfig(PriorConfig):
     # dropout on the input embeddings (code + position + label), training only: LlamaGen's token dropout
     # (arXiv:2406.06525) in the GRU's own form; the recurrent state itself is never dropped
     token_dropout: float = 0.1
+    # DropConnect on the GRU's hidden-to-hidden weights, one mask per batch (AWD-LSTM's weight drop, Merity et al.
+    # 2017, arXiv:1708.02182): regularises the recurrence itself, which dropout on activations cannot reach
+    weight_dropout: float = 0.0
+    # the fraction of input codes (the previous code and the codes above) replaced by a uniformly random code while
+    # training; the targets stay the true codes (data noising, Xie et al. 2017, arXiv:1703.02573)
+    code_noise: float = 0.0
     # sampling defaults chosen on the digits and RGB emoji by benchmarks/prior_sweep.py (docs: own small dataset)
     sample_temperature: float = 0.8
     sample_cfg_scale: float = 2.0
@@ -55,6 +62,9 @@ class GRUPrior(Prior):
     def __init__(self, config: GRUPriorConfig):
         super().__init__(config)
         c = config
+        for name in ("weight_dropout", "code_noise"):  # nn.Dropout checks the other rates
+            if not 0.0 <= getattr(c, name) < 1.0:
+                raise ValueError(f"{name} should be a fraction in [0, 1), not {getattr(c, name)}")
         num_labels = c.num_classes + 1  # classes + the null label (index num_classes; 0 when unconditional)
         self.code_embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.start_embed = nn.Embedding(num_labels, c.embed_dim)  # the start token, one per label
@@ -89,16 +99,17 @@ class GRUPrior(Prior):
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> PriorOutput:
         b, h, w = codes.shape
         labels = self._labels(self.training_labels(labels), b)
-        flat = codes.reshape(b, h * w)
+        inputs = self._noised(codes)  # (B, H, W) what the network reads; the loss is on `codes`
+        flat = inputs.reshape(b, h * w)
         start = self.start_embed(labels).unsqueeze(1)  # (B, 1, E)
         x = torch.cat([start, self.code_embed(flat[:, :-1])], dim=1) + self.pos_embed  # (B, T, E)
         if self.above_embed is not None:
-            # a row of `outside` on top and a column each side: padded[:, i, j + 1] is codes[:, i - 1, j]
-            padded = nn.functional.pad(codes, (1, 1, 1, 0), value=self.outside)  # (B, H + 1, W + 2)
+            # a row of `outside` on top and a column each side: padded[:, i, j + 1] is inputs[:, i - 1, j]
+            padded = nn.functional.pad(inputs, (1, 1, 1, 0), value=self.outside)  # (B, H + 1, W + 2)
             above = torch.stack([padded[:, :h, k : k + w] for k in range(3)], dim=-1)  # (B, H, W, 3)
             x = x + self._above(above.reshape(b, h * w, 3))
         x = self.token_drop(x + self.label_embed(labels).unsqueeze(1))
-        out, _ = self.gru(x, self._initial_hidden(labels))  # (B, T, hidden)
+        out, _ = self._run_gru(x, self._initial_hidden(labels))  # (B, T, hidden)
         logits = self.head(self.drop(out)).view(b, h, w, -1)  # (B, H, W, V)
         return PriorOutput(logits=logits, loss=self.nll(logits, codes))
 
@@ -130,6 +141,28 @@ class GRUPrior(Prior):
         out, state.hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
         state.position += 1
         return self.head(out[:, 0]), state  # (B, V)
+
+    def _noised(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) codes with a `code_noise` fraction replaced by random codes while training; as they are else."""
+        rate = self.config.code_noise
+        if not (self.training and rate > 0):
+            return codes
+        replace = torch.rand(codes.shape, device=codes.device) < rate
+        return torch.where(replace, torch.randint_like(codes, self.config.vocab_size), codes)
+
+    def _run_gru(self, x: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU over (B, T, E), with its recurrent weights dropped (`weight_dropout`) while training."""
+        if not (self.training and self.config.weight_dropout > 0):
+            return self.gru(x, hidden)
+        dropped = {
+            name: nn.functional.dropout(weight, self.config.weight_dropout)
+            for name, weight in self.gru.named_parameters()
+            if name.startswith("weight_hh")
+        }
+        # the dropped weights are not one contiguous chunk: cuDNN says so, once
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+            return torch.func.functional_call(self.gru, dropped, (x, hidden), strict=False)
 
     def _above(self, above: torch.Tensor) -> torch.Tensor:
         """(..., 3) codes above-left, above, above-right (or `outside`) -> (..., E) the sum of their embeddings."""

@@ -231,6 +231,8 @@ ROWS = [
      ["no valid model"]),
     ("prior-opt-heads-do-not-divide", ["train-prior", "--prior", "transformer", "--codes", "{run}/codes", "--out", "{new}",
      "--prior-opt", "hidden_size=16", "--prior-opt", "num_heads=3"], ["no valid model", "attention heads"]),
+    ("prior-opt-code-noise-not-a-fraction", ["train-prior", "--prior", "gru", "--codes", "{run}/codes", "--out", "{new}",
+     "--prior-opt", "code_noise=1.5"], ["no valid model", "code_noise should be a fraction"]),
     ("prior-out-exists", ["train-prior", "--codes", "{run}/codes", "--out", "{prior}", *GRU_FLAGS], ["already holds a run"]),
     # generate: prior files
     ("prior-folder-missing", ["generate", "--prior", "{bad}/missing", "--out", "{new}.png"], ["no such folder"]),

@@ -388,3 +388,19 @@ def test_gru_saved_before_row_above_loads_as_it_was(tmp_path):
     codes, labels = codes_and_labels(2)
     with torch.no_grad():
         assert torch.equal(loaded(codes, labels).logits, model(codes, labels).logits)
+
+
+def test_gru_code_noise_corrupts_its_inputs_not_its_targets():
+    """`code_noise` replaces a fraction of the codes the GRU reads with random ones while training: the logits move,
+    the loss is still scored on the true codes, and eval mode reads the codes as they are."""
+    codes, labels = codes_and_labels(4)
+    off, noised = tiny("gru", label_dropout=0.0), tiny("gru", label_dropout=0.0, code_noise=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            noised.eval()(codes, labels).logits, off.eval()(codes, labels).logits, rtol=0, atol=0
+        )
+        torch.manual_seed(1)
+        out = noised.train()(codes, labels)
+    assert not torch.equal(out.logits, off.eval()(codes, labels).logits)
+    nll = torch.nn.functional.cross_entropy(out.logits.reshape(-1, V), codes.reshape(-1))
+    torch.testing.assert_close(out.loss, nll)  # the targets are the uncorrupted codes
