@@ -4,9 +4,11 @@ Input at position t = (i, j) is the embedding of code t-1 (a learned start token
 of the position t, so that the network knows where the raster scan wraps to a new row, plus (`row_above`) the
 embeddings of the three codes above it: (i-1, j-1), (i-1, j), (i-1, j+1), all sampled before t, with an "outside"
 code beyond the grid's edges. A raster GRU must otherwise carry a whole row in its hidden state to know what lies
-above; with them it sees its 2D neighbourhood as a PixelCNN does. The class label sets the initial hidden state of
-every layer and is also the start token, so the label is seen both ways. Sampling carries the hidden state and the
-codes sampled so far: constant work per token.
+above; with them it sees its 2D neighbourhood as a PixelCNN does. With `row_context`, a second, smaller GRU reads
+every finished row right to left, and the code at (i, j) is also fed its state at column j: a summary of the row
+above from j to the right edge, which the raster GRU read a whole row ago. The class label sets the initial hidden
+state of every layer and is also the start token, so the label is seen both ways. Sampling carries the hidden state
+and the codes sampled so far (and the row above's summary, computed once per row): constant work per token.
 
 GRU: Cho et al. 2014, arXiv:1406.1078. Used as a VQ-VAE prior, e.g., in van den Oord et al. 2017, arXiv:1711.00937.
 """
@@ -31,6 +33,9 @@ class GRUPriorConfig(PriorConfig):
     # also feed the codes above-left, above and above-right of the predicted position (see the module docstring);
     # priors saved before this field existed had none (`saved_defaults`)
     row_above: bool = True
+    # the width of a second GRU that reads each finished row right to left, so that the code at (i, j) also sees a
+    # summary of (i-1, j..W-1), the row above from its column to the edge; 0: none (see the module docstring)
+    row_context: int = 0
     dropout: float = 0.1  # between GRU layers and before the output head, training only
     # dropout on the input embeddings (code + position + label), training only: LlamaGen's token dropout
     # (arXiv:2406.06525) in the GRU's own form; the recurrent state itself is never dropped
@@ -55,6 +60,7 @@ class GRUSamplingState:
     labels: torch.Tensor  # (B,) label index, num_classes = null
     label_bias: torch.Tensor  # (B, E) the label embedding added at every step
     grid: torch.Tensor  # (B, H + 1, W + 2) the codes sampled so far, at [i + 1, j + 1]; `outside` elsewhere
+    row_context: torch.Tensor | None  # (B, W, E) the row above's right-to-left summary, per column
     position: int  # raster position whose logits the next call returns
 
 
@@ -65,6 +71,8 @@ class GRUPrior(Prior):
         for name in ("weight_dropout", "code_noise"):  # nn.Dropout checks the other rates
             if not 0.0 <= getattr(c, name) < 1.0:
                 raise ValueError(f"{name} should be a fraction in [0, 1), not {getattr(c, name)}")
+        if c.row_context < 0:
+            raise ValueError(f"row_context should be a width >= 0 (0: none), not {c.row_context}")
         num_labels = c.num_classes + 1  # classes + the null label (index num_classes; 0 when unconditional)
         self.code_embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.start_embed = nn.Embedding(num_labels, c.embed_dim)  # the start token, one per label
@@ -77,6 +85,10 @@ class GRUPrior(Prior):
         self.outside = c.vocab_size
         self.above_embed = nn.Embedding(3 * (c.vocab_size + 1), c.embed_dim) if c.row_above else None
         self.register_buffer("above_offsets", torch.arange(3) * (c.vocab_size + 1), persistent=False)
+        self.row_gru, self.row_proj = None, None
+        if c.row_context > 0:
+            self.row_gru = nn.GRU(c.embed_dim, c.row_context, batch_first=True)
+            self.row_proj = nn.Linear(c.row_context, c.embed_dim)
         # between GRU layers only: nn.GRU warns (and does nothing) with one layer
         between_layers = c.dropout if c.num_layers > 1 else 0.0
         self.gru = nn.GRU(c.embed_dim, c.hidden_size, c.num_layers, batch_first=True, dropout=between_layers)
@@ -108,6 +120,9 @@ class GRUPrior(Prior):
             padded = nn.functional.pad(inputs, (1, 1, 1, 0), value=self.outside)  # (B, H + 1, W + 2)
             above = torch.stack([padded[:, :h, k : k + w] for k in range(3)], dim=-1)  # (B, H, W, 3)
             x = x + self._above(above.reshape(b, h * w, 3))
+        if self.row_gru is not None and h > 1:
+            context = self._row_context(inputs[:, :-1])  # (B, H - 1, W, E): rows 1.. see the row above them
+            x = x + nn.functional.pad(context, (0, 0, 0, 0, 1, 0)).reshape(b, h * w, -1)  # row 0: none
         x = self.token_drop(x + self.label_embed(labels).unsqueeze(1))
         out, _ = self._run_gru(x, self._initial_hidden(labels))  # (B, T, hidden)
         logits = self.head(self.drop(out)).view(b, h, w, -1)  # (B, H, W, V)
@@ -123,7 +138,9 @@ class GRUPrior(Prior):
             dtype=torch.long,
             device=self.device,
         )
-        return GRUSamplingState(hidden=hidden, labels=labels, label_bias=label_bias, grid=grid, position=0)
+        return GRUSamplingState(
+            hidden=hidden, labels=labels, label_bias=label_bias, grid=grid, row_context=None, position=0
+        )
 
     def next_logits(
         self, state: GRUSamplingState, prev: torch.Tensor | None
@@ -137,10 +154,23 @@ class GRUPrior(Prior):
         if self.above_embed is not None:
             i, j = divmod(t, self.config.grid_width)
             x = x + self._above(state.grid[:, i, j : j + 3])  # above-left, above, above-right of (i, j)
+        i, j = divmod(t, self.config.grid_width)
+        if self.row_gru is not None and i > 0:
+            if j == 0:  # a row was just finished: summarise it once for the whole of the next row
+                state.row_context = self._row_context(state.grid[:, i : i + 1, 1:-1])[:, 0]  # (B, W, E)
+            x = x + state.row_context[:, j]
         x = x.unsqueeze(1)  # (B, 1, E)
         out, state.hidden = self.gru(x, state.hidden)  # (B, 1, hidden), (L, B, hidden)
         state.position += 1
         return self.head(out[:, 0]), state  # (B, V)
+
+    def _row_context(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, R, W) finished rows of codes -> (B, R, W, E): at column j, the right-to-left GRU's state after
+        reading the row's codes W-1 down to j, projected to the embedding width."""
+        b, r, w = rows.shape
+        reversed_rows = self.code_embed(rows).flip(2).reshape(b * r, w, -1)  # (B R, W, E), right to left
+        out, _ = self.row_gru(reversed_rows)  # (B R, W, row_context)
+        return self.row_proj(out.flip(1)).view(b, r, w, -1)  # (B, R, W, E)
 
     def _noised(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, H, W) codes with a `code_noise` fraction replaced by random codes while training; as they are else."""

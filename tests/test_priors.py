@@ -404,3 +404,25 @@ def test_gru_code_noise_corrupts_its_inputs_not_its_targets():
     assert not torch.equal(out.logits, off.eval()(codes, labels).logits)
     nll = torch.nn.functional.cross_entropy(out.logits.reshape(-1, V), codes.reshape(-1))
     torch.testing.assert_close(out.loss, nll)  # the targets are the uncorrupted codes
+
+
+@pytest.mark.parametrize(
+    "options", [dict(row_context=8), dict(row_context=8, row_above=False), dict(row_above=False)]
+)
+def test_gru_options_keep_the_contract(options):
+    """The GRU's optional inputs (the row above's right-to-left summary, the three codes above) read only earlier
+    positions, read all of them, and the cached sampler computes them as the teacher-forced pass does."""
+    model = tiny("gru", torch.float64, **options).eval()
+    codes, labels = codes_and_labels(1)
+    changed = codes.view(1, T).repeat(T, 1)  # row s: the code at position s changed
+    changed[torch.arange(T), torch.arange(T)] = (changed.diagonal() + 1) % V
+    with torch.no_grad():
+        base = model(codes, labels).logits.reshape(1, T, V)
+        logits = model(changed.view(T, H, W), labels.expand(T)).logits.reshape(T, T, V)
+        moved = (logits - base).abs().amax(-1) > 1e-9  # (s, t): did the logits at t move when s changed?
+        assert torch.equal(moved, torch.ones(T, T, dtype=torch.bool).triu(1))
+        state, prev = model.begin_sampling(labels, 1), None
+        for t in range(T):
+            step_logits, state = model.next_logits(state, prev)
+            torch.testing.assert_close(step_logits, base[:, t], rtol=0, atol=1e-9, msg=f"position {t}")
+            prev = codes.view(1, T)[:, t]
