@@ -112,7 +112,10 @@ def test_sees_every_earlier_position(name):
     """Changing the code at one position s changes the logits at every later position (no blind spot) and
     at no earlier one."""
     skip_unless_built_in(name)
-    model = tiny(name, torch.float64).eval()
+    assert_reads_exactly_the_earlier_positions(tiny(name, torch.float64).eval())
+
+
+def assert_reads_exactly_the_earlier_positions(model: Prior) -> None:
     codes, labels = codes_and_labels(1)
     changed = codes.view(1, T).repeat(T, 1)  # row s: the code at position s changed
     changed[torch.arange(T), torch.arange(T)] = (changed.diagonal() + 1) % V
@@ -257,7 +260,10 @@ def test_classifier_free_guidance(trained):
 
 def test_next_logits_match_forward(name):
     """The cached step, fed the codes one by one, gives the teacher-forced logits."""
-    model = tiny(name, torch.float64).eval()
+    assert_next_logits_match_forward(tiny(name, torch.float64).eval())
+
+
+def assert_next_logits_match_forward(model: Prior) -> None:
     codes, labels = codes_and_labels(3)
     with torch.no_grad():
         expected = model(codes, labels).logits.reshape(3, T, V)
@@ -413,16 +419,5 @@ def test_gru_options_keep_the_contract(options):
     """The GRU's optional inputs (the row above's right-to-left summary, the three codes above) read only earlier
     positions, read all of them, and the cached sampler computes them as the teacher-forced pass does."""
     model = tiny("gru", torch.float64, **options).eval()
-    codes, labels = codes_and_labels(1)
-    changed = codes.view(1, T).repeat(T, 1)  # row s: the code at position s changed
-    changed[torch.arange(T), torch.arange(T)] = (changed.diagonal() + 1) % V
-    with torch.no_grad():
-        base = model(codes, labels).logits.reshape(1, T, V)
-        logits = model(changed.view(T, H, W), labels.expand(T)).logits.reshape(T, T, V)
-        moved = (logits - base).abs().amax(-1) > 1e-9  # (s, t): did the logits at t move when s changed?
-        assert torch.equal(moved, torch.ones(T, T, dtype=torch.bool).triu(1))
-        state, prev = model.begin_sampling(labels, 1), None
-        for t in range(T):
-            step_logits, state = model.next_logits(state, prev)
-            torch.testing.assert_close(step_logits, base[:, t], rtol=0, atol=1e-9, msg=f"position {t}")
-            prev = codes.view(1, T)[:, t]
+    assert_reads_exactly_the_earlier_positions(model)
+    assert_next_logits_match_forward(model)
