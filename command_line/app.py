@@ -54,6 +54,19 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(code)
 
 
+def prior_training_note(name: str) -> str:
+    """`  (trains with epochs=56.0, weight_decay=0.1)`: the training defaults prior `name` declares as its own; ''
+    when none, or when it does not load (`vqgen priors` lists it all the same)."""
+    from vqgen.stages.core.build import prior_config_class
+    from vqgen.stages.core.registry import PRIORS
+
+    try:
+        own = prior_config_class(PRIORS.get(name)).training
+    except Exception:
+        return ""
+    return f"  (trains with {', '.join(f'{k}={v}' for k, v in own.items())})" if own else ""
+
+
 def listing(kind: str) -> str:
     """The text of `vqgen priors | plugins | quantizers | tokenizers`: every entry of a registry and where it comes
     from; tokenizers with each architecture's and preset's parameters and FLOPs per image."""
@@ -63,7 +76,10 @@ def listing(kind: str) -> str:
         entries = getattr(
             registry, {"prior": "PRIORS", "plugin": "PLUGINS", "quantizer": "QUANTIZERS"}[kind]
         ).entries()
-        return "\n".join(f"{e.name:<14} {e.source:<36} {e.target}" for e in entries)
+        lines = [f"{e.name:<14} {e.source:<36} {e.target}" for e in entries]
+        if kind == "prior":  # the training defaults a prior declares over train-prior's shared ones
+            lines = [line + prior_training_note(e.name) for line, e in zip(lines, entries)]
+        return "\n".join(lines)
     from vqgen.stages.tokenizer.base import count_size
 
     sources = {e.name: e for e in registry.TOKENIZERS.entries()}

@@ -93,6 +93,14 @@ def given(name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "DEFAULT_MAP")
 
 
+def not_given_from(train, defaults):
+    """`train` with every option the running command was not given (on the command line or in --config) taken
+    from `defaults`: for defaults that depend on another option, as train-prior's on --prior."""
+    ctx = _CONTEXT.get()
+    names = [f.name for f in dataclasses.fields(train) if f.name in ctx.params and given(f.name)]
+    return dataclasses.replace(defaults, **{name: getattr(train, name) for name in names})
+
+
 def saved_setting(saved: Path, name: str, default):
     """A field of a run's saved run_config.json (nested or flat), or `default` when there is none."""
     from vqgen.stages.core.runconfig import flat_file, read_config_file

@@ -88,7 +88,12 @@ TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
 # Training options of `train-prior` only: stage two has a held-out split to score during training.
 PRIOR_TRAIN_OPTIONS: dict[str, tuple[type, str]] = {
     "steps": (int, "Optimizer steps; 0: --epochs passes over the training codes (at least 500 steps)."),
-    "epochs": (float, "With --steps 0: passes over the training codes."),
+    "epochs": (
+        float,
+        "With --steps 0: passes over the training codes (a prior may declare its own: the GRU's is 56; "
+        "`vqgen priors` lists them).",
+    ),
+    "weight_decay": (float, "AdamW weight decay (a prior may declare its own: the GRU's is 0.1)."),
     "eval_every": (
         int,
         "Score the held-out codes every N steps and at the end (metrics.json's history); the weights with the "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from vqgen.command_line.app import rollback_note
-from vqgen.command_line.config import ConfigFile, finish, tokenize_config, training_options
+from vqgen.command_line.config import ConfigFile, finish, not_given_from, tokenize_config, training_options
 from vqgen.command_line.options import (
     PRIOR_TRAIN_OPTIONS,
     ArchOption,
@@ -218,7 +218,7 @@ def train_prior(
     resume: Resume = False,
 ) -> None:
     """Stage two: train an autoregressive prior on the tokenizer's code grids."""
-    from vqgen.stages.commands.train_prior import PriorTrainConfig, run_train_prior
+    from vqgen.stages.commands.train_prior import PriorTrainConfig, prior_training, run_train_prior
     from vqgen.stages.core.options import split_assignments
 
     try:
@@ -231,7 +231,7 @@ def train_prior(
         out=str(out) if out else None,
         prior_options=options,
         size=size,
-        train=train,
+        train=not_given_from(train, prior_training(prior)),  # the prior's own defaults (the GRU's 56 epochs)
         overwrite=overwrite,
         resume=resume,
     )

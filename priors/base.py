@@ -20,7 +20,7 @@ Save/load goes through `huggingface_hub.PyTorchModelHubMixin`: `config.json` (th
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -43,6 +43,9 @@ class PriorConfig:
     # a Hub model's generation config); each built-in prior sets the values benchmarks/prior_sweep.py chose
     sample_temperature: float = 1.0
     sample_cfg_scale: float = 3.0  # classifier-free guidance (a prior trained with labels and label dropout)
+    # how this prior trains best, where it differs from train-prior's defaults shared by every prior: settings of
+    # the training loop by name (`epochs`, `weight_decay`, `lr`, ...); a flag or --config value given still wins
+    training: ClassVar[dict[str, Any]] = {}
 
     @property
     def seq_len(self) -> int:

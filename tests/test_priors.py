@@ -20,7 +20,7 @@ NAMES = PRIORS.names()  # built-ins and any installed through the entry-point gr
 BUILT_IN = {"gru", "pixelcnn", "transformer", "llamagen"}
 COMMON = dict(vocab_size=16, grid_height=3, grid_width=5, num_classes=3)
 TINY = {  # architecture fields of the built-ins; a third-party prior is tried with its defaults
-    "gru": dict(embed_dim=16, hidden_size=32, num_layers=2, dropout=0.0),
+    "gru": dict(embed_dim=16, hidden_size=32, num_layers=2, row_context=8, dropout=0.0, code_noise=0.0),
     "pixelcnn": dict(channels=16, num_layers=4, head_channels=32),  # 4 layers see all of a 3x5 grid
     "transformer": dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, attention_dropout=0),
     "llamagen": dict(hidden_size=32, num_layers=2, num_heads=2, multiple_of=32, token_dropout=0, resid_dropout=0,

@@ -6,7 +6,9 @@ from enum import Enum
 from typing import Literal
 
 import pytest
-from conftest import TINY_TOKENIZER_FLAGS, assert_user_error, run_cli
+from conftest import TINY_TOKENIZER_FLAGS, assert_user_error, call_cli, run_cli
+from vqgen.priors.gru import GRUPriorConfig
+from vqgen.stages.commands.train_prior import prior_training
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.options import parse_options
 from vqgen.stages.core.runconfig import flat_file, set_fields
@@ -94,6 +96,38 @@ def test_set_fields_reaches_nested_fields_and_keeps_the_defaults():
 def test_stage_defaults_are_declared_once():
     assert (TOKENIZER_TRAINING.steps, PRIOR_TRAINING.steps, PRIOR_TRAINING.weight_decay) == (3200, 0, 0.01)
     assert PRIOR_TRAINING.epochs == 28.0  # steps 0: the prior's steps follow the size of its data
+
+
+def test_each_prior_trains_with_its_own_defaults_and_given_values_win(tmp_path, monkeypatch):
+    """A prior's config may declare the training settings it trains best with (`training`: the GRU's 56 epochs
+    and weight decay 0.1); train-prior takes them where no flag or --config value was given."""
+    gru = prior_training("gru")
+    assert (gru.epochs, gru.weight_decay) == (2 * PRIOR_TRAINING.epochs, 0.1)
+    assert prior_training("transformer") == PRIOR_TRAINING
+    run = tmp_path / "run"
+    assert run_cli("tokenize", "--run", str(run), *TINY_TOKENIZER_FLAGS, "--steps", "2").returncode == 0
+    config = tmp_path / "prior.yaml"
+    config.write_text("train:\n  epochs: 3\n")
+    tiny = {"gru": ["embed_dim=8", "hidden_size=8", "num_layers=1", "row_context=4"],
+            "transformer": ["hidden_size=8", "num_layers=1", "num_heads=2", "intermediate_size=16"]}  # fmt: skip
+    quick = ["--steps", "2", "--batch-size", "8", "--eval-every", "0", "--sample-every", "0"]
+    runs = {
+        "gru": ("gru", []),
+        "transformer": ("transformer", []),
+        "gru-given": ("gru", ["--weight-decay", "0.05", "--config", str(config)]),
+    }
+    for out, (prior, extra) in runs.items():
+        flags = [f for opt in tiny[prior] for f in ("--prior-opt", opt)]
+        where = ["--codes", run / "codes", "--out", tmp_path / out, "--prior", prior]
+        answer = call_cli("train-prior", *where, *quick, *flags, *extra)
+        assert answer.code == 0, answer.err[-2000:]
+    trained = {out: saved(tmp_path / out)["train"] for out in runs}
+    assert (trained["gru"]["epochs"], trained["gru"]["weight_decay"]) == (56.0, 0.1)
+    assert (trained["transformer"]["epochs"], trained["transformer"]["weight_decay"]) == (28.0, 0.01)
+    assert (trained["gru-given"]["epochs"], trained["gru-given"]["weight_decay"]) == (3.0, 0.05)
+    monkeypatch.setattr(GRUPriorConfig, "training", {"epoch": 56.0})  # a typo in a plugin prior's config
+    with pytest.raises(UserError, match="training settings that train-prior does not have: epoch"):
+        prior_training("gru")
 
 
 class Loss(Enum):

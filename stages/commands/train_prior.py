@@ -9,7 +9,7 @@ RUN/prior-<name>/          output: config.json + model.safetensors + README.md (
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,10 +17,11 @@ import torch
 from vqgen.stages.artifacts.card import note_kept_weights
 from vqgen.stages.artifacts.codes import CodeSplits, load_codes
 from vqgen.stages.artifacts.runs import locked_command, prepare_run_dir
-from vqgen.stages.core.build import build_prior, sized_options
+from vqgen.stages.core.build import build_prior, prior_config_class, sized_options
 from vqgen.stages.core.device import check_device_name, resolve_device
 from vqgen.stages.core.errors import UserError
 from vqgen.stages.core.files import write_json
+from vqgen.stages.core.registry import PRIORS
 from vqgen.stages.evaluation.priors import best_validation, evaluate_prior, kept_note, overfit_note
 from vqgen.stages.reporting.run_plots import write_plots
 from vqgen.stages.training.config import PRIOR_TRAINING, TrainConfig
@@ -30,6 +31,19 @@ from vqgen.stages.training.tasks import PriorTask
 from vqgen.stages.training.trainer import Trainer
 
 
+def prior_training(prior: str) -> TrainConfig:
+    """train-prior's defaults for the registered prior `prior`: the defaults every prior shares (PRIOR_TRAINING)
+    with the settings its config declares it trains best with (its `training`, e.g. the GRU's 56 epochs)."""
+    own = prior_config_class(PRIORS.get(prior)).training
+    unknown = sorted(set(own) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise UserError(
+            f"prior {prior!r} declares training settings that train-prior does not have: {', '.join(unknown)}; "
+            "fix the `training` of its config"
+        )
+    return replace(PRIOR_TRAINING, **own)
+
+
 @dataclass
 class PriorTrainConfig:
     codes: str = "runs/demo/codes"  # stage one's codes folder
@@ -37,12 +51,16 @@ class PriorTrainConfig:
     out: str | None = None  # default: <codes>/../prior-<prior>
     prior_options: dict[str, str] = field(default_factory=dict)  # config fields of the prior, as strings
     size: str | None = None  # a size preset (the prior config's sizes()); prior_options override it
-    train: TrainConfig = field(default_factory=lambda: replace(PRIOR_TRAINING))
+    train: TrainConfig | None = None  # None: the prior's own defaults (`prior_training`)
     eval_batch_size: int = 256
     overwrite: bool = False
     resume: bool = False
 
     LIMITS: ClassVar[dict[str, tuple[float, float]]] = {"eval_batch_size": (1, 65536)}
+
+    def __post_init__(self):
+        if self.train is None:
+            self.train = prior_training(self.prior)
 
 
 def final_results(
