@@ -2,12 +2,14 @@
 (the full forward pass per position) and, for the transformer, `transformers`' own `generate`.
 
     python -m benchmarks.sampling [--quick] [--device cpu|cuda] [--batch 16] [--grid 7] [--json OUT.json]
-        [--priors gru ...] [--prior-opt hidden_size=192 ...]
+        [--priors gru ...] [--prior-opt hidden_size=192 ...] [--baseline-opt hidden_size=384 ...]
 
 Untrained weights on a 7x7 grid (`--grid`), vocabulary 512, 10 classes, batch 16, one label per sample, no guidance.
 `--prior-opt OPTION=VALUE` changes a config field of every prior benchmarked (as `train-prior --prior-opt`), to time a
-variant against the default in two runs. Every ratio is taken within this run, against the naive sampler of the same
-prior; each number is the median over the repeats; peak memory is what one sampling call adds on top of the
+variant against the default in two runs, or `--baseline-opt OPTION=VALUE` to time the prior with those fields
+changed as the baseline of the same run instead of the naive sampler (which is then not run: on large grids it takes
+minutes a call). Every ratio is taken within this run, against the naive sampler of the same prior (or that
+baseline); each number is the median over the repeats; peak memory is what one sampling call adds on top of the
 weights. Prints a markdown table and writes JSON (default benchmarks/results/sampling.json). `benchmarks/run_all.py`
 runs `bench_prior` in its suite.
 """
@@ -82,8 +84,10 @@ def bench_prior(
     grid: int = GRID,
     compile_backend: str | None = None,
     options: dict[str, str] | None = None,
+    baseline_options: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Tokens/s (median) of each sampler of one prior: one row per sampler, ratios against the naive sampler.
+    """Tokens/s (median) of each sampler of one prior: one row per sampler, ratios against the naive sampler, or
+    with `baseline_options` against the cached sampler of the prior with those fields changed (no naive sampler).
     With `compile_backend`, also the cached sampler with its per-token step torch.compile'd (`generate
     --compile`: vqgen.stages.sampling.sampler.compile_sampling_step) on a second copy of the same weights.
     The samplers take turns within each repeat, so that a change in the machine's load hits all of them alike;
@@ -101,10 +105,13 @@ def bench_prior(
 
         return run
 
-    runs = {
-        f"{name} cached": seeded_run(model.sample),
-        f"{name} naive (baseline)": seeded_run(model.sample_naive),
-    }
+    if baseline_options is None:
+        baseline, reference = f"{name} naive (baseline)", model.sample_naive
+    else:
+        changed = " ".join(f"{k}={v}" for k, v in baseline_options.items())
+        baseline = f"{name} cached, {changed} (baseline)"
+        reference = build(name, device, grid, {**(options or {}), **baseline_options}).sample
+    runs = {f"{name} cached": seeded_run(model.sample), baseline: seeded_run(reference)}
     # `generate` knows no 2-D positions; it seeds the global RNG from a CPU generator
     if hasattr(model, "sample_hf_generate") and not getattr(model.config, "pos_2d", False):
         runs[f"{name} transformers generate"] = seeded_run(model.sample_hf_generate, torch.device("cpu"))
@@ -115,14 +122,17 @@ def bench_prior(
             runs[f"{name} cached, torch.compile"] = compiled_run
     measured = measure_runs(runs, timing, device)
     params = sum(p.numel() for p in model.parameters())
-    same = bool(torch.equal(last[model.sample], last[model.sample_naive]))  # no extra (slow) naive call
+    baseline_params = sum(p.numel() for p in reference.__self__.parameters())  # the naive sampler's: the same
+    # the cached sampler draws exactly the naive sampler's grids (no extra, slow, naive call)
+    same = bool(torch.equal(last[model.sample], last[reference])) if baseline_options is None else None
     rows = []
     for key, m in measured.items():
-        row = result_row(key, batch * grid * grid, "tokens/s", m, baseline=f"{name} naive (baseline)")
-        row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=params)
+        row = result_row(key, batch * grid * grid, "tokens/s", m, baseline=baseline)
+        size = baseline_params if key == baseline else params
+        row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=size)
         row.update(options=dict(options or {}))
-        if key == f"{name} cached":
-            row["same_as_naive"] = same  # the cached sampler draws exactly the naive sampler's grids
+        if key == f"{name} cached" and same is not None:
+            row["same_as_naive"] = same
         rows.append(row)
     if compile_failed:
         error = error_row(f"{name} cached, torch.compile", "tokens/s", RuntimeError(compile_failed))
@@ -149,11 +159,20 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="OPTION=VALUE",
         help="config fields changed in every prior",
     )
+    parser.add_argument(
+        "--baseline-opt",
+        nargs="+",
+        default=None,
+        metavar="OPTION=VALUE",
+        help="the baseline is each prior with these fields changed (after --prior-opt), not the naive sampler",
+    )
     args = parser.parse_args(argv)
     try:
         options = split_assignments(args.prior_opt, "--prior-opt")
+        against = split_assignments(args.baseline_opt, "--baseline-opt") if args.baseline_opt else None
         for name in args.priors or PRIORS.names():  # check every option before timing anything
             prior_config(name, args.grid, options)
+            prior_config(name, args.grid, {**options, **(against or {})})
     except ValueError as error:
         parser.error(str(error))
     if args.threads:
@@ -164,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         row
         for name in (args.priors or PRIORS.names())
-        for row in bench_prior(name, timing, args.batch, args.device, args.grid, options=options)
+        for row in bench_prior(
+            name, timing, args.batch, args.device, args.grid, options=options, baseline_options=against
+        )
     ]
     result = {
         "machine": machine,
@@ -172,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "grid": [args.grid, args.grid],
         "prior_options": options,
+        "baseline_options": against,
         "vocab_size": VOCAB,
         "num_classes": NUM_CLASSES,
         "timing": asdict(timing),

@@ -241,3 +241,14 @@ def test_sampling_benchmark_times_a_variant_given_by_prior_options(tmp_path, cap
         sampling.main([*args, "--prior-opt", "no_such=1", "--json", str(tmp_path / "c.json")])
     assert exit_info.value.code == 2 and "gru has no option 'no_such'" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+    # --baseline-opt: the same run times the changed prior as the baseline, and no naive sampler
+    against = sampling.main([*args, "--baseline-opt", "hidden_size=32", "--json", str(tmp_path / "d.json")])
+    names = [row["name"] for row in against["results"]]
+    assert names == ["gru cached", "gru cached, hidden_size=32 (baseline)"]
+    cached, baseline = against["results"]
+    assert cached["baseline"] == baseline["name"] and baseline["ratio_to_baseline"] == 1.0
+    assert baseline["params"] < cached["params"] == default["results"][0]["params"]
+    assert "same_as_naive" not in cached and against["baseline_options"] == {"hidden_size": "32"}
+    with pytest.raises(SystemExit) as exit_info:
+        sampling.main([*args, "--baseline-opt", "no_such=1", "--json", str(tmp_path / "e.json")])
+    assert exit_info.value.code == 2 and not (tmp_path / "e.json").exists()
