@@ -83,8 +83,9 @@ def restore_state(trainer, tensors: dict[str, torch.Tensor], meta: dict, path: P
             trainer.optimizer.load_state_dict(optimizer_state)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(
-            f"--resume: {path} does not fit the model that run_config.json describes (edited by hand?): "
-            f"{first_line(exc)}; put run_config.json back as the run wrote it, or start a new run"
+            f"--resume: {path} does not fit the model that run_config.json describes (edited by hand, or started "
+            f"by a vqgen whose model defaults differ?): {first_line(exc)}; put run_config.json back as the run "
+            "wrote it, or start a new run"
         ) from None
     for plugin in trainer.plugins:
         skeleton = meta["plugins"].get(plugin.name, {})  # {}: the run was started without this plugin
