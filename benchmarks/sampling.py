@@ -76,6 +76,18 @@ def compiled(name: str, device: torch.device, grid: int, backend: str, seeded_ru
     return (None, warnings[0]) if warnings else (compiled_run, None)
 
 
+def baseline_sampler(
+    name: str, model: Prior, device, grid: int, options, baseline_options
+) -> tuple[str, object]:
+    """(the baseline row's name, its sampling method): `model`'s naive sampler, or with `baseline_options` the
+    cached sampler of the same prior with those fields changed (after `options`)."""
+    if baseline_options is None:
+        return f"{name} naive (baseline)", model.sample_naive
+    changed = " ".join(f"{k}={v}" for k, v in baseline_options.items())
+    variant = build(name, device, grid, {**(options or {}), **baseline_options})
+    return f"{name} cached, {changed} (baseline)", variant.sample
+
+
 def bench_prior(
     name: str,
     timing: Timing,
@@ -105,12 +117,7 @@ def bench_prior(
 
         return run
 
-    if baseline_options is None:
-        baseline, reference = f"{name} naive (baseline)", model.sample_naive
-    else:
-        changed = " ".join(f"{k}={v}" for k, v in baseline_options.items())
-        baseline = f"{name} cached, {changed} (baseline)"
-        reference = build(name, device, grid, {**(options or {}), **baseline_options}).sample
+    baseline, reference = baseline_sampler(name, model, device, grid, options, baseline_options)
     runs = {f"{name} cached": seeded_run(model.sample), baseline: seeded_run(reference)}
     # `generate` knows no 2-D positions; it seeds the global RNG from a CPU generator
     if hasattr(model, "sample_hf_generate") and not getattr(model.config, "pos_2d", False):
@@ -121,15 +128,14 @@ def bench_prior(
         if compiled_run is not None:
             runs[f"{name} cached, torch.compile"] = compiled_run
     measured = measure_runs(runs, timing, device)
-    params = sum(p.numel() for p in model.parameters())
-    baseline_params = sum(p.numel() for p in reference.__self__.parameters())  # the naive sampler's: the same
     # the cached sampler draws exactly the naive sampler's grids (no extra, slow, naive call)
     same = bool(torch.equal(last[model.sample], last[reference])) if baseline_options is None else None
+    sizes = {key: model for key in measured} | {baseline: reference.__self__}
     rows = []
     for key, m in measured.items():
         row = result_row(key, batch * grid * grid, "tokens/s", m, baseline=baseline)
-        size = baseline_params if key == baseline else params
-        row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=size)
+        params = sum(p.numel() for p in sizes[key].parameters())
+        row.update(prior=name, sampler=key.removeprefix(name + " "), batch=batch, grid=grid, params=params)
         row.update(options=dict(options or {}))
         if key == f"{name} cached" and same is not None:
             row["same_as_naive"] = same
@@ -143,7 +149,9 @@ def bench_prior(
     return add_ratios(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str], dict[str, str] | None]:
+    """(the arguments, the --prior-opt fields, the --baseline-opt fields or None), every option checked against
+    every prior before anything is timed (a bad one: one argparse line, exit 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one timed run of each sampler (for tests)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "sampling.json")
@@ -175,6 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
             prior_config(name, args.grid, {**options, **(against or {})})
     except ValueError as error:
         parser.error(str(error))
+    return args, options, against
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, options, against = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     timing = Timing(repeats=1, warmup=1) if args.quick else Timing(repeats=10, warmup=1, budget_s=5)

@@ -203,6 +203,9 @@ def test_evaluate_a_tiny_run(tiny_run, image_folder, digits, tmp_path, monkeypat
         log=lines.append,
     )
     assert [r["name"] for r in rows] == ["gru", "transformer"]
+    # ... and says where that evaluation's settings differ from the ones this call asked for
+    reused = [line for line in lines if line.startswith("using the evaluation in")]
+    assert "n_samples=20 (asked: 1000)" in reused[-1] and "--overwrite evaluates again" in reused[-1]
     assert "| transformer |" in (tiny_run / "eval" / "compare.md").read_text()
     assert Image.open(tiny_run / "eval" / "compare.png").size[0] > 100
     other = tmp_path / "other"  # a second run (a copy, with its evaluation) to compare whole runs

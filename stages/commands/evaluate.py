@@ -176,6 +176,30 @@ def _compare_rows(targets: list[tuple[Path, str | None]], evaluated: dict, multi
     return rows
 
 
+# The evaluation settings that change its figures (not where or how fast it runs).
+RESULT_SETTINGS = (
+    "test_images",
+    "n_samples",
+    "cfg_scale",
+    "seed",
+    "features",
+    "classifier_epochs",
+    "classifier_width",
+    "stream_reference",
+    "pr_k",
+)
+
+
+def settings_changed(stored: dict, asked: EvaluateConfig) -> list[str]:
+    """`name=stored (asked: value)` for every setting of RESULT_SETTINGS where an evaluation stored with the
+    settings `stored` differs from the one `asked` for."""
+    return [
+        f"{name}={stored.get(name)!r} (asked: {getattr(asked, name)!r})"
+        for name in RESULT_SETTINGS
+        if stored.get(name) != getattr(asked, name)
+    ]
+
+
 @locked_command
 def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
     """One side-by-side table (compare.md, compare.json) and a quality-vs-speed plot (compare.png) over the
@@ -196,8 +220,12 @@ def run_compare(cfg: CompareConfig, log: Log = print) -> list[dict]:
     for run in runs:
         file = run / "eval" / "metrics.json"
         if file.is_file() and not cfg.evaluate.overwrite:
-            log(f"using the evaluation in {file}")
             evaluated[run] = json.loads(file.read_text())
+            changed = settings_changed(evaluated[run].get("settings") or {}, cfg.evaluate)
+            differs = (
+                f"; it was made with {', '.join(changed)}: --overwrite evaluates again" if changed else ""
+            )
+            log(f"using the evaluation in {file}{differs}")
         else:
             evaluated[run] = run_evaluate(replace(cfg.evaluate, run_dir=str(run)), log)
     rows = _compare_rows(targets, evaluated, multiple_runs=len(runs) > 1)
