@@ -37,9 +37,15 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(2)
     except Exception as exc:
         from vqgen.stages.core.errors import environment_error
+        from vqgen.stages.training.data_order import worker_died
 
         if environment_error(exc) is not None:  # a full disk met by a library that raises its own type
             typer.echo(f"error: {environment_error(exc)}", err=True)
+            sys.exit(2)
+        # torch raises a dead DataLoader worker from its SIGCHLD handler wherever the main process is: also
+        # outside the training loop that turns it into this line (while it closes the feed, say)
+        if worker_died(exc, workers=False) is not None:
+            typer.echo(f"error: {worker_died(exc, workers=False)}", err=True)
             sys.exit(2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
             ctx = getattr(exc, "ctx", None)

@@ -450,6 +450,30 @@ def test_unusable_file_names_and_dangling_links_are_skipped_and_counted(tmp_path
     assert json.loads((run / "metrics.json").read_text())["tokenizer"]["skipped_images"] == 2
 
 
+def test_a_dead_worker_raised_outside_the_training_loop_is_one_line(capsys):
+    """torch raises a dead DataLoader worker from its SIGCHLD handler wherever the main process is at that moment,
+    also outside the training loop that turns it into one line (seen once in CI, while the feed was closed): the
+    command line's last resort gives the same line and exit code 2."""
+    import typer
+    from vqgen.command_line.app import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def tokenize() -> None:
+        raise RuntimeError("DataLoader worker (pid 28312) is killed by signal: Killed. ")
+
+    argv, sys.argv = sys.argv, ["cli.py"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_app(app)
+    finally:
+        sys.argv = argv
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: a data-loading worker process died") and "--resume" in err
+
+
 def test_a_killed_data_worker_is_one_line(tmp_path, image_folder):
     """A DataLoader worker killed for real (SIGKILL, as the out-of-memory killer does): one line, the last
     checkpoint kept."""
