@@ -44,8 +44,9 @@ def run_app(app: typer.Typer) -> None:
             sys.exit(2)
         # torch raises a dead DataLoader worker from its SIGCHLD handler wherever the main process is: also
         # outside the training loop that turns it into this line (while it closes the feed, say)
-        if worker_died(exc, workers=False) is not None:
-            typer.echo(f"error: {worker_died(exc, workers=False)}", err=True)
+        died = worker_died(exc, workers=False)
+        if died is not None:
+            typer.echo(f"error: {died}", err=True)
             sys.exit(2)
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click: bad option names or values
             ctx = getattr(exc, "ctx", None)

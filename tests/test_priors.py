@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from vqgen.priors import Prior, PriorConfig, SamplingOptions
 from vqgen.priors.base import draw, filter_logits
+from vqgen.priors.gru import GRUPriorConfig
 from vqgen.stages.core.registry import PRIORS, register_prior
 
 NAMES = PRIORS.names()  # built-ins and any installed through the entry-point group
@@ -382,15 +383,17 @@ def test_draw_follows_the_probabilities():
 
 
 def test_gru_saved_before_row_above_loads_as_it_was(tmp_path):
-    """A GRU config.json written before the `row_above` field existed means a GRU without it (the config's
-    `saved_defaults`), not today's default: it loads with the same weights and gives the same logits."""
-    model = tiny("gru", row_above=False).eval()
+    """A GRU config.json written before the `row_above` and `row_context` fields existed means a GRU without them
+    (the config's `saved_defaults`), not today's defaults: it loads with the same weights and gives the same
+    logits."""
+    model = tiny("gru", row_above=False, row_context=0).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["row_above"]
+    del config["row_above"], config["row_context"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = vqgen.load_prior(tmp_path)
-    assert loaded.config.row_above is False and tiny("gru").config.row_above is True
+    assert loaded.config.row_above is False and GRUPriorConfig().row_above is True
+    assert loaded.config.row_context == 0 and GRUPriorConfig().row_context > 0
     codes, labels = codes_and_labels(2)
     with torch.no_grad():
         assert torch.equal(loaded(codes, labels).logits, model(codes, labels).logits)
